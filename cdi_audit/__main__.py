@@ -1,0 +1,3 @@
+from cdi_audit.cli import main
+
+main()

@@ -1,0 +1,252 @@
+"""One audit, stage by stage: images -> target -> features -> test and controls -> AuditResult.
+
+``run_audit`` does the I/O and the model work; ``decide`` turns a feature
+table into a verdict without touching the model, so the statistics can be
+rerun (and tested) from saved features.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from cdi_audit.cache import FeatureStore, default_cache_dir
+from cdi_audit.console import StageProgress
+from cdi_audit.controls import negative_control, reject_overlap
+from cdi_audit.errors import InputProblem
+from cdi_audit.features.table import FeatureTable
+from cdi_audit.images import ImageSet, scan_image_set
+from cdi_audit.result import (
+    AuditResult,
+    Controls,
+    DroppedFeature,
+    Effect,
+    ExtractionInfo,
+    ModelInfo,
+    SkippedFileInfo,
+    Verdict,
+)
+from cdi_audit.stats import EffectSize, TestName, TestOutcome, effect_size, run_test
+
+MIN_IMAGES = 10
+LOW_POWER_IMAGES = 50
+MAX_BALANCE_RATIO = 4.0
+TEST_DESCRIPTIONS = {
+    "permutation": "permutation test of the Welch statistic on cross-fitted (5-fold) logistic-regression "
+    "scores, one-sided, suspect > reference",
+    "split": "single stratified split: logistic regression fitted on one half, one-sided Welch t-test "
+    "suspect > reference on the held-out half",
+}
+VERSIONED_PACKAGES = ("cdi-audit", "torch", "diffusers", "numpy", "scipy", "scikit-learn", "pillow")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    suspect_dir: Path
+    reference_dir: Path
+    model_path: Path
+    features: str = "fast"
+    alpha: float = 0.01
+    seed: int = 0
+    test: TestName = "permutation"
+    permutations: int = 1000
+    device: str = "auto"
+    batch_size: int = 32
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    strict: bool = False
+    n_jobs: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The statistics of one audit: the verdict and everything it rests on."""
+
+    verdict: Verdict
+    reason: str
+    used_columns: tuple[str, ...]
+    dropped: tuple[DroppedFeature, ...]
+    outcome: TestOutcome | None = None
+    effect: EffectSize | None = None
+    negative_control: TestOutcome | None = None
+
+
+def _usable_columns(table: FeatureTable, matrix: np.ndarray) -> tuple[list[int], list[DroppedFeature]]:
+    """Columns that vary across images; constant ones carry no information and are dropped, by name."""
+    keep, dropped = [], []
+    for index, column in enumerate(table.columns):
+        if np.ptp(matrix[:, index]) > 0:
+            keep.append(index)
+        else:
+            dropped.append(DroppedFeature(name=column, reason="constant across all images"))
+    return keep, dropped
+
+
+def decide(
+    table: FeatureTable,
+    suspect_hashes: list[str],
+    reference_hashes: list[str],
+    alpha: float,
+    test: TestName,
+    seed: int,
+    permutations: int,
+    n_jobs: int = 1,
+) -> Decision:
+    """Test whether the model scores the suspect images as more member-like than the reference images.
+
+    ``evidence`` needs p < alpha and a passing negative control; a failed
+    control or degenerate scores give ``inconclusive``, never ``evidence``.
+    """
+    matrix = table.scoring_matrix([*suspect_hashes, *reference_hashes])
+    is_suspect = np.r_[np.ones(len(suspect_hashes), bool), np.zeros(len(reference_hashes), bool)]
+    keep, dropped = _usable_columns(table, matrix)
+    used = tuple(table.columns[i] for i in keep)
+    if not keep:
+        return Decision("inconclusive", "Every feature was constant across the images, so nothing can be tested.",
+                        used, tuple(dropped))
+    matrix = matrix[:, keep]
+    outcome = run_test(test, matrix, is_suspect, seed, permutations, n_jobs)
+    if outcome.degenerate:
+        return Decision("inconclusive", "The scoring model gave every image the same score; the test is undefined.",
+                        used, tuple(dropped), outcome)
+    effect = effect_size(outcome.scores, outcome.is_suspect, seed)
+    control = negative_control(matrix[~is_suspect], test, seed, permutations, n_jobs)
+    if control.p_value < alpha:
+        verdict, reason = "inconclusive", (
+            f"The negative control (two random halves of the reference set) came out significant "
+            f"(p = {control.p_value:.3g} < {alpha}), which should not happen; the result is not trusted."
+        )
+    elif outcome.p_value < alpha:
+        verdict, reason = "evidence", (
+            f"The model scores the suspect images as more member-like than the reference images "
+            f"(p = {outcome.p_value:.3g} < alpha = {alpha}): evidence that they were used in training."
+        )
+    else:
+        verdict, reason = "no_evidence", (
+            f"No significant difference between suspect and reference images (p = {outcome.p_value:.3g} "
+            f">= alpha = {alpha}); this does not prove the images were not used."
+        )
+    return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control)
+
+
+def _require_enough(images: ImageSet, role: str) -> None:
+    if len(images) < MIN_IMAGES:
+        raise InputProblem(
+            f"The {role} set {images.root} has {len(images)} usable image(s); an audit needs at least "
+            f"{MIN_IMAGES} per set (and {LOW_POWER_IMAGES} or more for useful power)."
+        )
+
+
+def _size_warnings(suspect: ImageSet, reference: ImageSet) -> list[str]:
+    notes = [
+        f"Only {len(images)} {role} images: power is low below {LOW_POWER_IMAGES} per set, "
+        "so a no-evidence result says little."
+        for images, role in ((suspect, "suspect"), (reference, "reference"))
+        if len(images) < LOW_POWER_IMAGES
+    ]
+    ratio = max(len(suspect), len(reference)) / min(len(suspect), len(reference))
+    if ratio > MAX_BALANCE_RATIO:
+        notes.append(f"The sets are unbalanced ({len(suspect)} vs {len(reference)}); the test stays valid but loses power.")
+    return notes
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    started = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - started, 3)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+@dataclass
+class _Inputs:
+    suspect: ImageSet
+    reference: ImageSet
+    warnings: list[str] = field(default_factory=list)
+
+
+def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
+    """Scan, hash and validate both sets; refuse what cannot give a valid audit."""
+    suspect = scan_image_set(settings.suspect_dir, settings.strict, progress.track("hashing suspect images"))
+    reference = scan_image_set(settings.reference_dir, settings.strict, progress.track("hashing reference images"))
+    _require_enough(suspect, "suspect")
+    _require_enough(reference, "reference")
+    reject_overlap(suspect, reference)
+    return _Inputs(suspect, reference, _size_warnings(suspect, reference))
+
+
+def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
+    """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
+    from cdi_audit.extraction import extract_features
+    from cdi_audit.features.registry import resolve_extractors
+    from cdi_audit.targets.loading import load_target, resolve_device
+
+    progress = progress or StageProgress()
+    timings: dict[str, float] = {}
+    extractors = resolve_extractors(settings.features)
+    device = resolve_device(settings.device)
+    with _timed(timings, "scan"):
+        inputs = gather_images(settings, progress)
+    with _timed(timings, "load_model"):
+        target = load_target(settings.model_path, device)
+    store = FeatureStore(settings.cache_dir or default_cache_dir()) if settings.use_cache else None
+    with _timed(timings, "extract"):
+        table, summary = extract_features(
+            inputs.suspect.records + inputs.reference.records, target, extractors, settings.seed,
+            settings.batch_size, store, progress.counter("extracting features (images)"),
+        )
+    with _timed(timings, "test"):
+        decision = decide(table, inputs.suspect.hashes, inputs.reference.hashes, settings.alpha, settings.test,
+                          settings.seed, settings.permutations, settings.n_jobs)
+    outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
+    skipped = [
+        SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
+        for images, role in ((inputs.suspect, "suspect"), (inputs.reference, "reference"))
+        for item in images.skipped
+    ]
+    return AuditResult(
+        verdict=decision.verdict,
+        verdict_reason=decision.reason,
+        p_value=outcome.p_value if outcome else None,
+        alpha=settings.alpha,
+        test=settings.test,
+        test_description=TEST_DESCRIPTIONS[settings.test],
+        statistic=outcome.statistic if outcome and not outcome.degenerate else None,
+        permutations_requested=settings.permutations if settings.test == "permutation" else None,
+        permutations_run=outcome.permutations_run if outcome else None,
+        n_suspect=len(inputs.suspect),
+        n_reference=len(inputs.reference),
+        effect=Effect(**vars(effect)) if effect else None,
+        features=list(decision.used_columns),
+        dropped_features=list(decision.dropped),
+        controls=Controls(
+            negative_control_p_value=control.p_value if control else None,
+            negative_control_passed=(control.p_value >= settings.alpha) if control else None,
+        ),
+        model=ModelInfo(**vars(target.description), device=str(device)),
+        seed=settings.seed,
+        suspect_dir=str(settings.suspect_dir),
+        reference_dir=str(settings.reference_dir),
+        skipped_files=skipped,
+        warnings=inputs.warnings,
+        extraction=ExtractionInfo(**vars(summary)),
+        timings_seconds=timings,
+        versions=package_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )

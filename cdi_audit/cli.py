@@ -1,0 +1,185 @@
+"""The ``cdi-audit`` command line: parses options, calls the stages, chooses the exit code.
+
+Exit codes (a CI job can branch on them): 0 no evidence, 1 evidence, 2 usage
+error, 3 input problem, 4 model cannot be loaded, 5 inconclusive, 70 internal
+error (a bug; never a finding), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from cdi_audit import __version__
+from cdi_audit.console import StageProgress, stderr_console
+from cdi_audit.errors import AuditError, ExitCode
+
+INTERNAL_ERROR = 70
+INTERRUPTED = 130
+VERDICT_EXIT_CODES = {
+    "no_evidence": ExitCode.NO_EVIDENCE,
+    "evidence": ExitCode.EVIDENCE,
+    "inconclusive": ExitCode.INCONCLUSIVE,
+}
+
+app = typer.Typer(
+    help="Test whether a diffusion model was trained on your images (CDI dataset inference).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+class TestChoice(str, Enum):
+    permutation = "permutation"
+    split = "split"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdi-audit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Test whether a diffusion model was trained on your images (CDI dataset inference).
+
+    Exit codes: 0 no evidence, 1 evidence, 2 usage error, 3 input problem,
+    4 model cannot be loaded, 5 inconclusive, 70 internal error.
+    """
+
+
+def _check_alpha(value: float) -> float:
+    if not 0.0 < value < 0.5:
+        raise typer.BadParameter("alpha must be between 0 and 0.5 (e.g. 0.01).")
+    return value
+
+
+def _check_features(value: str) -> str:
+    from cdi_audit.features.registry import resolve_extractors
+
+    try:
+        resolve_extractors(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _check_device(value: str) -> str:
+    from cdi_audit.targets.loading import resolve_device
+
+    try:
+        resolve_device(value)
+    except (RuntimeError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _write_report(folder: Path, payload: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(payload + "\n")
+    temporary.replace(path)
+    return path
+
+
+@app.command()
+def check(
+    suspect_dir: Annotated[Path, typer.Argument(
+        help="Folder of your published images (the suspect set): were these used to train the model?",
+        show_default=False)],
+    reference: Annotated[Path, typer.Option(
+        "--reference", "-r", show_default=False,
+        help="Folder of your unpublished images from the same source (never trained on).")],
+    model: Annotated[Path, typer.Option(
+        "--model", "-m", show_default=False,
+        help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")],
+    features: Annotated[str, typer.Option(
+        callback=_check_features,
+        help="Feature preset ('fast': loss, multi_loss, secmi, pia/pian; 14 columns) or a comma-separated "
+             "list of extractor names.")] = "fast",
+    alpha: Annotated[float, typer.Option(
+        callback=_check_alpha, help="Significance level: 'evidence' needs p < alpha.")] = 0.01,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for noise draws, folds and permutations.")] = 0,
+    test: Annotated[TestChoice, typer.Option(
+        help="'permutation' (exact, uses all images) or 'split' (fast, valid, less power).")
+    ] = TestChoice.permutation,
+    permutations: Annotated[int, typer.Option(
+        min=1, help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
+    device: Annotated[str, typer.Option(
+        envvar="CDI_AUDIT_DEVICE", callback=_check_device,
+        help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch.")] = 32,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        envvar="CDI_AUDIT_CACHE_DIR", show_default=False,
+        help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Neither read nor write cached features.")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the result as one JSON object on stdout (nothing else goes to stdout).")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        show_default=False, help="Folder to write report.json into.")] = None,
+    strict: Annotated[bool, typer.Option(
+        help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")] = False,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Worker processes for the permutation test.")] = 1,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Audit one model: do your published images look like its training data, compared with unpublished ones?"""
+    from cdi_audit.audit import AuditSettings, run_audit
+    from cdi_audit.report.terminal import print_summary
+
+    if test is TestChoice.permutation and 1 / (permutations + 1) >= alpha:
+        needed = math.ceil(1 / alpha)
+        raise typer.BadParameter(
+            f"with {permutations} permutations the smallest p-value is 1/{permutations + 1}, which cannot be "
+            f"below alpha = {alpha}; use at least {needed}.", param_hint="--permutations")
+    console = stderr_console()
+    settings = AuditSettings(
+        suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
+        seed=seed, test=test.value, permutations=permutations, device=device, batch_size=batch_size,
+        cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
+    )
+    try:
+        with StageProgress(console) as progress:
+            result = run_audit(settings, progress)
+    except AuditError as error:
+        _fail(console, error.exit_code, str(error), json_output, debug)
+    except KeyboardInterrupt:
+        _fail(console, INTERRUPTED, "Interrupted; features extracted so far are cached and a re-run resumes.",
+              json_output, debug)
+    except Exception as error:  # a bug must not exit 1, which means "evidence"
+        _fail(console, INTERNAL_ERROR, f"Internal error ({type(error).__name__}: {error}); "
+              "please report it, with the output of --debug.", json_output, debug)
+    payload = result.model_dump_json(indent=2)
+    if out is not None:
+        console.print(f"[dim]wrote {_write_report(out, payload)}[/]")
+    print_summary(result, console)
+    if json_output:
+        typer.echo(payload)
+    raise typer.Exit(VERDICT_EXIT_CODES[result.verdict])
+
+
+def _fail(console: Console, code: int, message: str, json_output: bool, debug: bool) -> NoReturn:
+    if debug:
+        console.print_exception(show_locals=False)
+    console.print(f"[bold red]error:[/] {message}")
+    if json_output:
+        typer.echo(json.dumps({"error": {"exit_code": int(code), "message": message}}))
+    raise typer.Exit(int(code))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,73 @@
+"""Everything for humans goes to stderr through one Rich console; stdout is for machine output.
+
+Rich honours ``NO_COLOR`` and writes plain text when stderr is not a terminal;
+progress bars are transient and switched off there, so logs stay clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+Item = TypeVar("Item")
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second; the task's description names the items ('extracting features (images)')."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
+
+
+class StageProgress:
+    """One progress bar per phase of an audit (hashing, extraction, permutations)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        enabled = console is not None and console.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
+
+    def __enter__(self) -> StageProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def track(self, description: str) -> Callable[[list[Item]], Iterable[Item]]:
+        """A wrapper that shows progress while a list is iterated."""
+        return lambda items: self._progress.track(items, total=len(items), description=description)
+
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """A callback ``(done, total)`` that moves one bar."""
+        task = self._progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            self._progress.update(task, completed=done, total=total)
+
+        return update

@@ -1,0 +1,117 @@
+"""The feature stage: images + target + extractors -> FeatureTable, through the cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cdi_audit.cache import FeatureSection, FeatureStore
+from cdi_audit.errors import ModelUnavailable
+from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
+from cdi_audit.features.table import FeatureTable
+from cdi_audit.images import ImageRecord, load_model_pixels
+from cdi_audit.targets.base import Target
+
+# Bump when image loading or preprocessing changes what the model sees.
+PREPROCESSING_VERSION = "centre-crop-lanczos-1"
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    images: int
+    images_from_cache: int
+    model_calls: int  # rows the network evaluated (one image at one timestep = one call)
+    seconds: float
+
+
+def cache_key(target: Target, extractor: Extractor, seed: int) -> dict:
+    """Everything that changes an extractor's values for a given image."""
+    return {
+        "model": target.description.fingerprint,
+        "sample_size": target.sample_size,
+        "preprocessing": PREPROCESSING_VERSION,
+        "extractor": extractor.name,
+        "version": extractor.version,
+        "params": extractor.params(),
+        "seed": seed,
+        "device": target.device.type,
+    }
+
+
+def _compute(extractor: Extractor, target: Target, batch: LatentBatch, noise: NoiseSource) -> np.ndarray:
+    with torch.set_grad_enabled(extractor.access == "white"):
+        values = extractor.extract(target, batch, noise).numpy()
+    if not np.isfinite(values).all():
+        raise ModelUnavailable(
+            f"The model produced non-finite values for the {extractor.name} feature; "
+            "its weights or schedule are broken, so no audit can be run on it."
+        )
+    return values
+
+
+def extract_features(
+    records: list[ImageRecord],
+    target: Target,
+    extractors: list[Extractor],
+    seed: int,
+    batch_size: int,
+    store: FeatureStore | None = None,
+    on_images_done: Callable[[int, int], None] | None = None,
+) -> tuple[FeatureTable, ExtractionSummary]:
+    """Features of every image in ``records`` (unique by sha256), computed or read from ``store``.
+
+    Images are loaded, encoded once and run through every extractor that has
+    no cached row for them, batch by batch; each batch's rows are stored
+    before the next starts. ``on_images_done(done, total)`` reports progress.
+    """
+    started = time.perf_counter()
+    calls_before = target.forward_rows
+    unique = list({record.sha256: record for record in records}.values())
+    noise = NoiseSource(seed)
+    sections: dict[str, FeatureSection | None] = {}
+    known: dict[str, dict[str, np.ndarray]] = {}
+    for extractor in extractors:
+        section = store.section(cache_key(target, extractor, seed)) if store is not None else None
+        sections[extractor.name] = section
+        known[extractor.name] = section.load() if section is not None else {}
+    missing = [r for r in unique if any(r.sha256 not in known[e.name] for e in extractors)]
+    if on_images_done is not None:
+        on_images_done(0, len(missing))
+    for start in range(0, len(missing), batch_size):
+        records_in_batch = missing[start : start + batch_size]
+        pixels = torch.from_numpy(load_model_pixels(records_in_batch, target.sample_size))
+        with torch.no_grad():
+            z0 = target.encode(pixels.to(target.device))
+        for extractor in extractors:
+            todo = [i for i, r in enumerate(records_in_batch) if r.sha256 not in known[extractor.name]]
+            if not todo:
+                continue
+            hashes = [records_in_batch[i].sha256 for i in todo]
+            values = _compute(extractor, target, LatentBatch(z0[todo], tuple(hashes)), noise)
+            known[extractor.name].update(zip(hashes, values))
+            section = sections[extractor.name]
+            if section is not None:
+                section.append(hashes, values)
+        if on_images_done is not None:
+            on_images_done(start + len(records_in_batch), len(missing))
+
+    hashes = tuple(record.sha256 for record in unique)
+    columns = tuple(column for e in extractors for column in e.columns)
+    rows = [np.concatenate([known[e.name][h] for e in extractors]) for h in hashes]
+    table = FeatureTable(
+        hashes=hashes,
+        columns=columns,
+        values=np.array(rows, dtype=np.float64).reshape(len(hashes), len(columns)),
+        log_columns=frozenset(column for e in extractors if e.log_scaled for column in e.columns),
+    )
+    summary = ExtractionSummary(
+        images=len(unique),
+        images_from_cache=len(unique) - len(missing),
+        model_calls=target.forward_rows - calls_before,
+        seconds=time.perf_counter() - started,
+    )
+    return table, summary

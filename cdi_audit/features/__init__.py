@@ -1,0 +1,1 @@
+"""Membership-inference feature extractors (``../shared/spec/methods.md``), one file per method."""

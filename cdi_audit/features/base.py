@@ -1,0 +1,83 @@
+"""What every extractor is and receives: its contract, its batch, and its noise.
+
+An extractor is configured in ``__init__`` (timesteps, draws) and applied with
+``extract``; it never thresholds or decides anything. Its result for an image
+depends only on the image, the model and the audit seed: noise comes from a
+generator seeded by (seed, image sha256, extractor, purpose, draw), never from
+global random state or from the image's position in a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from cdi_audit.targets.base import Target
+
+Access = Literal["black", "grey", "white"]
+
+
+@dataclass(frozen=True)
+class LatentBatch:
+    """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, and their sha256."""
+
+    z0: torch.Tensor
+    hashes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """Per-image Gaussian noise that is a pure function of (audit seed, image, extractor, purpose, draw)."""
+
+    seed: int
+
+    def generator_seed(self, image_hash: str, extractor: str, purpose: str, draw: int) -> int:
+        key = f"{self.seed}|{image_hash}|{extractor}|{purpose}|{draw}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
+
+    def draw(self, batch: LatentBatch, extractor: str, purpose: str, draw: int = 0) -> torch.Tensor:
+        """Standard normal noise shaped like ``batch.z0``, drawn on the CPU then moved to its device."""
+        shape = batch.z0.shape[1:]
+        rows = [
+            torch.randn(shape, generator=torch.Generator().manual_seed(
+                self.generator_seed(image_hash, extractor, purpose, draw)))
+            for image_hash in batch.hashes
+        ]
+        return torch.stack(rows).to(batch.z0.device)
+
+
+class Extractor(abc.ABC):
+    """One membership-inference method: ``extract(target, batch, noise) -> (B, len(columns))``.
+
+    ``version`` changes whenever the values an extractor computes change, so
+    cached features from an older version are never mixed with new ones.
+    ``log_scaled``: the columns are norms (heavy-tailed, positive) and are fed
+    to the scoring model as log(value + 1e-12) (methods.md 0.7).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    access: ClassVar[Access] = "grey"
+    log_scaled: ClassVar[bool] = True
+
+    @property
+    @abc.abstractmethod
+    def columns(self) -> tuple[str, ...]:
+        """Names of the feature columns, in the order ``extract`` returns them."""
+
+    @abc.abstractmethod
+    def params(self) -> dict:
+        """The configuration that changes the values (part of the cache key)."""
+
+    @abc.abstractmethod
+    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+        """Feature values for each image of ``batch``: (B, len(columns)), float64 on the CPU."""
+
+
+def nominal_timestep_label(t: int) -> str:
+    """Column-name suffix for a timestep on the 1000-step scale, e.g. 100 -> 't100', 0 -> 't000'."""
+    return f"t{t:03d}"

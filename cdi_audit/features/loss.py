@@ -1,0 +1,39 @@
+"""Denoising loss at one timestep (CDI's ``loss`` feature; the classic loss attack)."""
+
+from __future__ import annotations
+
+import torch
+
+from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
+from cdi_audit.targets.base import Target, add_noise, per_image_norm
+
+
+class DenoisingLoss(Extractor):
+    """Mean over ``draws`` noise draws of ||eps_theta(z_t, t) - eps|| at one timestep.
+
+    Members were fitted by the model, so their loss tends to be lower.
+    Cost: ``draws`` forward passes per image.
+    """
+
+    name = "loss"
+
+    def __init__(self, timestep: int = 100, draws: int = 5) -> None:
+        self.timestep = timestep
+        self.draws = draws
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (f"loss_{nominal_timestep_label(self.timestep)}",)
+
+    def params(self) -> dict:
+        return {"timestep": self.timestep, "draws": self.draws}
+
+    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+        t = target.model_timestep(self.timestep)
+        a_t = target.alpha_bar(t)
+        total = torch.zeros(len(batch.hashes), dtype=torch.float64)
+        for draw in range(self.draws):
+            eps = noise.draw(batch, self.name, f"t{self.timestep}", draw)
+            predicted = target.predict_noise(add_noise(batch.z0, eps, a_t), t)
+            total += per_image_norm(predicted - eps).double().cpu()
+        return (total / self.draws).unsqueeze(1)

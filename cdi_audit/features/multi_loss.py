@@ -1,0 +1,40 @@
+"""Denoising loss across the whole schedule (CDI's ``multi_loss`` feature)."""
+
+from __future__ import annotations
+
+import torch
+
+from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
+from cdi_audit.targets.base import Target, add_noise, per_image_norm
+
+DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))
+
+
+class MultiTimestepLoss(Extractor):
+    """||eps_theta(z_t, t) - eps|| for each t in ``timesteps``, with one eps shared by all t.
+
+    Sharing the draw makes the columns differ only by t, so the scoring model
+    sees how the loss profile over the schedule differs for members.
+    Cost: one forward pass per timestep.
+    """
+
+    name = "multi_loss"
+
+    def __init__(self, timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS) -> None:
+        self.timesteps = tuple(timesteps)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f"multi_loss_{nominal_timestep_label(t)}" for t in self.timesteps)
+
+    def params(self) -> dict:
+        return {"timesteps": list(self.timesteps)}
+
+    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+        eps = noise.draw(batch, self.name, "shared")
+        values = []
+        for nominal in self.timesteps:
+            t = target.model_timestep(nominal)
+            predicted = target.predict_noise(add_noise(batch.z0, eps, target.alpha_bar(t)), t)
+            values.append(per_image_norm(predicted - eps).double().cpu())
+        return torch.stack(values, dim=1)

@@ -1,0 +1,1 @@
+"""Renderers of an ``AuditResult``: they format numbers, they never compute them."""

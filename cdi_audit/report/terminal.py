@@ -1,0 +1,56 @@
+"""The short summary a person reads at the end of an audit (stderr, Rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from cdi_audit.result import AuditResult
+
+VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{low:.3f} to {high:.3f}"
+
+
+def summary_table(result: AuditResult) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column()
+    if result.p_value is not None:
+        detail = f"{result.test} test"
+        if result.permutations_run is not None:
+            detail += f", {result.permutations_run} permutations"
+        table.add_row("p-value", f"{result.p_value:.4g}  ({detail})")
+    table.add_row("alpha", f"{result.alpha:g}")
+    table.add_row("images", f"{result.n_suspect} suspect, {result.n_reference} reference")
+    if result.effect is not None:
+        effect = result.effect
+        table.add_row("AUC of scores", f"{effect.auc:.3f}  (95% CI {_interval(*effect.auc_ci)})")
+        table.add_row("mean score difference",
+                      f"{effect.mean_score_difference:+.3f}  (95% CI {_interval(*effect.mean_score_difference_ci)})")
+        table.add_row("Cohen's d", f"{effect.cohens_d:+.2f}")
+    control = result.controls
+    if control.negative_control_p_value is not None:
+        status = "passed" if control.negative_control_passed else "FAILED"
+        table.add_row("negative control", f"p = {control.negative_control_p_value:.3g}  ({status})")
+    table.add_row("features", f"{len(result.features)} columns" +
+                  (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
+    table.add_row("model", f"{result.model.path}  (sha256 {result.model.fingerprint[:12]}…, {result.model.device})")
+    extraction = result.extraction
+    table.add_row("model calls", f"{extraction.model_calls}  ({extraction.images_from_cache} of "
+                                 f"{extraction.images} images from cache, {extraction.seconds:.1f} s)")
+    if result.skipped_files:
+        table.add_row("skipped files", f"{len(result.skipped_files)} (listed in the JSON report)")
+    return table
+
+
+def print_summary(result: AuditResult, console: Console) -> None:
+    label = result.verdict.replace("_", " ").upper()
+    console.print(f"\n[{VERDICT_STYLES[result.verdict]}]{label}[/]  {result.verdict_reason}")
+    console.print(summary_table(result))
+    for skipped in result.skipped_files[:10]:
+        console.print(f"[dim]skipped[/] {skipped.path}: {skipped.reason}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/] {warning}")

@@ -1,0 +1,217 @@
+"""From feature rows to a p-value: the scoring model, cross-fitting and the tests.
+
+The procedure is ``../shared/spec/protocol.md``: a scaled logistic regression
+is cross-fitted over the pooled suspect (P) and reference (U) rows, every
+image gets an out-of-fold score, and the statistic is the Welch t of P's
+scores against U's (positive when P scores higher). Its null distribution
+comes from refitting on label permutations, which makes the p-value exact
+under exchangeability; the CDI paper's pooled t-test on cross-fitted scores
+treats dependent scores as independent and is not used.
+
+Inputs are ``features`` (n, k) float arrays and ``is_suspect`` (n,) bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import sklearn
+from joblib import Parallel, delayed, effective_n_jobs
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+TestName = Literal["permutation", "split"]
+N_FOLDS = 5
+# Permutations handed to one worker at a time: large enough to amortise
+# process overhead, small enough that early stopping is not delayed much.
+PERMUTATIONS_PER_TASK = 25
+
+
+def scoring_model(random_state: int) -> Pipeline:
+    """StandardScaler + L2 logistic regression (C=1): few parameters, no tuning, hard to overfit."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, random_state=random_state))
+
+
+def cross_fitted_scores(features: np.ndarray, is_suspect: np.ndarray, random_state: int) -> np.ndarray:
+    """Out-of-fold P(suspect | features) for every row, from K=5 stratified folds.
+
+    Each row is scored by a model that never saw it. Fewer folds are used only
+    when a class has fewer than five rows (the negative control on tiny sets).
+    """
+    n_splits = min(N_FOLDS, int(is_suspect.sum()), int((~is_suspect).sum()))
+    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    scores = np.empty(len(is_suspect))
+    model = scoring_model(random_state)
+    for train, held_out in folds.split(features, is_suspect):
+        model.fit(features[train], is_suspect[train])
+        scores[held_out] = model.predict_proba(features[held_out])[:, 1]
+    return scores
+
+
+def welch_statistic(scores: np.ndarray, is_suspect: np.ndarray) -> float:
+    """Welch t of P's scores against U's; NaN when both groups' scores are constant."""
+    suspect, reference = scores[is_suspect], scores[~is_suspect]
+    if np.ptp(suspect) == 0 and np.ptp(reference) == 0:
+        return float("nan")
+    return float(stats.ttest_ind(suspect, reference, equal_var=False).statistic)
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """A test's result, with the scores it was computed on (out-of-fold or held-out)."""
+
+    test: TestName
+    statistic: float
+    p_value: float
+    scores: np.ndarray
+    is_suspect: np.ndarray
+    permutations_run: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def degenerate(self) -> bool:
+        return not np.isfinite(self.statistic)
+
+
+def permuted_labels(is_suspect: np.ndarray, seed: int, index: int) -> np.ndarray:
+    """The ``index``-th label permutation: a pure function of (seed, index), whatever the chunking."""
+    return np.random.default_rng([seed, 7919, index]).permutation(is_suspect)
+
+
+def _permuted_statistics(features: np.ndarray, is_suspect: np.ndarray, seed: int, indices: range) -> list[float]:
+    # Inputs were validated once for the observed fit; skip per-fit validation.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        statistics = []
+        for index in indices:
+            labels = permuted_labels(is_suspect, seed, index)
+            statistics.append(welch_statistic(cross_fitted_scores(features, labels, seed), labels))
+        return statistics
+
+
+def permutation_test(
+    features: np.ndarray,
+    is_suspect: np.ndarray,
+    permutations: int = 1000,
+    stop_after_hits: int = 50,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> TestOutcome:
+    """One-sided permutation p-value of the cross-fitted Welch statistic.
+
+    p = (1 + #{T_perm >= T_obs}) / (B + 1). Sequential early stop (Besag and
+    Clifford, Biometrika 1991): once ``stop_after_hits`` permuted statistics
+    have reached T_obs after L permutations, p = hits / L, which is also a
+    valid p-value and is then clearly large. Permuted statistics that are NaN
+    count as reaching T_obs (conservative). The result does not depend on
+    ``n_jobs``.
+    """
+    scores = cross_fitted_scores(features, is_suspect, seed)
+    observed = welch_statistic(scores, is_suspect)
+    if not np.isfinite(observed):
+        return TestOutcome("permutation", observed, 1.0, scores, is_suspect, 0)
+    hits = done = 0
+    round_size = PERMUTATIONS_PER_TASK * effective_n_jobs(n_jobs)
+    with Parallel(n_jobs=n_jobs) as parallel:
+        for round_start in range(0, permutations, round_size):
+            round_end = min(permutations, round_start + round_size)
+            rounds = parallel(
+                delayed(_permuted_statistics)(
+                    features, is_suspect, seed, range(start, min(start + PERMUTATIONS_PER_TASK, round_end))
+                )
+                for start in range(round_start, round_end, PERMUTATIONS_PER_TASK)
+            )
+            for statistic in (value for chunk in rounds for value in chunk):
+                done += 1
+                hits += bool(statistic >= observed) or not np.isfinite(statistic)
+                if hits >= stop_after_hits:
+                    return TestOutcome("permutation", observed, hits / done, scores, is_suspect, done, True)
+    return TestOutcome("permutation", observed, (1 + hits) / (1 + done), scores, is_suspect, done)
+
+
+def split_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> TestOutcome:
+    """Fit on a stratified half, score the other half, one-sided Welch t-test P > U on it.
+
+    Valid without permutations because the tested scores come from a model
+    that saw none of them; it spends half the data on fitting, so it has less
+    power than the permutation test.
+    """
+    rows = np.arange(len(is_suspect))
+    fit_rows, test_rows = train_test_split(rows, test_size=0.5, stratify=is_suspect, random_state=seed)
+    model = scoring_model(seed).fit(features[fit_rows], is_suspect[fit_rows])
+    scores = model.predict_proba(features[test_rows])[:, 1]
+    labels = is_suspect[test_rows]
+    statistic = welch_statistic(scores, labels)
+    if not np.isfinite(statistic):
+        return TestOutcome("split", statistic, 1.0, scores, labels)
+    result = stats.ttest_ind(scores[labels], scores[~labels], equal_var=False, alternative="greater")
+    return TestOutcome("split", statistic, float(result.pvalue), scores, labels)
+
+
+def run_test(
+    test: TestName,
+    features: np.ndarray,
+    is_suspect: np.ndarray,
+    seed: int,
+    permutations: int = 1000,
+    n_jobs: int = 1,
+) -> TestOutcome:
+    if test == "permutation":
+        return permutation_test(features, is_suspect, permutations=permutations, seed=seed, n_jobs=n_jobs)
+    if test == "split":
+        return split_test(features, is_suspect, seed=seed)
+    raise ValueError(f"unknown test {test!r}")
+
+
+@dataclass(frozen=True)
+class EffectSize:
+    """How much higher P scores than U (descriptive; the p-value is the evidence).
+
+    Intervals are percentile bootstraps that resample P and U scores
+    independently; they ignore the dependence that cross-fitting creates
+    between scores and are a guide, not a test.
+    """
+
+    auc: float
+    auc_ci: tuple[float, float]
+    mean_score_difference: float
+    mean_score_difference_ci: tuple[float, float]
+    cohens_d: float
+
+
+def _auc(suspect: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC of P against U = Mann-Whitney U / (n_P n_U) (ties count one half)."""
+    statistic = stats.mannwhitneyu(suspect, reference, axis=axis).statistic
+    return statistic / (suspect.shape[axis] * reference.shape[axis])
+
+
+def _mean_difference(suspect: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    return suspect.mean(axis=axis) - reference.mean(axis=axis)
+
+
+def effect_size(scores: np.ndarray, is_suspect: np.ndarray, seed: int = 0, resamples: int = 2000) -> EffectSize:
+    suspect, reference = scores[is_suspect], scores[~is_suspect]
+
+    def interval(statistic) -> tuple[float, float]:
+        result = stats.bootstrap(
+            (suspect, reference), statistic, n_resamples=resamples, method="percentile",
+            rng=np.random.default_rng(seed), vectorized=True,
+        )
+        return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+    pooled_sd = np.sqrt(
+        ((len(suspect) - 1) * suspect.var(ddof=1) + (len(reference) - 1) * reference.var(ddof=1))
+        / (len(suspect) + len(reference) - 2)
+    )
+    difference = float(_mean_difference(suspect, reference))
+    return EffectSize(
+        auc=float(_auc(suspect, reference)),
+        auc_ci=interval(_auc),
+        mean_score_difference=difference,
+        mean_score_difference_ci=interval(_mean_difference),
+        cohens_d=difference / pooled_sd if pooled_sd > 0 else 0.0,
+    )

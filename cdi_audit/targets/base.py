@@ -1,0 +1,121 @@
+"""The ``Target`` interface and the primitives every feature extractor is built from.
+
+Notation (``../shared/spec/methods.md`` section 0): z0 is the clean latent (the
+image itself for pixel models), a_t = ``alphas_cumprod[t]`` read from the
+model's own scheduler, eps_theta(z_t, t) the model's noise prediction. All
+primitives work on batches shaped (B, C, H, W) and keep images independent of
+each other.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# Feature timesteps in the spec are written for 1000-step schedules.
+NOMINAL_TRAIN_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the report says about the model: where it is, what it is, and its content hash."""
+
+    path: str
+    fingerprint: str
+    family: str
+    sample_size: int
+    num_train_timesteps: int
+    prediction_type: str
+
+
+class Target(abc.ABC):
+    """A diffusion model seen through a noise schedule and a noise predictor.
+
+    Subclasses implement ``_model_output`` (and ``encode`` for latent models).
+    ``predict_noise`` converts every parameterisation to epsilon and counts the
+    rows it evaluates, so tests and benchmarks can see how many model calls an
+    audit made (a fully cached audit makes none).
+    """
+
+    def __init__(
+        self,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str,
+        channels: int,
+        device: torch.device,
+        description: ModelDescription,
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
+        self.prediction_type = prediction_type
+        self.channels = channels
+        self.device = device
+        self.description = description
+        self.forward_calls = 0
+        self.forward_rows = 0
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def sample_size(self) -> int:
+        return self.description.sample_size
+
+    def model_timestep(self, nominal: int) -> int:
+        """A spec timestep (for 1000-step schedules) on this model's schedule: round(t * T / 1000)."""
+        return min(round(nominal * self.num_train_timesteps / NOMINAL_TRAIN_STEPS), self.num_train_timesteps - 1)
+
+    def alpha_bar(self, t: int) -> float:
+        return float(self.alphas_cumprod[t])
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], (B, 3, H, W) -> clean latents z0. Identity for pixel models."""
+        return pixels
+
+    def predict_noise(self, z_t: torch.Tensor, t: int) -> torch.Tensor:
+        """eps_theta(z_t, t) in fp32, (B, C, H, W), whatever the model's output parameterisation."""
+        timesteps = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
+        output = self._model_output(z_t, timesteps).float()
+        self.forward_calls += 1
+        self.forward_rows += z_t.shape[0]
+        if output.shape[1] == 2 * self.channels:
+            output = output[:, : self.channels]  # learned variance: keep the noise half
+        a_t = self.alpha_bar(t)
+        if self.prediction_type == "v_prediction":
+            return math.sqrt(a_t) * output + math.sqrt(1.0 - a_t) * z_t
+        if self.prediction_type == "sample":
+            return (z_t - math.sqrt(a_t) * output) / math.sqrt(1.0 - a_t)
+        return output
+
+    @abc.abstractmethod
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The network's raw output for a batch at integer timesteps (B,)."""
+
+
+def add_noise(z0: torch.Tensor, noise: torch.Tensor, a_t: float) -> torch.Tensor:
+    """Forward diffusion in closed form: z_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise."""
+    return math.sqrt(a_t) * z0 + math.sqrt(1.0 - a_t) * noise
+
+
+def ddim_step(target: Target, z: torch.Tensor, s: int, s_next: int) -> torch.Tensor:
+    """Deterministic DDIM step Phi(z; s -> s_next); s_next > s inverts, s_next < s denoises.
+
+    Written here rather than taken from a diffusers pipeline because the
+    extractors need exact integer timesteps and the intermediate states. The
+    clean image is state 0, with a_0 taken from the schedule.
+    """
+    eps = target.predict_noise(z, s)
+    a_s, a_next = target.alpha_bar(s), target.alpha_bar(s_next)
+    x0_hat = (z - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s)
+    return math.sqrt(a_next) * x0_hat + math.sqrt(1.0 - a_next) * eps
+
+
+def per_image_norm(values: torch.Tensor, order: float = 2.0) -> torch.Tensor:
+    """The L_p norm over all C*H*W entries of each image (not squared, not averaged): (B,)."""
+    return torch.linalg.vector_norm(values.flatten(1), ord=order, dim=1)

@@ -1,0 +1,20 @@
+"""Pixel-space diffusion models: a diffusers ``UNet2DModel`` with its scheduler's schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from cdi_audit.targets.base import ModelDescription, Target
+
+
+class PixelTarget(Target):
+    """A UNet that denoises images directly (DDPM, DDIM pipelines)."""
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str,
+                 device: torch.device, description: ModelDescription) -> None:
+        super().__init__(alphas_cumprod, prediction_type, unet.config.in_channels, device, description)
+        self.unet = unet.to(device).eval()
+        self.unet.requires_grad_(False)
+
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, timesteps).sample
