@@ -153,7 +153,9 @@ def _size_warnings(suspect: ImageSet, reference: ImageSet) -> list[str]:
     ]
     ratio = max(len(suspect), len(reference)) / min(len(suspect), len(reference))
     if ratio > MAX_BALANCE_RATIO:
-        notes.append(f"The sets are unbalanced ({len(suspect)} vs {len(reference)}); the test stays valid but loses power.")
+        notes.append(
+            f"The sets are unbalanced ({len(suspect)} vs {len(reference)}); the test stays valid but loses power."
+        )
     return notes
 
 

@@ -40,7 +40,7 @@ class FeatureSection:
         rows: dict[str, np.ndarray] = {}
         for chunk in sorted(self.folder.glob(CHUNK_PATTERN)):
             with np.load(chunk, allow_pickle=False) as data:
-                for image_hash, values in zip(data["hashes"], data["values"]):
+                for image_hash, values in zip(data["hashes"], data["values"], strict=True):
                     rows[str(image_hash)] = values
         return rows
 

@@ -11,7 +11,7 @@ import json
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -99,43 +99,43 @@ def _write_report(folder: Path, payload: str) -> Path:
 def check(
     suspect_dir: Annotated[Path, typer.Argument(
         help="Folder of your published images (the suspect set): were these used to train the model?",
-        show_default=False)],
+        metavar="SUSPECT_DIR", show_default=False)],
     reference: Annotated[Path, typer.Option(
-        "--reference", "-r", show_default=False,
+        "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images from the same source (never trained on).")],
     model: Annotated[Path, typer.Option(
-        "--model", "-m", show_default=False,
+        "--model", "-m", metavar="PATH", show_default=False,
         help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")],
     features: Annotated[str, typer.Option(
-        callback=_check_features,
+        callback=_check_features, metavar="NAMES",
         help="Feature preset ('fast': loss, multi_loss, secmi, pia/pian; 14 columns) or a comma-separated "
              "list of extractor names.")] = "fast",
     alpha: Annotated[float, typer.Option(
-        callback=_check_alpha, help="Significance level: 'evidence' needs p < alpha.")] = 0.01,
-    seed: Annotated[int, typer.Option(min=0, help="Seed for noise draws, folds and permutations.")] = 0,
+        callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")] = 0.01,
+    seed: Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")] = 0,
     test: Annotated[TestChoice, typer.Option(
         help="'permutation' (exact, uses all images) or 'split' (fast, valid, less power).")
     ] = TestChoice.permutation,
     permutations: Annotated[int, typer.Option(
-        min=1, help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
+        min=1, metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
     device: Annotated[str, typer.Option(
-        envvar="CDI_AUDIT_DEVICE", callback=_check_device,
+        envvar="CDI_AUDIT_DEVICE", callback=_check_device, metavar="DEVICE",
         help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch.")] = 32,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        envvar="CDI_AUDIT_CACHE_DIR", show_default=False,
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")] = 32,
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False,
         help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Neither read nor write cached features.")] = False,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the result as one JSON object on stdout (nothing else goes to stdout).")] = False,
-    out: Annotated[Optional[Path], typer.Option(
-        show_default=False, help="Folder to write report.json into.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        metavar="DIR", show_default=False, help="Folder to write report.json into.")] = None,
     strict: Annotated[bool, typer.Option(
-        help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")] = False,
+        "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")] = False,
     jobs: Annotated[int, typer.Option(
-        min=1, help="Worker processes for the permutation test.")] = 1,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+        min=1, metavar="N", help="Worker processes for the permutation test.")] = 1,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Audit one model: do your published images look like its training data, compared with unpublished ones?"""
     from cdi_audit.audit import AuditSettings, run_audit

@@ -92,7 +92,7 @@ def extract_features(
                 continue
             hashes = [records_in_batch[i].sha256 for i in todo]
             values = _compute(extractor, target, LatentBatch(z0[todo], tuple(hashes)), noise)
-            known[extractor.name].update(zip(hashes, values))
+            known[extractor.name].update(zip(hashes, values, strict=True))
             section = sections[extractor.name]
             if section is not None:
                 section.append(hashes, values)

@@ -148,7 +148,11 @@ def to_model_pixels(image: Image.Image, size: int) -> np.ndarray:
 
     Returns float32 (3, size, size): what a diffusers pixel pipeline feeds its UNet.
     """
-    square = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.LANCZOS)
     array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 

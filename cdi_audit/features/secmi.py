@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
@@ -32,7 +34,7 @@ class SecMI(Extractor):
     def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
         states = [target.model_timestep(t) for t in range(0, self.timestep + 1, self.interval)]
         z_det = batch.z0
-        for s, s_next in zip(states[:-1], states[1:]):
+        for s, s_next in itertools.pairwise(states):
             z_det = ddim_step(target, z_det, s, s_next)
         t, t_up = states[-1], target.model_timestep(self.timestep + self.interval)
         z_step = ddim_step(target, ddim_step(target, z_det, t, t_up), t_up, t)

@@ -23,7 +23,8 @@ class FeatureTable:
 
     def __post_init__(self) -> None:
         if self.values.shape != (len(self.hashes), len(self.columns)):
-            raise ValueError(f"values {self.values.shape} do not match {len(self.hashes)} rows x {len(self.columns)} columns")
+            expected = (len(self.hashes), len(self.columns))
+            raise ValueError(f"values of shape {self.values.shape} do not match (rows, columns) = {expected}")
 
     def rows(self, hashes: list[str] | tuple[str, ...]) -> np.ndarray:
         """Raw values for ``hashes``, in that order."""

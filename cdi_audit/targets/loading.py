@@ -79,7 +79,9 @@ def _check_folder(root: Path) -> None:
         raise ModelUnavailable(f"{root}/unet holds a {unet_class}, not a UNet2DModel. Expected {EXPECTED_LAYOUT}.")
     if not list((root / "unet").glob("*.safetensors")):
         pickles = [p.name for p in (root / "unet").iterdir() if p.suffix in PICKLE_SUFFIXES]
-        found = f"only pickle weights ({', '.join(pickles)}), which can run code when loaded" if pickles else "no weights"
+        found = "no weights"
+        if pickles:
+            found = f"only pickle weights ({', '.join(pickles)}), which can run code when loaded"
         raise ModelUnavailable(f"{root}/unet has {found}; save the model with safe_serialization=True.")
 
 
@@ -101,7 +103,9 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
         raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule.")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
-        raise ModelUnavailable(f"The scheduler in {root} predicts {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
+        raise ModelUnavailable(
+            f"The scheduler in {root} predicts {prediction_type!r}; expected one of {', '.join(PREDICTION_TYPES)}."
+        )
     return torch.as_tensor(alphas_cumprod), prediction_type
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models built in seconds, image folders, the shipped sample audit.
+
+Threads: everything runs in this one process, so torch may use both cores;
+joblib workers (permutation tests) run when torch is idle and take one
+thread each.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+
+
+def write_images(folder: Path, count: int, seed: int, size: int = 20, prefix: str = "img") -> list[Path]:
+    """``count`` distinct smooth colour images (PNG) in ``folder``; not square, to exercise the crop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        coarse = rng.uniform(0, 255, size=(4, 5, 3)).astype(np.uint8)
+        image = Image.fromarray(coarse).resize((size + 4, size), Image.Resampling.BICUBIC)
+        path = folder / f"{prefix}_{index:03d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def save_tiny_pipeline(folder: Path, sample_size: int = 16, seed: int = 0, **scheduler_config) -> Path:
+    """A randomly initialised xs UNet2DModel + DDPMScheduler, saved as DDPMPipeline does (safetensors)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=(16, 32, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+        norm_num_groups=8,
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000, **scheduler_config)).save_pretrained(
+        folder, safe_serialization=True
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "ddpm")
+
+
+@pytest.fixture(scope="session")
+def image_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A suspect and a reference folder of 12 distinct images each (the smallest sets worth testing)."""
+    root = tmp_path_factory.mktemp("images")
+    write_images(root / "suspect", 12, seed=1, prefix="s")
+    write_images(root / "reference", 12, seed=2, prefix="r")
+    return root / "suspect", root / "reference"

@@ -1,0 +1,40 @@
+"""The shipped sample audit, run as the README runs it (default alpha, test and permutations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+def audit(suspect: str, cache: Path) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, [
+        "check", str(SAMPLE_DATA / suspect), "--reference", str(SAMPLE_DATA / "unpublished"),
+        "--model", str(SAMPLE_DATA / "model"), "--cache-dir", str(cache), "--json", "--jobs", "2",
+    ])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_published_images_give_evidence(cache: Path) -> None:
+    code, result = audit("published", cache)
+    assert (code, result["verdict"]) == (1, "evidence")
+    assert result["p_value"] < 0.01
+    assert result["n_suspect"] == result["n_reference"] == 64
+    assert result["controls"]["negative_control_p_value"] >= 0.01
+    assert result["effect"]["auc"] > 0.7
+
+
+def test_never_trained_images_give_no_evidence(cache: Path) -> None:
+    code, result = audit("other", cache)
+    assert (code, result["verdict"]) == (0, "no_evidence")
+    assert result["p_value"] >= 0.01

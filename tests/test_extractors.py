@@ -1,0 +1,158 @@
+"""Every fast-preset feature against a hand computation on a target whose noise prediction is known.
+
+The analytic target predicts eps_theta(z, t) = c_t * z with c_t = 0.3 + t / 1000,
+so every quantity can be written out in float64 numpy and compared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cdi_audit.features.base import LatentBatch, NoiseSource
+from cdi_audit.features.loss import DenoisingLoss
+from cdi_audit.features.multi_loss import MultiTimestepLoss
+from cdi_audit.features.pia import PIA
+from cdi_audit.features.registry import resolve_extractors
+from cdi_audit.features.secmi import SecMI
+from cdi_audit.targets.base import ModelDescription, Target
+
+
+def linear_schedule(steps: int) -> torch.Tensor:
+    betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+class AnalyticTarget(Target):
+    """eps_theta(z, t) = (0.3 + t / T) * z, exactly, in float64."""
+
+    def __init__(self, steps: int = 1000, prediction_type: str = "epsilon") -> None:
+        description = ModelDescription("analytic", "0" * 64, "analytic", 4, steps, prediction_type)
+        super().__init__(linear_schedule(steps), prediction_type, 3, torch.device("cpu"), description)
+
+    def coefficient(self, t: int) -> float:
+        return 0.3 + t / self.num_train_timesteps
+
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return (0.3 + timesteps.double() / self.num_train_timesteps).view(-1, 1, 1, 1) * z_t.double()
+
+
+@pytest.fixture
+def batch() -> LatentBatch:
+    z0 = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    return LatentBatch(z0, ("a" * 64, "b" * 64, "c" * 64))
+
+
+def l2(values: np.ndarray) -> np.ndarray:
+    return np.sqrt((values.reshape(len(values), -1) ** 2).sum(axis=1))
+
+
+def test_loss_matches_hand_computation(batch: LatentBatch) -> None:
+    target, noise = AnalyticTarget(), NoiseSource(seed=3)
+    a = float(target.alphas_cumprod[100])
+    z0, c = batch.z0.double().numpy(), target.coefficient(100)
+    expected = np.zeros(3)
+    for draw in range(5):
+        eps = noise.draw(batch, "loss", "t100", draw).double().numpy()
+        z_t = math.sqrt(a) * z0 + math.sqrt(1 - a) * eps
+        expected += l2(c * z_t - eps) / 5
+    values = DenoisingLoss().extract(target, batch, noise)
+    assert values.shape == (3, 1)
+    np.testing.assert_allclose(values[:, 0].numpy(), expected, rtol=1e-6)
+    assert target.forward_rows == 5 * 3
+
+
+def test_multi_loss_shares_one_noise_draw_across_timesteps(batch: LatentBatch) -> None:
+    target, noise = AnalyticTarget(), NoiseSource(seed=3)
+    eps = noise.draw(batch, "multi_loss", "shared").double().numpy()
+    z0 = batch.z0.double().numpy()
+    expected = []
+    for t in range(0, 1000, 100):
+        a = float(target.alphas_cumprod[t])
+        expected.append(l2(target.coefficient(t) * (math.sqrt(a) * z0 + math.sqrt(1 - a) * eps) - eps))
+    extractor = MultiTimestepLoss()
+    values = extractor.extract(target, batch, noise)
+    assert extractor.columns[0] == "multi_loss_t000" and extractor.columns[-1] == "multi_loss_t900"
+    np.testing.assert_allclose(values.numpy(), np.stack(expected, axis=1), rtol=1e-6)
+
+
+def ddim_factor(target: AnalyticTarget, s: int, s_next: int) -> float:
+    """For eps = c_s z, one DDIM step is a scalar map: Phi(z; s -> s') = k z."""
+    a, a_next, c = float(target.alphas_cumprod[s]), float(target.alphas_cumprod[s_next]), target.coefficient(s)
+    return math.sqrt(a_next) * (1 - math.sqrt(1 - a) * c) / math.sqrt(a) + math.sqrt(1 - a_next) * c
+
+
+def test_secmi_matches_closed_form_round_trip(batch: LatentBatch) -> None:
+    target = AnalyticTarget()
+    forward = np.prod([ddim_factor(target, s, s + 10) for s in range(0, 100, 10)])
+    round_trip = ddim_factor(target, 100, 110) * ddim_factor(target, 110, 100)
+    z_det = forward * batch.z0.double().numpy()
+    expected = abs(1 - round_trip) * l2(z_det)
+    values = SecMI().extract(target, batch, NoiseSource(0))
+    # The value is a small difference of two fp32 states (cancellation): ~1e-4 relative, not 1e-7.
+    np.testing.assert_allclose(values[:, 0].numpy(), expected, rtol=5e-4)
+    assert target.forward_rows == 12 * 3
+
+
+def test_pia_and_pian_match_hand_computation(batch: LatentBatch) -> None:
+    target = AnalyticTarget()
+    z0 = batch.z0.double().numpy()
+    a, c_t = float(target.alphas_cumprod[200]), target.coefficient(200)
+
+    def l5(values: np.ndarray) -> np.ndarray:
+        return (np.abs(values.reshape(len(values), -1)) ** 5).sum(axis=1) ** (1 / 5)
+
+    e0 = target.coefficient(0) * z0
+    rescaled = e0 * math.sqrt(2 / math.pi) / np.abs(e0).reshape(3, -1).mean(axis=1).reshape(-1, 1, 1, 1)
+    expected = [l5(start - c_t * (math.sqrt(a) * z0 + math.sqrt(1 - a) * start)) for start in (e0, rescaled)]
+    extractor = PIA()
+    values = extractor.extract(target, batch, NoiseSource(0))
+    assert extractor.columns == ("pia_t200", "pian_t200")
+    np.testing.assert_allclose(values.numpy(), np.stack(expected, axis=1), rtol=1e-6)
+    assert np.abs(rescaled).reshape(3, -1).mean(axis=1) == pytest.approx([math.sqrt(2 / math.pi)] * 3)
+    assert target.forward_rows == 3 * 3
+
+
+def test_fast_preset_has_fourteen_columns_and_thirty_calls_per_image(batch: LatentBatch) -> None:
+    target = AnalyticTarget()
+    extractors = resolve_extractors("fast")
+    columns = [column for extractor in extractors for column in extractor.columns]
+    assert len(columns) == 14 and len(set(columns)) == 14
+    for extractor in extractors:
+        extractor.extract(target, batch, NoiseSource(0))
+    assert target.forward_rows == 30 * len(batch.hashes)
+
+
+def test_timesteps_are_rescaled_for_shorter_schedules() -> None:
+    target = AnalyticTarget(steps=250)
+    assert [target.model_timestep(t) for t in (0, 100, 200, 900)] == [0, 25, 50, 225]
+
+
+def test_v_prediction_and_sample_outputs_are_converted_to_noise() -> None:
+    z = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = 300
+    for prediction_type in ("v_prediction", "sample"):
+        target = AnalyticTarget(prediction_type=prediction_type)
+        a = float(target.alphas_cumprod[t])
+        raw = target.coefficient(t) * z
+        expected = (math.sqrt(a) * raw + math.sqrt(1 - a) * z if prediction_type == "v_prediction"
+                    else (z - math.sqrt(a) * raw) / math.sqrt(1 - a))
+        torch.testing.assert_close(target.predict_noise(z, t).double(), expected.float().double(), rtol=1e-6, atol=1e-6)
+
+
+def test_learned_variance_output_keeps_the_noise_half() -> None:
+    class VarianceTarget(AnalyticTarget):
+        def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            return torch.cat([super()._model_output(z_t, timesteps), torch.full_like(z_t, 99.0)], dim=1)
+
+    z = torch.ones(1, 3, 2, 2)
+    assert torch.allclose(VarianceTarget().predict_noise(z, 0), torch.full((1, 3, 2, 2), 0.3))
+
+
+def test_unknown_feature_names_are_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known: fast"):
+        resolve_extractors("fast,nonsense")
+    assert [e.name for e in resolve_extractors("pia,pian,loss")] == ["pia", "loss"]
