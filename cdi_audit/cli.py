@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -20,6 +21,7 @@ from cdi_audit import __version__
 from cdi_audit.console import StageProgress, stderr_console
 from cdi_audit.errors import AuditError, ExitCode
 
+DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
 VERDICT_EXIT_CODES = {
@@ -134,7 +136,8 @@ def check(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")] = False,
     jobs: Annotated[int, typer.Option(
-        min=1, metavar="N", help="Worker processes for the permutation test.")] = 1,
+        min=1, metavar="N", help="Worker processes for the permutation test (default: one per CPU core, "
+                                 "at most 8).")] = DEFAULT_JOBS,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Audit one model: do your published images look like its training data, compared with unpublished ones?"""
