@@ -98,12 +98,14 @@ def decide(
     seed: int,
     permutations: int,
     n_jobs: int = 1,
+    progress: StageProgress | None = None,
 ) -> Decision:
     """Test whether the model scores the suspect images as more member-like than the reference images.
 
     ``evidence`` needs p < alpha and a passing negative control; a failed
     control or degenerate scores give ``inconclusive``, never ``evidence``.
     """
+    progress = progress or StageProgress()
     matrix = table.scoring_matrix([*suspect_hashes, *reference_hashes])
     is_suspect = np.r_[np.ones(len(suspect_hashes), bool), np.zeros(len(reference_hashes), bool)]
     keep, dropped = _usable_columns(table, matrix)
@@ -112,12 +114,13 @@ def decide(
         return Decision("inconclusive", "Every feature was constant across the images, so nothing can be tested.",
                         used, tuple(dropped))
     matrix = matrix[:, keep]
-    outcome = run_test(test, matrix, is_suspect, seed, permutations, n_jobs)
+    outcome = run_test(test, matrix, is_suspect, seed, permutations, n_jobs, progress.counter("permutation test"))
     if outcome.degenerate:
         return Decision("inconclusive", "The scoring model gave every image the same score; the test is undefined.",
                         used, tuple(dropped), outcome)
     effect = effect_size(outcome.scores, outcome.is_suspect, seed)
-    control = negative_control(matrix[~is_suspect], test, seed, permutations, n_jobs)
+    control = negative_control(matrix[~is_suspect], test, seed, permutations, n_jobs,
+                               progress.counter("negative control"))
     if control.p_value < alpha:
         verdict, reason = "inconclusive", (
             f"The negative control (two random halves of the reference set) came out significant "
@@ -215,7 +218,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         )
     with _timed(timings, "test"):
         decision = decide(table, inputs.suspect.hashes, inputs.reference.hashes, settings.alpha, settings.test,
-                          settings.seed, settings.permutations, settings.n_jobs)
+                          settings.seed, settings.permutations, settings.n_jobs, progress)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
@@ -250,5 +253,6 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         extraction=ExtractionInfo(**vars(summary)),
         timings_seconds=timings,
         versions=package_versions(),
+        configuration={key: str(value) if isinstance(value, Path) else value for key, value in vars(settings).items()},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

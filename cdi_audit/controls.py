@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cdi_audit.errors import InputProblem
@@ -28,6 +30,7 @@ def negative_control(
     seed: int,
     permutations: int,
     n_jobs: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TestOutcome:
     """The full test on two random halves of the reference set, the first half playing P.
 
@@ -38,4 +41,4 @@ def negative_control(
     n = len(reference_features)
     first_half = np.zeros(n, dtype=bool)
     first_half[np.random.default_rng([seed, 104729]).permutation(n)[: n // 2]] = True
-    return run_test(test, reference_features, first_half, seed, permutations, n_jobs)
+    return run_test(test, reference_features, first_half, seed, permutations, n_jobs, on_progress)

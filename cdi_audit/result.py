@@ -81,4 +81,5 @@ class AuditResult(BaseModel):
     extraction: ExtractionInfo
     timings_seconds: dict[str, float]
     versions: dict[str, str]
+    configuration: dict[str, str | int | float | bool | None]
     created: str

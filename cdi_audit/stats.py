@@ -14,6 +14,7 @@ Inputs are ``features`` (n, k) float arrays and ``is_suspect`` (n,) bool.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,6 +104,7 @@ def permutation_test(
     stop_after_hits: int | None = None,
     seed: int = 0,
     n_jobs: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TestOutcome:
     """One-sided permutation p-value of the cross-fitted Welch statistic.
 
@@ -112,7 +114,8 @@ def permutation_test(
     valid p-value and is then at least hits / B. The default stops after B / 20
     hits (50 for B = 1000, as protocol.md says), so an early stop means p > 0.05.
     Permuted statistics that are NaN count as reaching T_obs (conservative).
-    The result does not depend on ``n_jobs``.
+    The result does not depend on ``n_jobs``. ``on_progress(done, B)`` is
+    called after each round of permutations.
     """
     if stop_after_hits is None:
         stop_after_hits = max(1, math.ceil(permutations / 20))
@@ -136,6 +139,8 @@ def permutation_test(
                 hits += bool(statistic >= observed) or not np.isfinite(statistic)
                 if hits >= stop_after_hits:
                     return TestOutcome("permutation", observed, hits / done, scores, is_suspect, done, True)
+            if on_progress is not None:
+                on_progress(done, permutations)
     return TestOutcome("permutation", observed, (1 + hits) / (1 + done), scores, is_suspect, done)
 
 
@@ -165,9 +170,11 @@ def run_test(
     seed: int,
     permutations: int = 1000,
     n_jobs: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TestOutcome:
     if test == "permutation":
-        return permutation_test(features, is_suspect, permutations=permutations, seed=seed, n_jobs=n_jobs)
+        return permutation_test(features, is_suspect, permutations=permutations, seed=seed, n_jobs=n_jobs,
+                                on_progress=on_progress)
     if test == "split":
         return split_test(features, is_suspect, seed=seed)
     raise ValueError(f"unknown test {test!r}")

@@ -76,3 +76,25 @@ def test_a_killed_write_leaves_no_partial_chunk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(section.load()["a" * 64], [1.5])
     other = FeatureStore(tmp_path).section({"extractor": "loss", "seed": 1})
     assert other.folder != section.folder and other.load() == {}
+
+
+def test_an_interrupted_run_resumes_without_recomputing_finished_batches(target, records, tmp_path: Path) -> None:
+    from cdi_audit.features.loss import DenoisingLoss
+
+    class InterruptedOnThirdBatch(DenoisingLoss):
+        batches = 0
+
+        def extract(self, target, batch, noise):
+            type(self).batches += 1
+            if type(self).batches == 3:
+                raise KeyboardInterrupt
+            return super().extract(target, batch, noise)
+
+    store = FeatureStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(records, target, [InterruptedOnThirdBatch()], seed=0, batch_size=4, store=store)
+    resumed, summary = extract_features(records, target, [DenoisingLoss()], seed=0, batch_size=4, store=store)
+    assert summary.images_from_cache == 8
+    assert summary.model_calls == (len(records) - 8) * 5
+    fresh, _ = extract_features(records, target, [DenoisingLoss()], seed=0, batch_size=4)
+    np.testing.assert_array_equal(resumed.values, fresh.values)

@@ -50,7 +50,10 @@ def print_summary(result: AuditResult, console: Console) -> None:
     label = result.verdict.replace("_", " ").upper()
     console.print(f"\n[{VERDICT_STYLES[result.verdict]}]{label}[/]  {result.verdict_reason}")
     console.print(summary_table(result))
-    for skipped in result.skipped_files[:10]:
+    shown = 10
+    for skipped in result.skipped_files[:shown]:
         console.print(f"[dim]skipped[/] {skipped.path}: {skipped.reason}")
+    if len(result.skipped_files) > shown:
+        console.print(f"[dim]... and {len(result.skipped_files) - shown} more skipped files (see the JSON report)[/]")
     for warning in result.warnings:
         console.print(f"[yellow]warning[/] {warning}")
