@@ -29,7 +29,6 @@ from cdi_audit.result import (
     DroppedFeature,
     Effect,
     ExtractionInfo,
-    ModelInfo,
     SkippedFileInfo,
     Verdict,
 )
@@ -244,7 +243,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
             negative_control_p_value=control.p_value if control else None,
             negative_control_passed=(control.p_value >= settings.alpha) if control else None,
         ),
-        model=ModelInfo(**vars(target.description), device=str(device)),
+        model=target.description,
         seed=settings.seed,
         suspect_dir=str(settings.suspect_dir),
         reference_dir=str(settings.reference_dir),

@@ -28,6 +28,8 @@ class Controls(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """What the report says about the model: where it is, what it is, its content hash, where it ran."""
+
     path: str
     fingerprint: str
     family: str

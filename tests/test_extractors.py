@@ -18,7 +18,8 @@ from cdi_audit.features.multi_loss import MultiTimestepLoss
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.features.secmi import SecMI
-from cdi_audit.targets.base import ModelDescription, Target
+from cdi_audit.result import ModelInfo
+from cdi_audit.targets.base import Target
 
 
 def linear_schedule(steps: int) -> torch.Tensor:
@@ -30,7 +31,8 @@ class AnalyticTarget(Target):
     """eps_theta(z, t) = (0.3 + t / T) * z, exactly, in float64."""
 
     def __init__(self, steps: int = 1000, prediction_type: str = "epsilon") -> None:
-        description = ModelDescription("analytic", "0" * 64, "analytic", 4, steps, prediction_type)
+        description = ModelInfo(path="analytic", fingerprint="0" * 64, family="analytic", sample_size=4,
+                                num_train_timesteps=steps, prediction_type=prediction_type, device="cpu")
         super().__init__(linear_schedule(steps), prediction_type, 3, torch.device("cpu"), description)
 
     def coefficient(self, t: int) -> float:

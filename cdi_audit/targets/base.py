@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
 
 import torch
+
+from cdi_audit.result import ModelInfo
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # Feature timesteps in the spec are written for 1000-step schedules.
 NOMINAL_TRAIN_STEPS = 1000
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """What the report says about the model: where it is, what it is, and its content hash."""
-
-    path: str
-    fingerprint: str
-    family: str
-    sample_size: int
-    num_train_timesteps: int
-    prediction_type: str
 
 
 class Target(abc.ABC):
@@ -47,7 +36,7 @@ class Target(abc.ABC):
         prediction_type: str,
         channels: int,
         device: torch.device,
-        description: ModelDescription,
+        description: ModelInfo,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")

@@ -17,7 +17,8 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.images import file_sha256
-from cdi_audit.targets.base import PREDICTION_TYPES, ModelDescription, Target
+from cdi_audit.result import ModelInfo
+from cdi_audit.targets.base import PREDICTION_TYPES, Target
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
@@ -127,13 +128,14 @@ def load_target(path: Path, device: torch.device) -> Target:
     sample_size = unet.config.sample_size
     if isinstance(sample_size, (list, tuple)):
         sample_size = sample_size[0]
-    description = ModelDescription(
+    description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=model_fingerprint(root),
         family="pixel UNet2DModel",
         sample_size=int(sample_size),
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
+        device=str(device),
     )
     return PixelTarget(unet, alphas_cumprod, prediction_type, device, description)
 

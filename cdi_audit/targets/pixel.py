@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from cdi_audit.targets.base import ModelDescription, Target
+from cdi_audit.result import ModelInfo
+from cdi_audit.targets.base import Target
 
 
 class PixelTarget(Target):
     """A UNet that denoises images directly (DDPM, DDIM pipelines)."""
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str,
-                 device: torch.device, description: ModelDescription) -> None:
+                 device: torch.device, description: ModelInfo) -> None:
         super().__init__(alphas_cumprod, prediction_type, unet.config.in_channels, device, description)
         self.unet = unet.to(device).eval()
         self.unet.requires_grad_(False)
