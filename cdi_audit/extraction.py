@@ -66,11 +66,13 @@ def extract_features(
 
     Images are loaded, encoded once and run through every extractor that has
     no cached row for them, batch by batch; each batch's rows are stored
-    before the next starts. ``on_images_done(done, total)`` reports progress.
+    before the next starts. They are processed in sha256 order, so suspect
+    and reference images share batches and go through the same code path.
+    ``on_images_done(done, total)`` reports progress.
     """
     started = time.perf_counter()
     calls_before = target.forward_rows
-    unique = list({record.sha256: record for record in records}.values())
+    unique = sorted({record.sha256: record for record in records}.values(), key=lambda record: record.sha256)
     noise = NoiseSource(seed)
     sections: dict[str, FeatureSection | None] = {}
     known: dict[str, dict[str, np.ndarray]] = {}
