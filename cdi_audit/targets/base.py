@@ -45,7 +45,6 @@ class Target(abc.ABC):
         self.channels = channels
         self.device = device
         self.description = description
-        self.forward_calls = 0
         self.forward_rows = 0
 
     @property
@@ -71,7 +70,6 @@ class Target(abc.ABC):
         """eps_theta(z_t, t) in fp32, (B, C, H, W), whatever the model's output parameterisation."""
         timesteps = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
         output = self._model_output(z_t, timesteps).float()
-        self.forward_calls += 1
         self.forward_rows += z_t.shape[0]
         if output.shape[1] == 2 * self.channels:
             output = output[:, : self.channels]  # learned variance: keep the noise half
