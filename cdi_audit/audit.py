@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -178,11 +178,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Inputs:
     suspect: ImageSet
     reference: ImageSet
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str]
 
 
 def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:

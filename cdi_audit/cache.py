@@ -49,10 +49,10 @@ class FeatureSection:
         self.folder.mkdir(parents=True, exist_ok=True)
         key_file = self.folder / "key.json"
         if not key_file.exists():
-            _atomic_write(key_file, json.dumps(self.key, indent=2, sort_keys=True).encode())
+            atomic_write(key_file, json.dumps(self.key, indent=2, sort_keys=True).encode())
         buffer = io.BytesIO()
         np.savez(buffer, hashes=np.array(hashes, dtype=str), values=np.asarray(values, dtype=np.float64))
-        _atomic_write(self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.npz", buffer.getvalue())
+        atomic_write(self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.npz", buffer.getvalue())
 
 
 class FeatureStore:
@@ -68,7 +68,8 @@ class FeatureStore:
         return FeatureSection(self.root / "features" / digest, key)
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
+def atomic_write(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(content)

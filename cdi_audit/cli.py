@@ -89,12 +89,11 @@ def _check_device(value: str) -> str:
 
 
 def _write_report(folder: Path, payload: str) -> Path:
+    from cdi_audit.cache import atomic_write
+
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "report.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(payload + "\n")
-    temporary.replace(path)
-    return path
+    atomic_write(folder / "report.json", (payload + "\n").encode())
+    return folder / "report.json"
 
 
 @app.command()

@@ -2,8 +2,9 @@
 
 An image's identity is the sha256 of its file: features are cached by it,
 overlap between the suspect and reference sets is checked by it, and the
-report lists it. Pixels are loaded only when a batch needs them, so memory does
-not grow with the number of images.
+report lists it. Scanning decodes each file once to reject unreadable ones
+before any model work; pixels are decoded again only when an extraction batch
+needs them, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
