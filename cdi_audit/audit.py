@@ -58,6 +58,7 @@ class AuditSettings:
     permutations: int = 1000
     device: str = "auto"
     batch_size: int = 32
+    max_batch_grad: int = 16
     cache_dir: Path | None = None
     use_cache: bool = True
     strict: bool = False
@@ -198,7 +199,7 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
 def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
     """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
     from cdi_audit.extraction import extract_features
-    from cdi_audit.features.registry import resolve_extractors
+    from cdi_audit.features.registry import require_access, resolve_extractors
     from cdi_audit.targets.loading import load_target, resolve_device
 
     progress = progress or StageProgress()
@@ -209,11 +210,12 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         inputs = gather_images(settings, progress)
     with _timed(timings, "load_model"):
         target = load_target(settings.model_path, device)
+    require_access(target.access, extractors)
     store = FeatureStore(settings.cache_dir or default_cache_dir()) if settings.use_cache else None
     with _timed(timings, "extract"):
         table, summary = extract_features(
             inputs.suspect.records + inputs.reference.records, target, extractors, settings.seed,
-            settings.batch_size, store, progress.counter("extracting features (images)"),
+            settings.batch_size, store, progress.counter("extracting features (images)"), settings.max_batch_grad,
         )
     with _timed(timings, "test"):
         decision = decide(table, inputs.suspect.hashes, inputs.reference.hashes, settings.alpha, settings.test,

@@ -24,6 +24,11 @@ from cdi_audit.errors import AuditError, ExitCode
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
+FEATURES_HELP = (
+    "Feature preset or a comma-separated list of extractor names. 'fast' (grey-box: loss, multi_loss, secmi, "
+    "pia/pian; 14 columns, 30 model calls per image); 'full' (white-box: fast + gradient_masking, noise_optim; "
+    "26 columns, about 100 calls per image)."
+)
 VERDICT_EXIT_CODES = {
     "no_evidence": ExitCode.NO_EVIDENCE,
     "evidence": ExitCode.EVIDENCE,
@@ -109,8 +114,7 @@ def check(
         help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")],
     features: Annotated[str, typer.Option(
         callback=_check_features, metavar="NAMES",
-        help="Feature preset ('fast': loss, multi_loss, secmi, pia/pian; 14 columns) or a comma-separated "
-             "list of extractor names.")] = "fast",
+        help=FEATURES_HELP)] = "fast",
     alpha: Annotated[float, typer.Option(
         callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")] = 0.01,
     seed: Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")] = 0,
@@ -123,6 +127,8 @@ def check(
         envvar="CDI_AUDIT_DEVICE", callback=_check_device, metavar="DEVICE",
         help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")] = 32,
+    max_batch_grad: Annotated[int, typer.Option(
+        min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")] = 16,
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False,
         help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")] = None,
@@ -152,6 +158,7 @@ def check(
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, batch_size=batch_size,
+        max_batch_grad=max_batch_grad,
         cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
     )
     try:

@@ -32,3 +32,9 @@ class ModelUnavailable(AuditError):
     """The model path holds nothing we can load offline and safely, or the model misbehaves."""
 
     exit_code = ExitCode.MODEL_UNAVAILABLE
+
+
+class AccessInsufficient(AuditError):
+    """The chosen features need more access to the model (e.g. gradients) than the target gives."""
+
+    exit_code = ExitCode.USAGE

@@ -18,6 +18,8 @@ from cdi_audit.targets.base import Target
 
 # Bump when image loading or preprocessing changes what the model sees.
 PREPROCESSING_VERSION = "centre-crop-lanczos-1"
+# Images per backward pass: bounds the activation memory of gradient features.
+DEFAULT_MAX_BATCH_GRAD = 16
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,22 @@ def cache_key(target: Target, extractor: Extractor, seed: int) -> dict:
     }
 
 
-def _compute(extractor: Extractor, target: Target, batch: LatentBatch, noise: NoiseSource) -> np.ndarray:
-    with torch.set_grad_enabled(extractor.access == "white"):
-        values = extractor.extract(target, batch, noise).numpy()
+def _compute(
+    extractor: Extractor, target: Target, batch: LatentBatch, noise: NoiseSource, max_batch_grad: int
+) -> np.ndarray:
+    """One extractor on one batch, as a (B, k) array.
+
+    Extractors that take gradients run in micro-batches of at most
+    ``max_batch_grad`` images: a backward pass holds every activation of its
+    batch in memory, and a large model would otherwise run out of it.
+    """
+    needs_gradients = extractor.access == "white"
+    step = max_batch_grad if needs_gradients else len(batch.hashes)
+    with torch.set_grad_enabled(needs_gradients):
+        values = np.concatenate([
+            extractor.extract(target, LatentBatch(batch.z0[i : i + step], batch.hashes[i : i + step]), noise).numpy()
+            for i in range(0, len(batch.hashes), step)
+        ])
     if not np.isfinite(values).all():
         raise ModelUnavailable(
             f"The model produced non-finite values for the {extractor.name} feature; "
@@ -61,6 +76,7 @@ def extract_features(
     batch_size: int,
     store: FeatureStore | None = None,
     on_images_done: Callable[[int, int], None] | None = None,
+    max_batch_grad: int = DEFAULT_MAX_BATCH_GRAD,
 ) -> tuple[FeatureTable, ExtractionSummary]:
     """Features of every image in ``records`` (unique by sha256), computed or read from ``store``.
 
@@ -68,7 +84,8 @@ def extract_features(
     no cached row for them, batch by batch; each batch's rows are stored
     before the next starts. They are processed in sha256 order, so suspect
     and reference images share batches and go through the same code path.
-    ``on_images_done(done, total)`` reports progress.
+    ``on_images_done(done, total)`` reports progress. Results do not depend
+    on ``batch_size`` or ``max_batch_grad`` beyond float rounding.
     """
     started = time.perf_counter()
     calls_before = target.forward_rows
@@ -93,7 +110,7 @@ def extract_features(
             if not todo:
                 continue
             hashes = [records_in_batch[i].sha256 for i in todo]
-            values = _compute(extractor, target, LatentBatch(z0[todo], tuple(hashes)), noise)
+            values = _compute(extractor, target, LatentBatch(z0[todo], tuple(hashes)), noise, max_batch_grad)
             known[extractor.name].update(zip(hashes, values, strict=True))
             section = sections[extractor.name]
             if section is not None:

@@ -40,6 +40,20 @@ def test_features_do_not_depend_on_batch_size_or_neighbours(target, records) -> 
     assert alone.columns == batched.columns and len(alone.columns) == 14
 
 
+def test_gradient_features_do_not_depend_on_batch_or_micro_batch_size(target, records) -> None:
+    extractors = resolve_extractors("gradient_masking,noise_optim")
+    alone, summary = extract_features(records[:5], target, extractors, seed=0, batch_size=1)
+    batched, _ = extract_features(records[:5], target, extractors, seed=0, batch_size=5, max_batch_grad=2)
+    whole, _ = extract_features(records[:5], target, extractors, seed=0, batch_size=5, max_batch_grad=5)
+    assert alone.columns[-2:] == ("noise_optim_loss_t100", "noise_optim_delta_t100") and len(alone.columns) == 12
+    # noise_optim optimises one image at a time: bit-identical whatever the batch.
+    np.testing.assert_array_equal(batched.values[:, 10:], alone.values[:, 10:])
+    np.testing.assert_allclose(batched.values, alone.values, rtol=1e-5)
+    np.testing.assert_allclose(whole.values, alone.values, rtol=1e-5)
+    assert np.isfinite(alone.values).all() and (alone.values > 0).all()
+    assert summary.model_calls >= 5 * (20 + 2)
+
+
 def test_neighbours_in_an_equal_sized_batch_leave_an_image_bit_identical(target, records) -> None:
     extractors = resolve_extractors("loss,pia")
     first, _ = extract_features(records[0:1] + records[1:4], target, extractors, 0, 4)

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from cdi_audit.errors import AccessInsufficient, ExitCode
 from cdi_audit.features.base import LatentBatch, NoiseSource
+from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
+from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
-from cdi_audit.features.registry import resolve_extractors
+from cdi_audit.features.registry import require_access, resolve_extractors
 from cdi_audit.features.secmi import SecMI
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Target
@@ -158,3 +161,74 @@ def test_unknown_feature_names_are_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known: fast"):
         resolve_extractors("fast,nonsense")
     assert [e.name for e in resolve_extractors("pia,pian,loss")] == ["pia", "loss"]
+
+
+def test_gradient_masking_matches_hand_computation(batch: LatentBatch) -> None:
+    """For eps_theta = c z the loss gradient is c r / ||r|| with r = c z_t - eps, so the mask is the top 20% of |r|."""
+    target, noise = AnalyticTarget(), NoiseSource(seed=4)
+    eps = noise.draw(batch, "gradient_masking", "shared").double().numpy()
+    z0 = batch.z0.double().numpy()
+    k = int(z0[0].size * 0.2)
+    expected = np.zeros((3, 10))
+    for column, t in enumerate(range(0, 1000, 100)):
+        a, c = float(target.alphas_cumprod[t]), target.coefficient(t)
+        residual = c * (math.sqrt(a) * z0 + math.sqrt(1 - a) * eps) - eps
+        for image in range(3):
+            mask = np.zeros(z0[image].size, dtype=bool)
+            mask[np.argsort(-np.abs(residual[image]).ravel())[:k]] = True
+            mask = mask.reshape(z0[image].shape)
+            z_masked = np.where(mask, eps[image], z0[image])
+            expected[image, column] = np.linalg.norm((mask * ((eps[image] - z0[image]) - c * z_masked)).ravel())
+    extractor = GradientMasking()
+    with torch.enable_grad():
+        values = extractor.extract(target, batch, noise)
+    assert extractor.columns[0] == "gradient_masking_t000" and len(extractor.columns) == 10
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-5)
+    assert target.forward_rows == 20 * 3
+
+
+def test_noise_optimisation_moves_along_the_residual_and_lowers_the_loss(batch: LatentBatch) -> None:
+    """For eps_theta = c z every gradient is parallel to r0 = c z_t - eps, so delta = -beta r0 / ||r0|| and the
+    final loss is exactly | ||r0|| - c ||delta|| |."""
+    target, noise = AnalyticTarget(), NoiseSource(seed=4)
+    eps = noise.draw(batch, "noise_optim", "t100").double().numpy()
+    a, c = float(target.alphas_cumprod[100]), target.coefficient(100)
+    initial = l2(c * (math.sqrt(a) * batch.z0.double().numpy() + math.sqrt(1 - a) * eps) - eps)
+    extractor = NoiseOptimisation()
+    with torch.enable_grad():
+        values = extractor.extract(target, batch, noise).numpy()
+    loss, delta_norm = values[:, 0], values[:, 1]
+    assert extractor.columns == ("noise_optim_loss_t100", "noise_optim_delta_t100")
+    np.testing.assert_allclose(loss, np.abs(initial - c * delta_norm), rtol=1e-4, atol=1e-5)
+    assert (loss < 0.5 * initial).all() and (delta_norm > 0).all()
+    # At most 5 L-BFGS iterations, each with a line search of at most 20 evaluations (scipy's maxls).
+    assert 3 * 2 <= target.forward_rows <= 3 * (1 + 5 * 20)
+
+
+def test_noise_optimisation_of_an_image_ignores_its_batch(batch: LatentBatch) -> None:
+    target, noise = AnalyticTarget(), NoiseSource(seed=4)
+    with torch.enable_grad():
+        together = NoiseOptimisation().extract(target, batch, noise)
+        alone = NoiseOptimisation().extract(target, LatentBatch(batch.z0[1:2], batch.hashes[1:2]), noise)
+    np.testing.assert_array_equal(together[1:2].numpy(), alone.numpy())
+
+
+def test_full_preset_has_twenty_six_columns() -> None:
+    extractors = resolve_extractors("full")
+    columns = [column for extractor in extractors for column in extractor.columns]
+    assert len(columns) == 26 and len(set(columns)) == 26
+    assert [e.name for e in extractors if e.access == "white"] == ["gradient_masking", "noise_optim"]
+    assert [e.name for e in resolve_extractors("loss, noise_optim")] == ["loss", "noise_optim"]
+
+
+def test_features_beyond_the_targets_access_are_refused_with_what_is_missing() -> None:
+    require_access("white", resolve_extractors("full"))
+    require_access("grey", resolve_extractors("fast"))
+    with pytest.raises(AccessInsufficient) as refused:
+        require_access("grey", resolve_extractors("full"))
+    message = str(refused.value)
+    assert "gradient_masking, noise_optim need white-box access" in message
+    assert "only grey-box access" in message and "--features fast" in message
+    assert refused.value.exit_code == ExitCode.USAGE
+    with pytest.raises(AccessInsufficient, match="loss need grey-box access"):
+        require_access("black", resolve_extractors("loss"))

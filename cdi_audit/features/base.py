@@ -12,13 +12,11 @@ from __future__ import annotations
 import abc
 import hashlib
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
-from cdi_audit.targets.base import Target
-
-Access = Literal["black", "grey", "white"]
+from cdi_audit.targets.base import Access, Target
 
 
 @dataclass(frozen=True)

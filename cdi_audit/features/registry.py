@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from cdi_audit.errors import AccessInsufficient
 from cdi_audit.features.base import Extractor
+from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
+from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.secmi import SecMI
+from cdi_audit.targets.base import ACCESS_LEVELS, Access
 
 EXTRACTORS: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA)
+    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation)
 }
 # ``pian`` shares its first model call with ``pia``: one extractor computes both.
 ALIASES = {"pian": "pia"}
 PRESETS: dict[str, tuple[str, ...]] = {
     # grey-box, no gradients: 14 columns, 30 forward passes per image
     "fast": ("loss", "multi_loss", "secmi", "pia"),
+    # white-box, needs gradients: 26 columns, about 100 forward-equivalents per image
+    "full": ("loss", "multi_loss", "secmi", "pia", "gradient_masking", "noise_optim"),
 }
 
 
@@ -38,3 +44,31 @@ def resolve_extractors(spec: str) -> list[Extractor]:
     if not names:
         raise ValueError("no features given")
     return [EXTRACTORS[name]() for name in names]
+
+
+def require_access(available: Access, extractors: list[Extractor]) -> None:
+    """Refuse extractors that need more access to the model than the target gives."""
+    rank = ACCESS_LEVELS.index(available)
+    beyond = [e for e in extractors if ACCESS_LEVELS.index(e.access) > rank]
+    if beyond:
+        needed = max((e.access for e in beyond), key=ACCESS_LEVELS.index)
+        names = ", ".join(e.name for e in beyond)
+        raise AccessInsufficient(
+            f"The features {names} need {needed}-box access ({ACCESS_DESCRIPTIONS[needed]}), but this model "
+            f"gives only {available}-box access ({ACCESS_DESCRIPTIONS[available]}); choose features it can serve, "
+            f"e.g. --features {_largest_preset_within(available) or 'with fewer requirements'}."
+        )
+
+
+ACCESS_DESCRIPTIONS: dict[Access, str] = {
+    "black": "image-to-image calls only",
+    "grey": "noise predictions at chosen timesteps",
+    "white": "the weights, for gradients",
+}
+
+
+def _largest_preset_within(available: Access) -> str | None:
+    rank = ACCESS_LEVELS.index(available)
+    fitting = [name for name, members in PRESETS.items()
+               if all(ACCESS_LEVELS.index(EXTRACTORS[m].access) <= rank for m in members)]
+    return max(fitting, key=lambda name: len(PRESETS[name]), default=None)

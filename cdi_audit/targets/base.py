@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import ClassVar, Literal
 
 import torch
 
 from cdi_audit.result import ModelInfo
 
+Access = Literal["black", "grey", "white"]
+# From least to most: an image-to-image endpoint, noise predictions, weights and gradients.
+ACCESS_LEVELS: tuple[Access, ...] = ("black", "grey", "white")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # Feature timesteps in the spec are written for 1000-step schedules.
 NOMINAL_TRAIN_STEPS = 1000
@@ -27,8 +31,11 @@ class Target(abc.ABC):
     Subclasses implement ``_model_output`` (and ``encode`` for latent models).
     ``predict_noise`` converts every parameterisation to epsilon and counts the
     rows it evaluates, so tests and benchmarks can see how many model calls an
-    audit made (a fully cached audit makes none).
+    audit made (a fully cached audit makes none). ``access``: what the target
+    can serve; a model held locally gives its weights, hence gradients.
     """
+
+    access: ClassVar[Access] = "white"
 
     def __init__(
         self,
