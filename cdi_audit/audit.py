@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from cdi_audit.console import StageProgress
 from cdi_audit.controls import negative_control, reject_overlap
 from cdi_audit.errors import InputProblem
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.images import ImageSet, scan_image_set
+from cdi_audit.images import ImageRecord, ImageSet, scan_image_set
 from cdi_audit.result import (
     AuditResult,
     Controls,
@@ -33,6 +34,10 @@ from cdi_audit.result import (
     Verdict,
 )
 from cdi_audit.stats import EffectSize, TestName, TestOutcome, effect_size, run_test
+
+if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
+    from cdi_audit.extraction import ExtractionSummary
+    from cdi_audit.targets.base import Target
 
 MIN_IMAGES = 10
 LOW_POWER_IMAGES = 50
@@ -46,16 +51,13 @@ TEST_DESCRIPTIONS = {
 VERSIONED_PACKAGES = ("cdi-audit", "torch", "diffusers", "numpy", "scipy", "scikit-learn", "pillow")
 
 
-@dataclass(frozen=True)
-class AuditSettings:
-    suspect_dir: Path
-    reference_dir: Path
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """How features are computed: shared by ``check`` and ``evaluate``."""
+
     model_path: Path
     features: str = "fast"
-    alpha: float = 0.01
     seed: int = 0
-    test: TestName = "permutation"
-    permutations: int = 1000
     device: str = "auto"
     batch_size: int = 32
     max_batch_grad: int = 16
@@ -63,6 +65,15 @@ class AuditSettings:
     use_cache: bool = True
     strict: bool = False
     n_jobs: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSettings(ModelSettings):
+    suspect_dir: Path
+    reference_dir: Path
+    alpha: float = 0.01
+    test: TestName = "permutation"
+    permutations: int = 1000
 
 
 @dataclass(frozen=True)
@@ -139,11 +150,11 @@ def decide(
     return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control)
 
 
-def _require_enough(images: ImageSet, role: str) -> None:
-    if len(images) < MIN_IMAGES:
+def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
+    if len(images) < needed:
         raise InputProblem(
-            f"The {role} set {images.root} has {len(images)} usable image(s); an audit needs at least "
-            f"{MIN_IMAGES} per set (and {LOW_POWER_IMAGES} or more for useful power)."
+            f"The {role} set {images.root} has {len(images)} usable image(s); this needs at least "
+            f"{needed} (and {LOW_POWER_IMAGES} or more per set for useful power)."
         )
 
 
@@ -163,7 +174,7 @@ def _size_warnings(suspect: ImageSet, reference: ImageSet) -> list[str]:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str):
+def timed(timings: dict[str, float], stage: str):
     started = time.perf_counter()
     yield
     timings[stage] = round(time.perf_counter() - started, 3)
@@ -190,34 +201,48 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
     """Scan, hash and validate both sets; refuse what cannot give a valid audit."""
     suspect = scan_image_set(settings.suspect_dir, settings.strict, progress.track("hashing suspect images"))
     reference = scan_image_set(settings.reference_dir, settings.strict, progress.track("hashing reference images"))
-    _require_enough(suspect, "suspect")
-    _require_enough(reference, "reference")
+    require_enough(suspect, "suspect")
+    require_enough(reference, "reference")
     reject_overlap(suspect, reference)
     return _Inputs(suspect, reference, _size_warnings(suspect, reference))
 
 
-def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
-    """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
+@dataclass(frozen=True)
+class ModelFeatures:
+    table: FeatureTable
+    summary: ExtractionSummary
+    target: Target
+
+
+def load_and_extract(settings: ModelSettings, records: list[ImageRecord], progress: StageProgress,
+                     timings: dict[str, float]) -> ModelFeatures:
+    """Load the model, check it can serve the features, and extract them (through the cache)."""
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import require_access, resolve_extractors
     from cdi_audit.targets.loading import load_target, resolve_device
 
-    progress = progress or StageProgress()
-    timings: dict[str, float] = {}
     extractors = resolve_extractors(settings.features)
-    device = resolve_device(settings.device)
-    with _timed(timings, "scan"):
-        inputs = gather_images(settings, progress)
-    with _timed(timings, "load_model"):
-        target = load_target(settings.model_path, device)
+    with timed(timings, "load_model"):
+        target = load_target(settings.model_path, resolve_device(settings.device))
     require_access(target.access, extractors)
     store = FeatureStore(settings.cache_dir or default_cache_dir()) if settings.use_cache else None
-    with _timed(timings, "extract"):
+    with timed(timings, "extract"):
         table, summary = extract_features(
-            inputs.suspect.records + inputs.reference.records, target, extractors, settings.seed,
-            settings.batch_size, store, progress.counter("extracting features (images)"), settings.max_batch_grad,
+            records, target, extractors, settings.seed, settings.batch_size, store,
+            progress.counter("extracting features (images)"), settings.max_batch_grad,
         )
-    with _timed(timings, "test"):
+    return ModelFeatures(table, summary, target)
+
+
+def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
+    """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
+    progress = progress or StageProgress()
+    timings: dict[str, float] = {}
+    with timed(timings, "scan"):
+        inputs = gather_images(settings, progress)
+    extracted = load_and_extract(settings, inputs.suspect.records + inputs.reference.records, progress, timings)
+    table, summary, target = extracted.table, extracted.summary, extracted.target
+    with timed(timings, "test"):
         decision = decide(table, inputs.suspect.hashes, inputs.reference.hashes, settings.alpha, settings.test,
                           settings.seed, settings.permutations, settings.n_jobs, progress)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect

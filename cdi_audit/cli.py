@@ -93,12 +93,61 @@ def _check_device(value: str) -> str:
     return value
 
 
-def _write_report(folder: Path, payload: str) -> Path:
+def _write_file(path: Path, payload: str) -> Path:
+    """Write atomically, so an interrupted run never leaves half a report."""
     from cdi_audit.cache import atomic_write
 
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "report.json", (payload + "\n").encode())
-    return folder / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (payload + "\n").encode())
+    return path
+
+
+ModelOption = Annotated[Path, typer.Option(
+    "--model", "-m", metavar="PATH", show_default=False,
+    help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")]
+AlphaOption = Annotated[float, typer.Option(
+    callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
+SeedOption = Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")]
+DeviceOption = Annotated[str, typer.Option(
+    envvar="CDI_AUDIT_DEVICE", callback=_check_device, metavar="DEVICE",
+    help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")]
+MaxBatchGradOption = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
+CacheDirOption = Annotated[Path | None, typer.Option(
+    envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False,
+    help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features.")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print the result as one JSON object on stdout (nothing else goes to stdout).")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")]
+JobsOption = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Worker processes for the statistics (default: one per CPU core, at most 8).")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+
+
+def _require_reachable(permutations: int, threshold: float, what: str) -> None:
+    """A permutation p-value is at least 1/(B+1): refuse a B that could never go below ``threshold``."""
+    if 1 / (permutations + 1) >= threshold:
+        raise typer.BadParameter(
+            f"with {permutations} permutations the smallest p-value is 1/{permutations + 1}, which cannot be "
+            f"below {what} = {threshold:g}; use at least {math.ceil(1 / threshold)}.", param_hint="--permutations")
+
+
+def _run_stage(stage, console: Console, json_output: bool, debug: bool):
+    """Run a stage with progress bars; turn failures into their exit codes (never 1, which means evidence)."""
+    try:
+        with StageProgress(console) as progress:
+            return stage(progress)
+    except AuditError as error:
+        _fail(console, error.exit_code, str(error), json_output, debug)
+    except KeyboardInterrupt:
+        _fail(console, INTERRUPTED, "Interrupted; features extracted so far are cached and a re-run resumes.",
+              json_output, debug)
+    except Exception as error:  # a bug must not exit 1, which means "evidence"
+        _fail(console, INTERNAL_ERROR, f"Internal error ({type(error).__name__}: {error}); "
+              "please report it, with the output of --debug.", json_output, debug)
 
 
 @app.command()
@@ -109,76 +158,122 @@ def check(
     reference: Annotated[Path, typer.Option(
         "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images from the same source (never trained on).")],
-    model: Annotated[Path, typer.Option(
-        "--model", "-m", metavar="PATH", show_default=False,
-        help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")],
-    features: Annotated[str, typer.Option(
-        callback=_check_features, metavar="NAMES",
-        help=FEATURES_HELP)] = "fast",
-    alpha: Annotated[float, typer.Option(
-        callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")] = 0.01,
-    seed: Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")] = 0,
+    model: ModelOption,
+    features: Annotated[str, typer.Option(callback=_check_features, metavar="NAMES", help=FEATURES_HELP)] = "fast",
+    alpha: AlphaOption = 0.01,
+    seed: SeedOption = 0,
     test: Annotated[TestChoice, typer.Option(
         help="'permutation' (exact, uses all images) or 'split' (fast, valid, less power).")
     ] = TestChoice.permutation,
     permutations: Annotated[int, typer.Option(
         min=1, metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
-    device: Annotated[str, typer.Option(
-        envvar="CDI_AUDIT_DEVICE", callback=_check_device, metavar="DEVICE",
-        help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")] = 32,
-    max_batch_grad: Annotated[int, typer.Option(
-        min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")] = 16,
-    cache_dir: Annotated[Path | None, typer.Option(
-        envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False,
-        help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Neither read nor write cached features.")] = False,
-    json_output: Annotated[bool, typer.Option(
-        "--json", help="Print the result as one JSON object on stdout (nothing else goes to stdout).")] = False,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 32,
+    max_batch_grad: MaxBatchGradOption = 16,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    json_output: JsonOption = False,
     out: Annotated[Path | None, typer.Option(
         metavar="DIR", show_default=False, help="Folder to write report.json into.")] = None,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")] = False,
-    jobs: Annotated[int, typer.Option(
-        min=1, metavar="N", help="Worker processes for the permutation test (default: one per CPU core, "
-                                 "at most 8).")] = DEFAULT_JOBS,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    strict: StrictOption = False,
+    jobs: JobsOption = DEFAULT_JOBS,
+    debug: DebugOption = False,
 ) -> None:
     """Audit one model: do your published images look like its training data, compared with unpublished ones?"""
     from cdi_audit.audit import AuditSettings, run_audit
     from cdi_audit.report.terminal import print_summary
 
-    if test is TestChoice.permutation and 1 / (permutations + 1) >= alpha:
-        needed = math.ceil(1 / alpha)
-        raise typer.BadParameter(
-            f"with {permutations} permutations the smallest p-value is 1/{permutations + 1}, which cannot be "
-            f"below alpha = {alpha}; use at least {needed}.", param_hint="--permutations")
+    if test is TestChoice.permutation:
+        _require_reachable(permutations, alpha, "alpha")
     console = stderr_console()
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, batch_size=batch_size,
-        max_batch_grad=max_batch_grad,
-        cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
+        max_batch_grad=max_batch_grad, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
     )
-    try:
-        with StageProgress(console) as progress:
-            result = run_audit(settings, progress)
-    except AuditError as error:
-        _fail(console, error.exit_code, str(error), json_output, debug)
-    except KeyboardInterrupt:
-        _fail(console, INTERRUPTED, "Interrupted; features extracted so far are cached and a re-run resumes.",
-              json_output, debug)
-    except Exception as error:  # a bug must not exit 1, which means "evidence"
-        _fail(console, INTERNAL_ERROR, f"Internal error ({type(error).__name__}: {error}); "
-              "please report it, with the output of --debug.", json_output, debug)
+    result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)
     if out is not None:
-        console.print(f"[dim]wrote {_write_report(out, payload)}[/]")
+        console.print(f"[dim]wrote {_write_file(out / 'report.json', payload)}[/]")
     print_summary(result, console)
     if json_output:
         typer.echo(payload)
     raise typer.Exit(VERDICT_EXIT_CODES[result.verdict])
+
+
+class EvaluationTestChoice(str, Enum):
+    permutation = "permutation"
+    split = "split"
+    cdi_reference = "cdi-reference"
+
+
+@app.command()
+def evaluate(
+    members: Annotated[Path, typer.Option(
+        metavar="DIR", show_default=False, help="Folder of images known to be in the model's training data.")],
+    nonmembers: Annotated[Path, typer.Option(
+        metavar="DIR", show_default=False,
+        help="Folder of images from the same distribution known NOT to be in it (at least 20).")],
+    model: ModelOption,
+    features: Annotated[str, typer.Option(
+        callback=_check_features, metavar="NAMES",
+        help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
+    repeats: Annotated[int, typer.Option(
+        min=1, metavar="R", help="Random draws of P and U per sample size.")] = 50,
+    test: Annotated[list[EvaluationTestChoice] | None, typer.Option(
+        help="Tests to compare (repeat the option; default: all three). 'cdi-reference' is the CDI paper's "
+             "pooled t-test, NOT calibrated, shown only for comparison.", show_default=False)] = None,
+    permutations: Annotated[int, typer.Option(
+        min=1, metavar="B", help="Permutations per simulated audit (at least 100, so that p can go below "
+                                 "0.01).")] = 200,
+    alpha: Annotated[float, typer.Option(
+        callback=_check_alpha, metavar="ALPHA", help="Level for the rejection rates (power and false positives).")
+    ] = 0.01,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 32,
+    max_batch_grad: MaxBatchGradOption = 16,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    json_output: JsonOption = False,
+    out: Annotated[Path | None, typer.Option(
+        metavar="DIR", show_default=False,
+        help="Folder to write evaluation.json and the plot p_value_curves.png into.")] = None,
+    strict: StrictOption = False,
+    jobs: JobsOption = DEFAULT_JOBS,
+    debug: DebugOption = False,
+) -> None:
+    """Measure detection power on a model whose training members are known.
+
+    For each feature set: AUC and TPR at 1% FPR of members against
+    non-members, and how many images an audit needs (the smallest n whose
+    median p over REPEATS random n-vs-n audits is below 0.01), next to the
+    false-positive rate measured by auditing non-members against non-members.
+    """
+    from cdi_audit.evaluate import EvaluationSettings, run_evaluation
+    from cdi_audit.evaluation import EVALUATION_TESTS, NEEDED_P
+    from cdi_audit.report.evaluation_table import print_evaluation
+
+    tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS
+    if "permutation" in tests:
+        _require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
+    console = stderr_console()
+    settings = EvaluationSettings(
+        members_dir=members, nonmembers_dir=nonmembers, model_path=model, features=features, repeats=repeats,
+        tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
+        batch_size=batch_size, max_batch_grad=max_batch_grad, cache_dir=cache_dir, use_cache=not no_cache,
+        strict=strict, n_jobs=jobs,
+    )
+    result = _run_stage(lambda progress: run_evaluation(settings, progress), console, json_output, debug)
+    payload = result.model_dump_json(indent=2)
+    if out is not None:
+        from cdi_audit.report.plots import plot_p_value_curves
+
+        console.print(f"[dim]wrote {_write_file(out / 'evaluation.json', payload)}[/]")
+        console.print(f"[dim]wrote {plot_p_value_curves(result, out / 'p_value_curves.png')}[/]")
+    print_evaluation(result, console)
+    if json_output:
+        typer.echo(payload)
 
 
 def _fail(console: Console, code: int, message: str, json_output: bool, debug: bool) -> NoReturn:

@@ -11,16 +11,20 @@ from cdi_audit.images import ImageSet
 from cdi_audit.stats import TestName, TestOutcome, run_test
 
 
-def reject_overlap(suspect: ImageSet, reference: ImageSet) -> None:
+def reject_overlap(
+    first: ImageSet,
+    second: ImageSet,
+    requirement: str = "the reference set must hold only unpublished images",
+) -> None:
     """The same file in both sets makes the comparison meaningless: an input error, not a finding."""
-    reference_paths = {record.sha256: record.path for record in reference.records}
-    shared = [(record.path, reference_paths[record.sha256]) for record in suspect.records
-              if record.sha256 in reference_paths]
+    second_paths = {record.sha256: record.path for record in second.records}
+    shared = [(record.path, second_paths[record.sha256]) for record in first.records
+              if record.sha256 in second_paths]
     if shared:
-        first_suspect, first_reference = shared[0]
+        first_path, second_path = shared[0]
         raise InputProblem(
-            f"{len(shared)} file(s) are in both the suspect and the reference set "
-            f"(e.g. {first_suspect} = {first_reference}); the reference set must hold only unpublished images."
+            f"{len(shared)} file(s) are in both {first.root} and {second.root} "
+            f"(e.g. {first_path} = {second_path}); {requirement}."
         )
 
 

@@ -42,7 +42,7 @@ class ModelInfo(BaseModel):
 class SkippedFileInfo(BaseModel):
     path: str
     reason: str
-    image_set: Literal["suspect", "reference"]
+    image_set: Literal["suspect", "reference", "members", "nonmembers"]
 
 
 class DroppedFeature(BaseModel):
@@ -78,6 +78,77 @@ class AuditResult(BaseModel):
     seed: int
     suspect_dir: str
     reference_dir: str
+    skipped_files: list[SkippedFileInfo]
+    warnings: list[str]
+    extraction: ExtractionInfo
+    timings_seconds: dict[str, float]
+    versions: dict[str, str]
+    configuration: dict[str, str | int | float | bool | None]
+    created: str
+
+
+class FeatureSetDiscrimination(BaseModel):
+    """Cross-fitted scores of all members against all non-members, with bootstrap 95% intervals."""
+
+    feature_set: str
+    columns: list[str]
+    auc: float
+    auc_ci: tuple[float, float]
+    tpr_at_1pct_fpr: float
+    tpr_at_1pct_fpr_ci: tuple[float, float]
+
+
+class CurvePointResult(BaseModel):
+    """``repeats`` simulated audits of n vs n images: members vs non-members, or (null) non-members only."""
+
+    feature_set: str
+    test: str
+    kind: Literal["members", "null"]
+    n: int
+    median_p: float
+    fraction_below_alpha: float
+    p_values: list[float]
+
+
+class ImagesNeededResult(BaseModel):
+    """Smallest n whose median p on the members curve is below 0.01; None when no n tried reached it."""
+
+    feature_set: str
+    test: str
+    images_needed: int | None
+    largest_n_tried: int
+
+
+class FalsePositiveRateResult(BaseModel):
+    """Share of null audits with p < alpha; ``binomial_p_value`` small means the test rejects too often."""
+
+    feature_set: str
+    test: str
+    runs: int
+    rejections: int
+    rate: float
+    binomial_p_value: float
+
+
+class EvaluationResult(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    kind: Literal["evaluation"] = "evaluation"
+    n_members: int
+    n_nonmembers: int
+    members_dir: str
+    nonmembers_dir: str
+    model: ModelInfo
+    alpha: float
+    repeats: int
+    permutations: int
+    seed: int
+    tests: list[str]
+    test_notes: dict[str, str]
+    feature_sets: dict[str, list[str]]
+    discrimination: list[FeatureSetDiscrimination]
+    images_needed: list[ImagesNeededResult]
+    false_positive_rates: list[FalsePositiveRateResult]
+    curves: list[CurvePointResult]
     skipped_files: list[SkippedFileInfo]
     warnings: list[str]
     extraction: ExtractionInfo

@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import sklearn
 from joblib import Parallel, delayed, effective_n_jobs
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cdi_audit.scoring import cross_fitted_score_matrix
+
+# Tests an audit may decide with; ``cdi-reference`` (the paper's uncalibrated
+# rule) exists only for comparison in ``evaluate``.
 TestName = Literal["permutation", "split"]
-N_FOLDS = 5
+AnyTestName = Literal["permutation", "split", "cdi-reference"]
 # Permutations handed to one worker at a time: large enough to amortise
 # process overhead, small enough that early stopping is not delayed much.
 PERMUTATIONS_PER_TASK = 25
@@ -42,17 +45,10 @@ def scoring_model(random_state: int) -> Pipeline:
 def cross_fitted_scores(features: np.ndarray, is_suspect: np.ndarray, random_state: int) -> np.ndarray:
     """Out-of-fold P(suspect | features) for every row, from K=5 stratified folds.
 
-    Each row is scored by a model that never saw it. Fewer folds are used only
-    when a class has fewer than five rows (the negative control on tiny sets).
+    Each row is scored by a model that never saw it (``scoring.py`` solves the
+    same model as ``scoring_model``, for many labellings at once).
     """
-    n_splits = min(N_FOLDS, int(is_suspect.sum()), int((~is_suspect).sum()))
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
-    scores = np.empty(len(is_suspect))
-    model = scoring_model(random_state)
-    for train, held_out in folds.split(features, is_suspect):
-        model.fit(features[train], is_suspect[train])
-        scores[held_out] = model.predict_proba(features[held_out])[:, 1]
-    return scores
+    return cross_fitted_score_matrix(features, is_suspect[None, :], random_state)[0]
 
 
 def welch_statistic(scores: np.ndarray, is_suspect: np.ndarray) -> float:
@@ -69,7 +65,7 @@ class TestOutcome:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    test: TestName
+    test: AnyTestName
     statistic: float
     p_value: float
     scores: np.ndarray
@@ -88,13 +84,9 @@ def permuted_labels(is_suspect: np.ndarray, seed: int, index: int) -> np.ndarray
 
 
 def _permuted_statistics(features: np.ndarray, is_suspect: np.ndarray, seed: int, indices: range) -> list[float]:
-    # Inputs were validated once for the observed fit; skip per-fit validation.
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        statistics = []
-        for index in indices:
-            labels = permuted_labels(is_suspect, seed, index)
-            statistics.append(welch_statistic(cross_fitted_scores(features, labels, seed), labels))
-        return statistics
+    labellings = np.stack([permuted_labels(is_suspect, seed, index) for index in indices])
+    scores = cross_fitted_score_matrix(features, labellings, seed)
+    return [welch_statistic(row, labels) for row, labels in zip(scores, labellings, strict=True)]
 
 
 def permutation_test(
@@ -163,8 +155,24 @@ def split_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> T
     return TestOutcome("split", statistic, float(result.pvalue), scores, labels)
 
 
+def reference_rule_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> TestOutcome:
+    """The CDI paper's rule, for comparison only: NOT a calibrated test.
+
+    A two-sided Welch t-test on the pooled out-of-fold scores, as if the scores
+    of five classifiers that share most of their training rows were
+    independent. Under H0 it rejects more often than alpha (protocol.md);
+    ``evaluate`` reports it so users see what the paper's rule would claim.
+    """
+    scores = cross_fitted_scores(features, is_suspect, seed)
+    statistic = welch_statistic(scores, is_suspect)
+    if not np.isfinite(statistic):
+        return TestOutcome("cdi-reference", statistic, 1.0, scores, is_suspect)
+    result = stats.ttest_ind(scores[is_suspect], scores[~is_suspect], equal_var=False)
+    return TestOutcome("cdi-reference", statistic, float(result.pvalue), scores, is_suspect)
+
+
 def run_test(
-    test: TestName,
+    test: AnyTestName,
     features: np.ndarray,
     is_suspect: np.ndarray,
     seed: int,
@@ -177,6 +185,8 @@ def run_test(
                                 on_progress=on_progress)
     if test == "split":
         return split_test(features, is_suspect, seed=seed)
+    if test == "cdi-reference":
+        return reference_rule_test(features, is_suspect, seed=seed)
     raise ValueError(f"unknown test {test!r}")
 
 

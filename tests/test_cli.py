@@ -87,7 +87,7 @@ def test_the_same_file_in_both_sets_exits_3(audit_args, image_sets, tmp_path: Pa
     mixed = shutil.copytree(suspect, tmp_path / "mixed")
     shutil.copy(next(reference.iterdir()), mixed / "leaked.png")
     code, payload, _ = run(*audit_args[:1], mixed, *audit_args[2:])
-    assert code == 3 and "in both the suspect and the reference set" in payload["error"]["message"]
+    assert code == 3 and "the reference set must hold only unpublished images" in payload["error"]["message"]
 
 
 def test_a_missing_folder_exits_3(audit_args, tmp_path: Path) -> None:

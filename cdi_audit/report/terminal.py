@@ -10,7 +10,7 @@ from cdi_audit.result import AuditResult
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 
 
-def _interval(low: float, high: float) -> str:
+def interval_text(low: float, high: float) -> str:
     return f"{low:.3f} to {high:.3f}"
 
 
@@ -27,9 +27,9 @@ def summary_table(result: AuditResult) -> Table:
     table.add_row("images", f"{result.n_suspect} suspect, {result.n_reference} reference")
     if result.effect is not None:
         effect = result.effect
-        table.add_row("AUC of scores", f"{effect.auc:.3f}  (95% CI {_interval(*effect.auc_ci)})")
-        table.add_row("mean score difference",
-                      f"{effect.mean_score_difference:+.3f}  (95% CI {_interval(*effect.mean_score_difference_ci)})")
+        table.add_row("AUC of scores", f"{effect.auc:.3f}  (95% CI {interval_text(*effect.auc_ci)})")
+        difference_ci = interval_text(*effect.mean_score_difference_ci)
+        table.add_row("mean score difference", f"{effect.mean_score_difference:+.3f}  (95% CI {difference_ci})")
         table.add_row("Cohen's d", f"{effect.cohens_d:+.2f}")
     control = result.controls
     if control.negative_control_p_value is not None:

@@ -1,0 +1,47 @@
+"""Figures rendered from a result (matplotlib, Agg: no display needed); never recomputes a number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdi_audit.evaluation import NEEDED_P
+from cdi_audit.features.registry import PRESETS
+from cdi_audit.result import EvaluationResult
+
+TEST_COLOURS = {"permutation": "tab:blue", "split": "tab:green", "cdi-reference": "tab:red"}
+
+
+def plot_p_value_curves(result: EvaluationResult, path: Path) -> Path:
+    """Median p-value against n, one panel per preset (or per feature set when no preset was evaluated).
+
+    Solid lines: P drawn from members; dashed: the null run (P from non-members).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [name for name in result.feature_sets if name in PRESETS] or list(result.feature_sets)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=True)
+    for axis, feature_set in zip(axes[0], panels, strict=True):
+        for test in result.tests:
+            for kind, style in (("members", "-"), ("null", "--")):
+                points = sorted((p.n, p.median_p) for p in result.curves
+                                if (p.feature_set, p.test, p.kind) == (feature_set, test, kind))
+                if points:
+                    sizes, medians = zip(*points, strict=True)
+                    axis.plot(sizes, medians, style, marker="o", markersize=3, color=TEST_COLOURS[test],
+                              label=f"{test} ({'members' if kind == 'members' else 'null'})")
+        axis.axhline(result.alpha, color="grey", linewidth=0.8, linestyle=":", label=f"alpha = {result.alpha:g}")
+        if result.alpha != NEEDED_P:
+            axis.axhline(NEEDED_P, color="black", linewidth=0.8, linestyle=":", label="p = 0.01")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(f"{feature_set} ({len(result.feature_sets[feature_set])} columns)")
+        axis.set_xlabel("images per set (n vs n)")
+    axes[0][0].set_ylabel(f"median p-value over {result.repeats} draws")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
