@@ -71,6 +71,10 @@ class FeatureStore:
 def atomic_write(path: Path, content: bytes) -> None:
     """Write ``content`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    # mkstemp creates the file readable by its owner only; give it the usual permissions for a report.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(content)
         handle.flush()

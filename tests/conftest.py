@@ -66,3 +66,33 @@ def image_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_images(root / "suspect", 12, seed=1, prefix="s")
     write_images(root / "reference", 12, seed=2, prefix="r")
     return root / "suspect", root / "reference"
+
+
+def _sample_data_builder():
+    """sample_data/make_sample_data.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sample_data", SAMPLE_DATA / "make_sample_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(model, members, non-members): a 16 px xs DDPM trained 400 steps on 32 images, and 40 it never saw.
+
+    About 30 s on two cores; a membership signal that a 10-vs-10 audit does not always find
+    and a 32-vs-32 one does.
+    """
+    from diffusers import DDPMPipeline
+
+    from cdi_audit.images import load_model_pixels, scan_image_set
+
+    root = tmp_path_factory.mktemp("trained")
+    write_images(root / "members", 32, seed=11, prefix="m")
+    write_images(root / "nonmembers", 40, seed=12, prefix="n")
+    pixels = torch.from_numpy(load_model_pixels(scan_image_set(root / "members").records, 16))
+    unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=400, seed=0)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model", safe_serialization=True)
+    return root / "model", root / "members", root / "nonmembers"

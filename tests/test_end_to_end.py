@@ -38,3 +38,16 @@ def test_never_trained_images_give_no_evidence(cache: Path) -> None:
     code, result = audit("other", cache)
     assert (code, result["verdict"]) == (0, "no_evidence")
     assert result["p_value"] >= 0.01
+
+
+def test_full_white_box_features_find_the_members_of_a_trained_model(trained_tiny_model, tmp_path: Path) -> None:
+    model, members, nonmembers = trained_tiny_model
+    result = CliRunner().invoke(app, [
+        "check", str(members), "--reference", str(nonmembers), "--model", str(model), "--features", "full",
+        "--max-batch-grad", "8", "--cache-dir", str(tmp_path), "--json", "--jobs", "1",
+    ])
+    payload = json.loads(result.stdout)
+    assert (result.exit_code, payload["verdict"]) == (1, "evidence")
+    assert len(payload["features"]) == 26 and payload["p_value"] < 0.01
+    assert any(name.startswith("gradient_masking_") for name in payload["features"])
+    assert "noise_optim_delta_t100" in payload["features"]

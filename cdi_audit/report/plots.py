@@ -8,6 +8,9 @@ from cdi_audit.evaluation import NEEDED_P
 from cdi_audit.features.registry import PRESETS
 from cdi_audit.result import EvaluationResult
 
+# Medians below this are drawn at it, so the permutation test's floor 1/(B+1) stays readable
+# next to the parametric tests' p-values, which go far lower.
+PLOT_FLOOR = 1e-5
 TEST_COLOURS = {"permutation": "tab:blue", "split": "tab:green", "cdi-reference": "tab:red"}
 
 
@@ -30,16 +33,17 @@ def plot_p_value_curves(result: EvaluationResult, path: Path) -> Path:
                                 if (p.feature_set, p.test, p.kind) == (feature_set, test, kind))
                 if points:
                     sizes, medians = zip(*points, strict=True)
-                    axis.plot(sizes, medians, style, marker="o", markersize=3, color=TEST_COLOURS[test],
-                              label=f"{test} ({'members' if kind == 'members' else 'null'})")
+                    axis.plot(sizes, [max(m, PLOT_FLOOR) for m in medians], style, marker="o", markersize=3,
+                              color=TEST_COLOURS[test], label=f"{test} ({kind})")
         axis.axhline(result.alpha, color="grey", linewidth=0.8, linestyle=":", label=f"alpha = {result.alpha:g}")
         if result.alpha != NEEDED_P:
             axis.axhline(NEEDED_P, color="black", linewidth=0.8, linestyle=":", label="p = 0.01")
         axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.set_ylim(PLOT_FLOOR / 2, 1.5)
         axis.set_title(f"{feature_set} ({len(result.feature_sets[feature_set])} columns)")
         axis.set_xlabel("images per set (n vs n)")
-    axes[0][0].set_ylabel(f"median p-value over {result.repeats} draws")
+    axes[0][0].set_ylabel(f"median p-value over {result.repeats} draws (floored at {PLOT_FLOOR:g})")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
