@@ -1,10 +1,10 @@
-"""Feature-extraction throughput of the ``fast`` preset on the sample model, and the cost of the test.
+"""Feature-extraction throughput on the sample model (``fast`` preset by default), and the cost of the test.
 
 Measures, for each batch size: images/s, model calls (UNet rows) per image and
 UNet rows/s, with no feature cache (every image computed). Then times the
 permutation test (B = 1000) on the resulting 128 x 14 feature table.
 
-    python benchmarks/extraction_throughput.py [--threads 2] [--device cpu] [--batch-sizes 16 32 64]
+    python benchmarks/extraction_throughput.py [--threads 2] [--device cpu] [--batch-sizes 16 32 64] [--features fast]
 
 Keep the machine otherwise idle: two torch processes on two cores slow each other ~10x.
 """
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per batch size (median reported)")
+    parser.add_argument("--features", default="fast", help="preset or extractor list to time (e.g. full, noise_optim)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -54,12 +55,13 @@ def main() -> None:
     suspect = scan_image_set(REPO / "sample_data" / "published")
     reference = scan_image_set(REPO / "sample_data" / "unpublished")
     records = suspect.records + reference.records
-    extractors = resolve_extractors("fast")
+    extractors = resolve_extractors(args.features)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {device_name}; {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{args.threads} torch threads; device {device}")
-    print(f"model: sample_data/model (UNet2DModel xs, 32 px); {len(records)} images; preset fast "
-          f"({sum(len(e.columns) for e in extractors)} columns)\n")
+    columns = sum(len(e.columns) for e in extractors)
+    print(f"model: sample_data/model (UNet2DModel xs, 32 px); {len(records)} images; features {args.features} "
+          f"({columns} columns)\n")
     print("| batch size | images/s | model calls/image | UNet rows/s | seconds (median of "
           f"{args.repeats}) |\n|---|---|---|---|---|")
     extract_features(records[:8], target, extractors, seed=0, batch_size=8)  # warm-up
@@ -78,7 +80,7 @@ def main() -> None:
         print(f"| {batch_size} | {len(records) / seconds:.1f} | {calls / len(records):.0f} | "
               f"{calls / seconds:.0f} | {seconds:.2f} |")
 
-    print("\n| statistics on the 128 x 14 table | jobs | seconds |\n|---|---|---|")
+    print(f"\n| statistics on the {len(records)} x {columns} table | jobs | seconds |\n|---|---|---|")
     for jobs in (1, 2):
         started = time.perf_counter()
         decision = decide(table, suspect.hashes, reference.hashes, alpha=0.01, test="permutation", seed=0,

@@ -200,7 +200,8 @@ def test_noise_optimisation_moves_along_the_residual_and_lowers_the_loss(batch: 
     loss, delta_norm = values[:, 0], values[:, 1]
     assert extractor.columns == ("noise_optim_loss_t100", "noise_optim_delta_t100")
     np.testing.assert_allclose(loss, np.abs(initial - c * delta_norm), rtol=1e-4, atol=1e-5)
-    assert (loss < 0.5 * initial).all() and (delta_norm > 0).all()
+    # The first iteration is a steepest-descent step of length 1, which lowers this loss by exactly c.
+    assert (delta_norm >= 1 - 1e-6).all() and (loss <= initial - c + 1e-5).all()
     # At most 5 L-BFGS iterations, each with a line search of at most 20 evaluations (scipy's maxls).
     assert 3 * 2 <= target.forward_rows <= 3 * (1 + 5 * 20)
 
