@@ -19,6 +19,7 @@ from cdi_audit.console import StageProgress
 from cdi_audit.controls import reject_overlap
 from cdi_audit.evaluation import (
     EVALUATION_TESTS,
+    Draw,
     curve_points,
     discrimination,
     draw_p_values,
@@ -60,8 +61,11 @@ class EvaluationSettings(ModelSettings):
 
 
 def evaluated_feature_sets(spec: str, extracted: list[str]) -> dict[str, list[str]]:
-    """Names of the feature sets to compare -> their columns: each preset the extracted
-    features cover, the user's own list when it is not a preset, and each extractor alone."""
+    """Feature sets to compare, name -> columns.
+
+    Each preset the extracted features cover, the user's own list when it is
+    not a preset, and each extractor alone.
+    """
     columns = {name: list(EXTRACTORS[name]().columns) for name in extracted}
     sets = {preset: [c for name in members for c in columns[name]]
             for preset, members in PRESETS.items() if set(members) <= set(extracted)}
@@ -71,9 +75,16 @@ def evaluated_feature_sets(spec: str, extracted: list[str]) -> dict[str, list[st
     return sets
 
 
-def simulate_audits(matrix: np.ndarray, work: list, feature_sets: dict[str, list[int]], tests, permutations: int,
-                    n_jobs: int, on_progress: Callable[[int, int], None] | None) -> list:
-    """p-values of every draw, in parallel over draws (each test inside runs on one core)."""
+def simulate_audits(
+    matrix: np.ndarray,
+    work: list[Draw],
+    feature_sets: dict[str, list[int]],
+    tests: tuple[AnyTestName, ...],
+    permutations: int,
+    n_jobs: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[tuple[Draw, dict[tuple[str, str], float]]]:
+    """p-values of every (feature set, test) on every draw, in parallel over draws (one core per draw)."""
     results = []
     tasks = (delayed(draw_p_values)(matrix, draw, feature_sets, tests, permutations) for draw in work)
     for draw, p_values in zip(work, Parallel(n_jobs=n_jobs, return_as="generator")(tasks), strict=True):
