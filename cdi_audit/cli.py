@@ -221,8 +221,9 @@ def evaluate(
     repeats: Annotated[int, typer.Option(
         min=1, metavar="R", help="Random draws of P and U per sample size.")] = 50,
     test: Annotated[list[EvaluationTestChoice] | None, typer.Option(
-        metavar="TEST", help="Tests to compare (repeat the option; default: all three). 'cdi-reference' is the CDI paper's "
-             "pooled t-test, NOT calibrated, shown only for comparison.", show_default=False)] = None,
+        metavar="TEST", show_default=False,
+        help="Tests to compare (repeat the option; default: all three). 'cdi-reference' is the CDI paper's "
+             "pooled t-test, NOT calibrated, shown only for comparison.")] = None,
     permutations: Annotated[int, typer.Option(
         min=1, metavar="B", help="Permutations per simulated audit (at least 100, so that p can go below "
                                  "0.01).")] = 200,
