@@ -105,3 +105,12 @@ def test_evaluate_refuses_too_few_permutations_to_reach_the_threshold(trained_ti
     result = CliRunner().invoke(app, ["evaluate", "--members", str(members), "--nonmembers", str(nonmembers),
                                       "--model", str(model), "--permutations", "50"], prog_name="cdi-audit")
     assert result.exit_code == 2 and "1/51" in result.stderr
+
+
+def test_evaluate_refuses_too_few_non_members_for_the_null_curve(image_sets, tiny_model) -> None:
+    members, nonmembers = image_sets
+    result = CliRunner().invoke(app, ["evaluate", "--members", str(members), "--nonmembers", str(nonmembers),
+                                      "--model", str(tiny_model), "--json"], prog_name="cdi-audit")
+    assert result.exit_code == 3
+    message = json.loads(result.stdout)["error"]["message"]
+    assert "non-members set" in message and "has 12 usable image(s)" in message and "at least 20" in message
