@@ -83,7 +83,7 @@ def main() -> None:
     print(f"\n| statistics on the {len(records)} x {columns} table | jobs | seconds |\n|---|---|---|")
     for jobs in (1, 2):
         started = time.perf_counter()
-        decision = decide(table, suspect.hashes, reference.hashes, alpha=0.01, test="permutation", seed=0,
+        decision = decide(table, suspect.keys, reference.keys, alpha=0.01, test="permutation", seed=0,
                           permutations=1000, n_jobs=jobs)
         print(f"| permutation test, B = 1000 ({decision.outcome.permutations_run} run) + negative control "
               f"({decision.negative_control.permutations_run} run) + bootstrap CIs | {jobs} | "

@@ -243,7 +243,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
     extracted = load_and_extract(settings, inputs.suspect.records + inputs.reference.records, progress, timings)
     table, summary, target = extracted.table, extracted.summary, extracted.target
     with timed(timings, "test"):
-        decision = decide(table, inputs.suspect.hashes, inputs.reference.hashes, settings.alpha, settings.test,
+        decision = decide(table, inputs.suspect.keys, inputs.reference.keys, settings.alpha, settings.test,
                           settings.seed, settings.permutations, settings.n_jobs, progress)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [

@@ -115,7 +115,7 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
         reject_overlap(members, nonmembers, "a training member cannot also be a non-member")
     extracted = load_and_extract(settings, members.records + nonmembers.records, progress, timings)
     table = extracted.table
-    matrix = table.scoring_matrix([*members.hashes, *nonmembers.hashes])
+    matrix = table.scoring_matrix([*members.keys, *nonmembers.keys])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
     sets = evaluated_feature_sets(settings.features, [e.name for e in resolve_extractors(settings.features)])
     set_indices = {name: [table.columns.index(c) for c in columns] for name, columns in sets.items()}

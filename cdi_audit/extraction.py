@@ -57,7 +57,7 @@ def _compute(
     step = max_batch_grad if needs_gradients else len(batch.hashes)
     with torch.set_grad_enabled(needs_gradients):
         values = np.concatenate([
-            extractor.extract(target, LatentBatch(batch.z0[i : i + step], batch.hashes[i : i + step]), noise).numpy()
+            extractor.extract(target, batch.select(slice(i, i + step)), noise).numpy()
             for i in range(0, len(batch.hashes), step)
         ])
     if not np.isfinite(values).all():
@@ -78,18 +78,18 @@ def extract_features(
     on_images_done: Callable[[int, int], None] | None = None,
     max_batch_grad: int = DEFAULT_MAX_BATCH_GRAD,
 ) -> tuple[FeatureTable, ExtractionSummary]:
-    """Features of every image in ``records`` (unique by sha256), computed or read from ``store``.
+    """Features of every image in ``records`` (unique by key), computed or read from ``store``.
 
     Images are loaded, encoded once and run through every extractor that has
     no cached row for them, batch by batch; each batch's rows are stored
-    before the next starts. They are processed in sha256 order, so suspect
+    before the next starts. They are processed in key order, so suspect
     and reference images share batches and go through the same code path.
     ``on_images_done(done, total)`` reports progress. Results do not depend
     on ``batch_size`` or ``max_batch_grad`` beyond float rounding.
     """
     started = time.perf_counter()
     calls_before = target.forward_rows
-    unique = sorted({record.sha256: record for record in records}.values(), key=lambda record: record.sha256)
+    unique = sorted({record.key: record for record in records}.values(), key=lambda record: record.key)
     noise = NoiseSource(seed)
     sections: dict[str, FeatureSection | None] = {}
     known: dict[str, dict[str, np.ndarray]] = {}
@@ -97,34 +97,36 @@ def extract_features(
         section = store.section(cache_key(target, extractor, seed)) if store is not None else None
         sections[extractor.name] = section
         known[extractor.name] = section.load() if section is not None else {}
-    missing = [r for r in unique if any(r.sha256 not in known[e.name] for e in extractors)]
+    missing = [r for r in unique if any(r.key not in known[e.name] for e in extractors)]
     if on_images_done is not None:
         on_images_done(0, len(missing))
     for start in range(0, len(missing), batch_size):
         records_in_batch = missing[start : start + batch_size]
         pixels = torch.from_numpy(load_model_pixels(records_in_batch, target.sample_size))
         with torch.no_grad():
-            z0 = target.encode(pixels.to(target.device))
+            batch = LatentBatch(target.encode(pixels.to(target.device)),
+                                tuple(record.sha256 for record in records_in_batch),
+                                target.encode_condition(records_in_batch))
         for extractor in extractors:
-            todo = [i for i, r in enumerate(records_in_batch) if r.sha256 not in known[extractor.name]]
+            todo = [i for i, r in enumerate(records_in_batch) if r.key not in known[extractor.name]]
             if not todo:
                 continue
-            hashes = [records_in_batch[i].sha256 for i in todo]
-            values = _compute(extractor, target, LatentBatch(z0[todo], tuple(hashes)), noise, max_batch_grad)
-            known[extractor.name].update(zip(hashes, values, strict=True))
+            keys = [records_in_batch[i].key for i in todo]
+            values = _compute(extractor, target, batch.select(todo), noise, max_batch_grad)
+            known[extractor.name].update(zip(keys, values, strict=True))
             section = sections[extractor.name]
             if section is not None:
-                section.append(hashes, values)
+                section.append(keys, values)
         if on_images_done is not None:
             on_images_done(start + len(records_in_batch), len(missing))
 
-    hashes = tuple(record.sha256 for record in unique)
+    keys = tuple(record.key for record in unique)
     columns = tuple(column for e in extractors for column in e.columns)
-    rows = [np.concatenate([known[e.name][h] for e in extractors]) for h in hashes]
+    rows = [np.concatenate([known[e.name][key] for e in extractors]) for key in keys]
     table = FeatureTable(
-        hashes=hashes,
+        keys=keys,
         columns=columns,
-        values=np.array(rows, dtype=np.float64).reshape(len(hashes), len(columns)),
+        values=np.array(rows, dtype=np.float64).reshape(len(keys), len(columns)),
         log_columns=frozenset(column for e in extractors if e.log_scaled for column in e.columns),
     )
     summary = ExtractionSummary(

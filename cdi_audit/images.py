@@ -27,10 +27,22 @@ SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".jsonl", ".json", ".md"})
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One readable image file: where it is and what it is (sha256 of the file bytes)."""
+    """One readable image file: where it is, what it is (sha256 of the file bytes), and the
+    condition a conditional model sees it with (a caption or a class id; None for others)."""
 
     path: Path
     sha256: str
+    caption: str | None = None
+    label: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The identity of this image's feature row: its hash, plus its condition when it has one
+        (the same file with another caption has other features)."""
+        if self.caption is None and self.label is None:
+            return self.sha256
+        condition = f"{self.sha256}|caption={self.caption!r}|label={self.label!r}"
+        return hashlib.sha256(condition.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,11 @@ class ImageSet:
     @property
     def hashes(self) -> list[str]:
         return [record.sha256 for record in self.records]
+
+    @property
+    def keys(self) -> list[str]:
+        """Feature-row keys of the records (see ``ImageRecord.key``)."""
+        return [record.key for record in self.records]
 
 
 def file_sha256(path: Path) -> str:

@@ -40,8 +40,8 @@ def test_no_signal_gives_no_evidence() -> None:
 
 def test_rows_are_matched_by_image_hash_not_position() -> None:
     features, suspect, reference = table(seed=3, shift=0.8)
-    order = np.random.default_rng(0).permutation(len(features.hashes))
-    shuffled = FeatureTable(tuple(np.array(features.hashes)[order]), features.columns, features.values[order],
+    order = np.random.default_rng(0).permutation(len(features.keys))
+    shuffled = FeatureTable(tuple(np.array(features.keys)[order]), features.columns, features.values[order],
                             features.log_columns)
     first = decide(features, suspect, reference, 0.01, "permutation", 0, 100)
     second = decide(shuffled, suspect, reference, 0.01, "permutation", 0, 100)

@@ -32,11 +32,11 @@ def test_features_do_not_depend_on_batch_size_or_neighbours(target, records) -> 
     batched, _ = extract_features(records[:6], target, extractors, seed=0, batch_size=4)
     reordered, _ = extract_features(records[6:8] + records[5:6] + records[:5], target, extractors, 0, 3)
     # Same image in a batch of the same size with other neighbours: bit-identical.
-    np.testing.assert_array_equal(alone.rows(alone.hashes[:1]), extract_features(
+    np.testing.assert_array_equal(alone.rows(alone.keys[:1]), extract_features(
         records[:1], target, extractors, 0, 1)[0].values)
     # Other batch sizes change only the float rounding of the convolution kernels (measured <= 1e-6).
     np.testing.assert_allclose(batched.values, alone.values, rtol=1e-5)
-    np.testing.assert_allclose(reordered.rows(alone.hashes), alone.values, rtol=1e-5)
+    np.testing.assert_allclose(reordered.rows(alone.keys), alone.values, rtol=1e-5)
     assert alone.columns == batched.columns and len(alone.columns) == 14
 
 
@@ -60,7 +60,7 @@ def test_neighbours_in_an_equal_sized_batch_leave_an_image_bit_identical(target,
     extractors = resolve_extractors("loss,pia")
     first, _ = extract_features(records[0:1] + records[1:4], target, extractors, 0, 4)
     second, _ = extract_features(records[0:1] + records[8:11], target, extractors, 0, 4)
-    np.testing.assert_array_equal(first.rows(first.hashes[:1]), second.rows(first.hashes[:1]))
+    np.testing.assert_array_equal(first.rows(first.keys[:1]), second.rows(first.keys[:1]))
 
 
 def test_a_different_seed_draws_different_noise(target, records) -> None:
@@ -78,7 +78,7 @@ def test_cached_features_are_reused_and_a_partial_run_resumes(target, records, t
     everything, summary = extract_features(records, target, extractors, 0, 4, store)
     assert summary.images_from_cache == 5
     assert summary.model_calls == (len(records) - 5) * 30
-    np.testing.assert_array_equal(everything.rows(first.hashes), first.values)
+    np.testing.assert_array_equal(everything.rows(first.keys), first.values)
     again, again_summary = extract_features(records, target, extractors, 0, 4, store)
     assert again_summary.model_calls == 0 and again_summary.images_from_cache == len(records)
     np.testing.assert_array_equal(again.values, everything.values)

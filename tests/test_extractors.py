@@ -41,7 +41,7 @@ class AnalyticTarget(Target):
     def coefficient(self, t: int) -> float:
         return 0.3 + t / self.num_train_timesteps
 
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
         return (0.3 + timesteps.double() / self.num_train_timesteps).view(-1, 1, 1, 1) * z_t.double()
 
 
@@ -150,8 +150,8 @@ def test_v_prediction_and_sample_outputs_are_converted_to_noise() -> None:
 
 def test_learned_variance_output_keeps_the_noise_half() -> None:
     class VarianceTarget(AnalyticTarget):
-        def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            return torch.cat([super()._model_output(z_t, timesteps), torch.full_like(z_t, 99.0)], dim=1)
+        def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
+            return torch.cat([super()._model_output(z_t, timesteps, condition), torch.full_like(z_t, 99.0)], dim=1)
 
     z = torch.ones(1, 3, 2, 2)
     assert torch.allclose(VarianceTarget().predict_noise(z, 0), torch.full((1, 3, 2, 2), 0.3))

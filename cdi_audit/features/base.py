@@ -21,10 +21,20 @@ from cdi_audit.targets.base import Access, Target
 
 @dataclass(frozen=True)
 class LatentBatch:
-    """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, and their sha256."""
+    """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, their sha256
+    (which seeds their noise), and the model's condition rows for them (None if unconditional)."""
 
     z0: torch.Tensor
     hashes: tuple[str, ...]
+    condition: torch.Tensor | None = None
+
+    def select(self, rows: slice | list[int]) -> LatentBatch:
+        """The sub-batch of ``rows`` (a slice or a list of positions)."""
+        if isinstance(rows, list):
+            return LatentBatch(self.z0[rows], tuple(self.hashes[i] for i in rows),
+                               None if self.condition is None else self.condition[rows])
+        return LatentBatch(self.z0[rows], self.hashes[rows],
+                           None if self.condition is None else self.condition[rows])
 
 
 @dataclass(frozen=True)

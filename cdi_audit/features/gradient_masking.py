@@ -52,10 +52,10 @@ class GradientMasking(Extractor):
             z_t = add_noise(z0, eps, target.alpha_bar(t)).requires_grad_(True)
             # Each image's loss depends only on its own input, so the gradient of
             # the sum is every image's own gradient.
-            loss = per_image_norm(target.predict_noise(z_t, t) - eps).sum()
+            loss = per_image_norm(target.predict_noise(z_t, t, batch.condition) - eps).sum()
             (gradient,) = torch.autograd.grad(loss, z_t)
             mask = top_fraction_mask(gradient, self.mask_fraction)
             with torch.no_grad():
-                predicted = target.predict_noise(torch.where(mask, eps, z0), t)
+                predicted = target.predict_noise(torch.where(mask, eps, z0), t, batch.condition)
                 values.append(per_image_norm(mask * ((eps - z0) - predicted)).double().cpu())
         return torch.stack(values, dim=1)

@@ -34,6 +34,6 @@ class DenoisingLoss(Extractor):
         total = torch.zeros(len(batch.hashes), dtype=torch.float64)
         for draw in range(self.draws):
             eps = noise.draw(batch, self.name, f"t{self.timestep}", draw)
-            predicted = target.predict_noise(add_noise(batch.z0, eps, a_t), t)
+            predicted = target.predict_noise(add_noise(batch.z0, eps, a_t), t, batch.condition)
             total += per_image_norm(predicted - eps).double().cpu()
         return (total / self.draws).unsqueeze(1)

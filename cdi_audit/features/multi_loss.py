@@ -35,6 +35,6 @@ class MultiTimestepLoss(Extractor):
         values = []
         for nominal in self.timesteps:
             t = target.model_timestep(nominal)
-            predicted = target.predict_noise(add_noise(batch.z0, eps, target.alpha_bar(t)), t)
+            predicted = target.predict_noise(add_noise(batch.z0, eps, target.alpha_bar(t)), t, batch.condition)
             values.append(per_image_norm(predicted - eps).double().cpu())
         return torch.stack(values, dim=1)

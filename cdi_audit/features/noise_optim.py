@@ -48,7 +48,8 @@ class NoiseOptimisation(Extractor):
         def loss_and_gradient(deltas: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             on_device = rows.to(z_t.device)
             delta = deltas.to(z_t.device, z_t.dtype).view(-1, *z_t.shape[1:]).requires_grad_(True)
-            losses = per_image_norm(target.predict_noise(z_t[on_device] + delta, t) - eps[on_device])
+            condition = None if batch.condition is None else batch.condition[on_device]
+            losses = per_image_norm(target.predict_noise(z_t[on_device] + delta, t, condition) - eps[on_device])
             (gradient,) = torch.autograd.grad(losses.sum(), delta)
             return losses.detach().double().cpu(), gradient.detach().double().cpu().flatten(1)
 

@@ -39,13 +39,13 @@ class PIA(Extractor):
         return {"timestep": self.timestep, "order": self.order}
 
     def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
-        e0 = target.predict_noise(batch.z0, 0)
+        e0 = target.predict_noise(batch.z0, 0, batch.condition)
         mean_abs = e0.abs().flatten(1).mean(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         normalised = e0 * (GAUSSIAN_MEAN_ABS / mean_abs)
         t = target.model_timestep(self.timestep)
         a_t = target.alpha_bar(t)
         values = []
         for start_noise in (e0, normalised):
-            predicted = target.predict_noise(add_noise(batch.z0, start_noise, a_t), t)
+            predicted = target.predict_noise(add_noise(batch.z0, start_noise, a_t), t, batch.condition)
             values.append(per_image_norm(start_noise - predicted, self.order).double().cpu())
         return torch.stack(values, dim=1)

@@ -35,7 +35,7 @@ class SecMI(Extractor):
         states = [target.model_timestep(t) for t in range(0, self.timestep + 1, self.interval)]
         z_det = batch.z0
         for s, s_next in itertools.pairwise(states):
-            z_det = ddim_step(target, z_det, s, s_next)
+            z_det = ddim_step(target, z_det, s, s_next, batch.condition)
         t, t_up = states[-1], target.model_timestep(self.timestep + self.interval)
-        z_step = ddim_step(target, ddim_step(target, z_det, t, t_up), t_up, t)
+        z_step = ddim_step(target, ddim_step(target, z_det, t, t_up, batch.condition), t_up, t, batch.condition)
         return per_image_norm(z_det - z_step).double().cpu().unsqueeze(1)

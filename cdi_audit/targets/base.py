@@ -18,6 +18,8 @@ import torch
 from cdi_audit.result import ModelInfo
 
 Access = Literal["black", "grey", "white"]
+# What a model is conditioned on: nothing, a class id (DiT), or a caption (Stable Diffusion).
+Conditioning = Literal["none", "class", "text"]
 # From least to most: an image-to-image endpoint, noise predictions, weights and gradients.
 ACCESS_LEVELS: tuple[Access, ...] = ("black", "grey", "white")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -36,6 +38,7 @@ class Target(abc.ABC):
     """
 
     access: ClassVar[Access] = "white"
+    conditioning: ClassVar[Conditioning] = "none"
 
     def __init__(
         self,
@@ -73,10 +76,17 @@ class Target(abc.ABC):
         """Images in [-1, 1], (B, 3, H, W) -> clean latents z0. Identity for pixel models."""
         return pixels
 
-    def predict_noise(self, z_t: torch.Tensor, t: int) -> torch.Tensor:
-        """eps_theta(z_t, t) in fp32, (B, C, H, W), whatever the model's output parameterisation."""
+    def encode_condition(self, records: list) -> torch.Tensor | None:
+        """The model's input for the records' conditions (class ids or text embeddings); None if unconditional."""
+        return None
+
+    def predict_noise(self, z_t: torch.Tensor, t: int, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(z_t, t, c) in fp32, (B, C, H, W), whatever the model's output parameterisation.
+
+        ``condition``: rows aligned with ``z_t`` (from ``encode_condition``), or None.
+        """
         timesteps = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
-        output = self._model_output(z_t, timesteps).float()
+        output = self._model_output(z_t, timesteps, condition).float()
         self.forward_rows += z_t.shape[0]
         if output.shape[1] == 2 * self.channels:
             output = output[:, : self.channels]  # learned variance: keep the noise half
@@ -88,8 +98,9 @@ class Target(abc.ABC):
         return output
 
     @abc.abstractmethod
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The network's raw output for a batch at integer timesteps (B,)."""
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """The network's raw output for a batch at integer timesteps (B,), with its condition rows."""
 
 
 def add_noise(z0: torch.Tensor, noise: torch.Tensor, a_t: float) -> torch.Tensor:
@@ -97,14 +108,15 @@ def add_noise(z0: torch.Tensor, noise: torch.Tensor, a_t: float) -> torch.Tensor
     return math.sqrt(a_t) * z0 + math.sqrt(1.0 - a_t) * noise
 
 
-def ddim_step(target: Target, z: torch.Tensor, s: int, s_next: int) -> torch.Tensor:
+def ddim_step(target: Target, z: torch.Tensor, s: int, s_next: int, condition: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Deterministic DDIM step Phi(z; s -> s_next); s_next > s inverts, s_next < s denoises.
 
     Written here rather than taken from a diffusers pipeline because the
     extractors need exact integer timesteps and the intermediate states. The
     clean image is state 0, with a_0 taken from the schedule.
     """
-    eps = target.predict_noise(z, s)
+    eps = target.predict_noise(z, s, condition)
     a_s, a_next = target.alpha_bar(s), target.alpha_bar(s_next)
     x0_hat = (z - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s)
     return math.sqrt(a_next) * x0_hat + math.sqrt(1.0 - a_next) * eps

@@ -17,5 +17,6 @@ class PixelTarget(Target):
         self.unet = unet.to(device).eval()
         self.unet.requires_grad_(False)
 
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
+                      ) -> torch.Tensor:
         return self.unet(z_t, timesteps).sample
