@@ -38,7 +38,7 @@ class Target(abc.ABC):
     """
 
     access: ClassVar[Access] = "white"
-    conditioning: ClassVar[Conditioning] = "none"
+    conditioning: Conditioning = "none"  # set per model by targets that take conditions
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,15 +23,30 @@ from cdi_audit.targets.base import PREDICTION_TYPES, Target
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
-FINGERPRINT_SUFFIXES = frozenset({".safetensors", ".json"})
-SUPPORTED_UNETS = ("UNet2DModel",)
+FINGERPRINT_SUFFIXES = frozenset({".safetensors", ".json", ".txt"})
+# Component classes we load, by library: nothing else is ever instantiated from a config.
+DIFFUSERS_MODELS = frozenset({"UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "AutoencoderKL",
+                              "VQModel"})
+TEXT_ENCODERS = frozenset({"CLIPTextModel"})
+TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
 # Read by huggingface_hub when diffusers is first imported (below, lazily): never reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 EXPECTED_LAYOUT = (
-    "a diffusers pipeline folder with a UNet2DModel (model_index.json, unet/, scheduler/, "
-    "as DDPMPipeline.save_pretrained writes it) or a folder holding unet/ and scheduler/"
+    "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
+    "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline "
+    "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/"
 )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which sub-folder holds what, and the model family they make."""
+
+    family: str
+    denoiser: str  # "unet" or "transformer"
+    autoencoder: str | None = None  # "vae" or "vqvae"; None for pixel models
+    text: bool = False  # text_encoder/ and tokenizer/ (Stable Diffusion)
 
 
 def model_fingerprint(root: Path) -> str:
@@ -49,8 +65,7 @@ def _read_json(path: Path) -> dict:
         raise ModelUnavailable(f"{path} is not a readable JSON config ({error}).") from error
 
 
-def _check_folder(root: Path) -> None:
-    """Refuse anything but a supported, safetensors-only pixel UNet folder, saying why."""
+def _refuse_path(root: Path) -> None:
     if not root.exists():
         raise ModelUnavailable(f"No model at {root}: the path does not exist. Expected {EXPECTED_LAYOUT}.")
     if root.is_file():
@@ -60,30 +75,74 @@ def _check_folder(root: Path) -> None:
                 "safetensors. Expected " + EXPECTED_LAYOUT + "."
             )
         raise ModelUnavailable(
-            f"{root} is a single file; this version audits pixel diffusion models only. Expected {EXPECTED_LAYOUT}."
+            f"{root} is a single file; single-file checkpoints are not supported yet. Expected {EXPECTED_LAYOUT}."
         )
+
+
+def _layout(root: Path) -> Layout:
+    """Read model_index.json (or a bare unet/ + scheduler/ folder) and name the family, or refuse."""
     index = root / "model_index.json"
-    if index.is_file():
-        unet_entry = _read_json(index).get("unet")
-        unet_class = unet_entry[1] if isinstance(unet_entry, list) and len(unet_entry) == 2 else None
-        if unet_class not in SUPPORTED_UNETS:
-            pipeline = _read_json(index).get("_class_name", "an unknown pipeline")
-            raise ModelUnavailable(
-                f"{root} holds a {pipeline} (denoiser {unet_class}); this version supports only "
-                f"pixel models. Expected {EXPECTED_LAYOUT}."
-            )
-    for part, config_name in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
-        if not (root / part / config_name).is_file():
-            raise ModelUnavailable(f"{root} has no {part}/{config_name}. Expected {EXPECTED_LAYOUT}.")
-    unet_class = _read_json(root / "unet" / "config.json").get("_class_name")
-    if unet_class not in SUPPORTED_UNETS:
-        raise ModelUnavailable(f"{root}/unet holds a {unet_class}, not a UNet2DModel. Expected {EXPECTED_LAYOUT}.")
-    if not list((root / "unet").glob("*.safetensors")):
-        pickles = [p.name for p in (root / "unet").iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not index.is_file():
+        return Layout("pixel UNet2DModel", "unet")
+    data = _read_json(index)
+    pipeline = data.get("_class_name", "an unknown pipeline")
+    components = {name: value[1] for name, value in data.items()
+                  if isinstance(value, list) and len(value) == 2 and value[1] is not None}
+    denoiser = "transformer" if "transformer" in components else "unet"
+    denoiser_class = components.get(denoiser)
+    autoencoder = next((name for name in ("vae", "vqvae") if name in components), None)
+    has_text = "text_encoder" in components
+    if "text_encoder_2" in components:
+        raise ModelUnavailable(f"{root} holds a {pipeline} with two text encoders (SDXL), which is not supported "
+                               f"yet. Expected {EXPECTED_LAYOUT}.")
+    families = {
+        ("UNet2DModel", False, False): "pixel UNet2DModel",
+        ("UNet2DModel", True, False): "latent UNet2DModel (LDM)",
+        ("DiTTransformer2DModel", True, False): "class-conditional DiT",
+        ("UNet2DConditionModel", True, True): "text-to-image Stable Diffusion",
+    }
+    family = families.get((denoiser_class, autoencoder is not None, has_text))
+    if family is None:
+        raise ModelUnavailable(f"{root} holds a {pipeline} (denoiser {denoiser_class}), which this version does "
+                               f"not support. Expected {EXPECTED_LAYOUT}.")
+    return Layout(family, denoiser, autoencoder, has_text)
+
+
+def _check_component(root: Path, part: str, allowed: frozenset[str], config_name: str = "config.json") -> None:
+    """A component folder must hold a config naming an allowed class, and safetensors weights."""
+    if not (root / part / config_name).is_file():
+        raise ModelUnavailable(f"{root} has no {part}/{config_name}. Expected {EXPECTED_LAYOUT}.")
+    config = _read_json(root / part / config_name)
+    class_name = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
+    if class_name not in allowed:
+        raise ModelUnavailable(f"{root}/{part} holds a {class_name}, not one of {', '.join(sorted(allowed))}. "
+                               f"Expected {EXPECTED_LAYOUT}.")
+    if not list((root / part).glob("*.safetensors")):
+        pickles = [p.name for p in (root / part).iterdir() if p.suffix in PICKLE_SUFFIXES]
         found = "no weights"
         if pickles:
             found = f"only pickle weights ({', '.join(pickles)}), which can run code when loaded"
-        raise ModelUnavailable(f"{root}/unet has {found}; save the model with safe_serialization=True.")
+        raise ModelUnavailable(f"{root}/{part} has {found}; save the model with safe_serialization=True.")
+
+
+def _check_folder(root: Path) -> Layout:
+    """Refuse anything but a supported, safetensors-only pipeline folder, saying why."""
+    _refuse_path(root)
+    layout = _layout(root)
+    _check_component(root, layout.denoiser, DIFFUSERS_MODELS)
+    if not (root / "scheduler" / "scheduler_config.json").is_file():
+        raise ModelUnavailable(f"{root} has no scheduler/scheduler_config.json. Expected {EXPECTED_LAYOUT}.")
+    if layout.autoencoder is not None:
+        _check_component(root, layout.autoencoder, DIFFUSERS_MODELS)
+    if layout.text:
+        _check_component(root, "text_encoder", TEXT_ENCODERS)
+        tokenizer_config = root / "tokenizer" / "tokenizer_config.json"
+        if not tokenizer_config.is_file():
+            raise ModelUnavailable(f"{root} has no tokenizer/tokenizer_config.json. Expected {EXPECTED_LAYOUT}.")
+        tokenizer_class = _read_json(tokenizer_config).get("tokenizer_class")
+        if tokenizer_class not in TOKENIZERS:
+            raise ModelUnavailable(f"{root}/tokenizer holds a {tokenizer_class}; expected a CLIPTokenizer.")
+    return layout
 
 
 def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
@@ -110,34 +169,77 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
     return torch.as_tensor(alphas_cumprod), prediction_type
 
 
-def load_target(path: Path, device: torch.device) -> Target:
-    """Build the ``Target`` for the model at ``path`` on ``device``."""
-    from diffusers import UNet2DModel
+def _load_model(root: Path, part: str):
+    """One diffusers model component, offline and from safetensors only."""
+    import diffusers
 
-    from cdi_audit.targets.pixel import PixelTarget
-
-    root = Path(path)
-    _check_folder(root)
-    alphas_cumprod, prediction_type = _load_schedule(root)
+    class_name = _read_json(root / part / "config.json")["_class_name"]
     try:
-        unet = UNet2DModel.from_pretrained(
-            root, subfolder="unet", local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+        return getattr(diffusers, class_name).from_pretrained(
+            root, subfolder=part, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
         )
     except Exception as error:
-        raise ModelUnavailable(f"The UNet in {root} cannot be loaded ({type(error).__name__}: {error}).") from error
-    sample_size = unet.config.sample_size
+        raise ModelUnavailable(f"The {part} in {root} cannot be loaded ({type(error).__name__}: {error}).") from error
+
+
+def _load_text_components(root: Path):
+    """CLIP text encoder and tokenizer (Stable Diffusion 1.x/2.x), offline, safetensors only."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
+        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    except Exception as error:
+        raise ModelUnavailable(f"The text encoder or tokenizer in {root} cannot be loaded "
+                               f"({type(error).__name__}: {error}).") from error
+    return encoder, tokenizer
+
+
+def _image_size(denoiser, autoencoder) -> int:
+    """The resolution images are fed at: the denoiser's sample size times the autoencoder's downscaling."""
+    sample_size = denoiser.config.sample_size
     if isinstance(sample_size, (list, tuple)):
         sample_size = sample_size[0]
+    if autoencoder is None:
+        return int(sample_size)
+    return int(sample_size) * 2 ** (len(autoencoder.config.block_out_channels) - 1)
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers log progress bars and notes while loading; our stderr is for the audit."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
+def load_target(path: Path, device: torch.device) -> Target:
+    """Build the ``Target`` for the model at ``path`` on ``device``."""
+    from cdi_audit.targets.latent import LatentTarget
+    from cdi_audit.targets.pixel import PixelTarget
+
+    _quiet_libraries()
+    root = Path(path)
+    layout = _check_folder(root)
+    alphas_cumprod, prediction_type = _load_schedule(root)
+    denoiser = _load_model(root, layout.denoiser)
+    autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
     description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=model_fingerprint(root),
-        family="pixel UNet2DModel",
-        sample_size=int(sample_size),
+        family=layout.family,
+        sample_size=_image_size(denoiser, autoencoder),
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
         device=str(device),
     )
-    return PixelTarget(unet, alphas_cumprod, prediction_type, device, description)
+    if autoencoder is None:
+        return PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)
+    text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
+    return LatentTarget(denoiser, autoencoder, alphas_cumprod, prediction_type, device, description,
+                        text_encoder, tokenizer)
 
 
 def resolve_device(name: str) -> torch.device:
