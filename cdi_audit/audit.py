@@ -23,7 +23,7 @@ from cdi_audit.console import StageProgress
 from cdi_audit.controls import negative_control, reject_overlap
 from cdi_audit.errors import InputProblem
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.images import ImageRecord, ImageSet, scan_image_set
+from cdi_audit.images import ImageSet, scan_image_set
 from cdi_audit.result import (
     AuditResult,
     Controls,
@@ -61,6 +61,7 @@ class ModelSettings:
     device: str = "auto"
     batch_size: int = 32
     max_batch_grad: int = 16
+    caption: str | None = None  # one caption for every image (text-to-image models)
     cache_dir: Path | None = None
     use_cache: bool = True
     strict: bool = False
@@ -209,14 +210,20 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
 
 @dataclass(frozen=True)
 class ModelFeatures:
+    """Features of every image, and the image sets as the model saw them (with captions or class ids)."""
+
     table: FeatureTable
     summary: ExtractionSummary
     target: Target
+    image_sets: list[ImageSet]
+    notes: list[str]
 
 
-def load_and_extract(settings: ModelSettings, records: list[ImageRecord], progress: StageProgress,
+def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
                      timings: dict[str, float]) -> ModelFeatures:
-    """Load the model, check it can serve the features, and extract them (through the cache)."""
+    """Load the model, check it can serve the features, attach the conditions it needs, and extract
+    the features of every image (through the cache)."""
+    from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import require_access, resolve_extractors
     from cdi_audit.targets.loading import load_target, resolve_device
@@ -225,13 +232,19 @@ def load_and_extract(settings: ModelSettings, records: list[ImageRecord], progre
     with timed(timings, "load_model"):
         target = load_target(settings.model_path, resolve_device(settings.device))
     require_access(target.access, extractors)
+    conditioned, notes = [], []
+    for images in image_sets:
+        with_condition, set_notes = with_conditions(images, target.conditioning, settings.caption)
+        conditioned.append(with_condition)
+        notes.extend(note for note in set_notes if note not in notes)
     store = FeatureStore(settings.cache_dir or default_cache_dir()) if settings.use_cache else None
+    records = [record for images in conditioned for record in images.records]
     with timed(timings, "extract"):
         table, summary = extract_features(
             records, target, extractors, settings.seed, settings.batch_size, store,
             progress.counter("extracting features (images)"), settings.max_batch_grad,
         )
-    return ModelFeatures(table, summary, target)
+    return ModelFeatures(table, summary, target, conditioned, notes)
 
 
 def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
@@ -240,10 +253,11 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
     timings: dict[str, float] = {}
     with timed(timings, "scan"):
         inputs = gather_images(settings, progress)
-    extracted = load_and_extract(settings, inputs.suspect.records + inputs.reference.records, progress, timings)
+    extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings)
     table, summary, target = extracted.table, extracted.summary, extracted.target
+    suspect, reference = extracted.image_sets
     with timed(timings, "test"):
-        decision = decide(table, inputs.suspect.keys, inputs.reference.keys, settings.alpha, settings.test,
+        decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
                           settings.seed, settings.permutations, settings.n_jobs, progress)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
@@ -275,7 +289,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         suspect_dir=str(settings.suspect_dir),
         reference_dir=str(settings.reference_dir),
         skipped_files=skipped,
-        warnings=inputs.warnings,
+        warnings=inputs.warnings + extracted.notes,
         extraction=ExtractionInfo(**vars(summary)),
         timings_seconds=timings,
         versions=package_versions(),

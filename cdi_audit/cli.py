@@ -104,7 +104,8 @@ def _write_file(path: Path, payload: str) -> Path:
 
 ModelOption = Annotated[Path, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
-    help="The suspect model: a local diffusers pipeline folder (UNet2DModel + scheduler, safetensors).")]
+    help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
+         "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline.")]
 AlphaOption = Annotated[float, typer.Option(
     callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
 SeedOption = Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")]
@@ -124,6 +125,10 @@ StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")]
 JobsOption = Annotated[int, typer.Option(
     min=1, metavar="N", help="Worker processes for the statistics (default: one per CPU core, at most 8).")]
+CaptionOption = Annotated[str | None, typer.Option(
+    metavar="TEXT", show_default=False,
+    help="One caption for every image (text-to-image models). Otherwise captions come from NAME.txt beside "
+         "each image or a captions.csv / captions.jsonl in the folder; images without one get the empty caption.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 
 
@@ -170,6 +175,7 @@ def check(
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
+    caption: CaptionOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     json_output: JsonOption = False,
@@ -189,7 +195,8 @@ def check(
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, batch_size=batch_size,
-        max_batch_grad=max_batch_grad, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
+        max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
+        n_jobs=jobs,
     )
     result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)
@@ -234,6 +241,7 @@ def evaluate(
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
+    caption: CaptionOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     json_output: JsonOption = False,
@@ -262,8 +270,8 @@ def evaluate(
     settings = EvaluationSettings(
         members_dir=members, nonmembers_dir=nonmembers, model_path=model, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
-        batch_size=batch_size, max_batch_grad=max_batch_grad, cache_dir=cache_dir, use_cache=not no_cache,
-        strict=strict, n_jobs=jobs,
+        batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
+        use_cache=not no_cache, strict=strict, n_jobs=jobs,
     )
     result = _run_stage(lambda progress: run_evaluation(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)

@@ -113,8 +113,9 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
         # The null curve draws two disjoint sets of at least 10 non-members.
         require_enough(nonmembers, "non-members", needed=20)
         reject_overlap(members, nonmembers, "a training member cannot also be a non-member")
-    extracted = load_and_extract(settings, members.records + nonmembers.records, progress, timings)
+    extracted = load_and_extract(settings, [members, nonmembers], progress, timings)
     table = extracted.table
+    members, nonmembers = extracted.image_sets
     matrix = table.scoring_matrix([*members.keys, *nonmembers.keys])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
     sets = evaluated_feature_sets(settings.features, [e.name for e in resolve_extractors(settings.features)])
@@ -166,7 +167,7 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
             for images, role in ((members, "members"), (nonmembers, "nonmembers"))
             for item in images.skipped
         ],
-        warnings=_grid_warnings(sizes),
+        warnings=_grid_warnings(sizes) + extracted.notes,
         extraction=ExtractionInfo(**vars(extracted.summary)),
         timings_seconds=timings,
         versions=package_versions(),
