@@ -93,7 +93,8 @@ def save_tiny_stable_diffusion(folder: Path, seed: int = 0, prediction_type: str
     )
     pipeline = StableDiffusionPipeline(
         vae=vae or tiny_autoencoder_kl(scaling_factor), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type),
+        scheduler=DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False,
+                                steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder, safe_serialization=True)

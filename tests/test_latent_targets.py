@@ -1,0 +1,143 @@
+"""Latent pipelines (LDM, DiT, Stable Diffusion) built from configs: loading offline, encoding,
+conditions, and audits end to end."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_images
+from tiny_pipelines import save_tiny_dit, save_tiny_ldm, save_tiny_stable_diffusion
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+from cdi_audit.errors import InputProblem, ModelUnavailable
+from cdi_audit.extraction import extract_features
+from cdi_audit.features.registry import resolve_extractors
+from cdi_audit.images import ImageRecord, scan_image_set
+from cdi_audit.targets.loading import load_target
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("latent")
+    return {"ldm": save_tiny_ldm(root / "ldm"), "dit": save_tiny_dit(root / "dit"),
+            "sd": save_tiny_stable_diffusion(root / "sd"),
+            "sd-v": save_tiny_stable_diffusion(root / "sd-v", prediction_type="v_prediction")}
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize(("name", "family", "conditioning", "channels"), [
+    ("ldm", "latent UNet2DModel (LDM)", "none", 3),
+    ("dit", "class-conditional DiT", "class", 4),
+    ("sd", "text-to-image Stable Diffusion", "text", 4),
+])
+def test_each_pipeline_loads_offline(pipelines, no_network, name, family, conditioning, channels) -> None:
+    target = load_target(pipelines[name], CPU)
+    assert (target.description.family, target.conditioning, target.channels) == (family, conditioning, channels)
+    assert target.sample_size == 16  # 8x8 latents, autoencoder downscaling 2
+    assert target.encode(torch.zeros(2, 3, 16, 16)).shape == (2, channels, 8, 8)
+
+
+def test_encoding_is_the_scaled_posterior_mean(pipelines) -> None:
+    target = load_target(pipelines["sd"], CPU)
+    target.scaling_factor, target.shift_factor = 0.5, 0.25
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean = target.autoencoder.encode(pixels).latent_dist.mean
+        torch.testing.assert_close(target.encode(pixels), 0.5 * (mean - 0.25))
+        torch.testing.assert_close(target.encode(pixels), target.encode(pixels))  # no sampling
+
+
+def test_dit_keeps_the_noise_half_of_its_learned_variance_output(pipelines) -> None:
+    target = load_target(pipelines["dit"], CPU)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([1, 3])
+    with torch.no_grad():
+        raw = target.denoiser(z, timestep=torch.tensor([100, 100]), class_labels=labels).sample
+        assert raw.shape[1] == 8
+        torch.testing.assert_close(target.predict_noise(z, 100, labels), raw[:, :4])
+        other_class = target.predict_noise(z, 100, torch.tensor([0, 0]))
+    assert not torch.allclose(other_class, raw[:, :4])
+
+
+def test_v_prediction_is_read_from_the_scheduler_and_converted(pipelines) -> None:
+    target = load_target(pipelines["sd-v"], CPU)
+    assert target.prediction_type == "v_prediction"
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    condition = target.embed_captions(["a red square"])
+    a = float(target.alphas_cumprod[300])
+    with torch.no_grad():
+        v = target.denoiser(z, torch.tensor([300]), encoder_hidden_states=condition).sample
+        torch.testing.assert_close(target.predict_noise(z, 300, condition), a**0.5 * v + (1 - a) ** 0.5 * z)
+
+
+def test_captions_change_the_text_condition_and_a_class_model_needs_labels(pipelines) -> None:
+    text = load_target(pipelines["sd"], CPU)
+    records = [ImageRecord(Path("a.png"), "a" * 64, caption="a red square"),
+               ImageRecord(Path("b.png"), "b" * 64, caption="")]
+    with torch.no_grad():
+        embeddings = text.encode_condition(records)
+    assert embeddings.shape == (2, 16, 32) and not torch.allclose(embeddings[0], embeddings[1])
+    classes = load_target(pipelines["dit"], CPU)
+    with pytest.raises(InputProblem, match="needs a class id"):
+        classes.encode_condition([ImageRecord(Path("a.png"), "a" * 64)])
+    with pytest.raises(InputProblem, match="ids 0 to 3"):
+        classes.encode_condition([ImageRecord(Path("a.png"), "a" * 64, label=4)])
+
+
+def test_latent_features_do_not_depend_on_batch_size(pipelines, tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 5, seed=4)
+    records = [ImageRecord(r.path, r.sha256, caption=f"image {i}")
+               for i, r in enumerate(scan_image_set(tmp_path / "images").records)]
+    target = load_target(pipelines["sd"], CPU)
+    alone, summary = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=1)
+    together, _ = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=5)
+    assert len(alone.columns) == 26 and summary.model_calls >= 5 * 50
+    np.testing.assert_allclose(together.values, alone.values, rtol=1e-4)
+
+
+def test_unsupported_or_unsafe_latent_folders_are_refused(pipelines, tmp_path: Path) -> None:
+    import shutil
+
+    sdxl = shutil.copytree(pipelines["sd"], tmp_path / "sdxl")
+    index = json.loads((sdxl / "model_index.json").read_text())
+    (sdxl / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": ["transformers", "CLIPTextModel"]}))
+    with pytest.raises(ModelUnavailable, match="two text encoders"):
+        load_target(sdxl, CPU)
+    pickled = shutil.copytree(pipelines["dit"], tmp_path / "pickled")
+    for weights in (pickled / "vae").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ModelUnavailable, match="vae has only pickle weights"):
+        load_target(pickled, CPU)
+
+
+@pytest.mark.parametrize("name", ["ldm", "dit", "sd"])
+def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str) -> None:
+    for role, seed in (("suspect", 5), ("reference", 6)):
+        for label in (0, 2):
+            write_images(tmp_path / role / str(label), 6, seed=seed + 10 * label, prefix=f"{role}{label}")
+    result = CliRunner().invoke(app, [
+        "check", str(tmp_path / "suspect"), "--reference", str(tmp_path / "reference"), "--model",
+        str(pipelines[name]), "--json", "--no-cache", "--jobs", "1", "--permutations", "200",
+    ])
+    payload = json.loads(result.stdout)
+    # Random models know none of the images: no evidence, with every fast feature computed.
+    assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stderr
+    assert len(payload["features"]) == 14 and payload["n_suspect"] == 12
+    assert payload["model"]["family"].startswith({"ldm": "latent", "dit": "class", "sd": "text"}[name])
+    caption_notes = [w for w in payload["warnings"] if "have no caption" in w]
+    assert len(caption_notes) == (2 if name == "sd" else 0)
