@@ -37,6 +37,7 @@ from cdi_audit.stats import EffectSize, TestName, TestOutcome, effect_size, run_
 
 if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
     from cdi_audit.extraction import ExtractionSummary
+    from cdi_audit.features.base import Extractor
     from cdi_audit.targets.base import Target
 
 MIN_IMAGES = 10
@@ -215,6 +216,7 @@ class ModelFeatures:
     table: FeatureTable
     summary: ExtractionSummary
     target: Target
+    extractors: list[Extractor]
     image_sets: list[ImageSet]
     notes: list[str]
 
@@ -225,14 +227,14 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     the features of every image (through the cache)."""
     from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
-    from cdi_audit.features.registry import require_access, resolve_extractors
+    from cdi_audit.features.registry import extractors_for, require_access
     from cdi_audit.targets.loading import load_target, resolve_device
 
-    extractors = resolve_extractors(settings.features)
     with timed(timings, "load_model"):
         target = load_target(settings.model_path, resolve_device(settings.device))
+    extractors, notes = extractors_for(settings.features, target)
     require_access(target.access, extractors)
-    conditioned, notes = [], []
+    conditioned = []
     for images in image_sets:
         with_condition, set_notes = with_conditions(images, target.conditioning, settings.caption)
         conditioned.append(with_condition)
@@ -244,7 +246,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
             records, target, extractors, settings.seed, settings.batch_size, store,
             progress.counter("extracting features (images)"), settings.max_batch_grad,
         )
-    return ModelFeatures(table, summary, target, conditioned, notes)
+    return ModelFeatures(table, summary, target, extractors, conditioned, notes)
 
 
 def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:

@@ -28,7 +28,8 @@ from cdi_audit.evaluation import (
     images_needed,
     sample_size_grid,
 )
-from cdi_audit.features.registry import EXTRACTORS, PRESETS, resolve_extractors
+from cdi_audit.features.base import Extractor
+from cdi_audit.features.registry import PRESETS, extractor_names
 from cdi_audit.images import scan_image_set
 from cdi_audit.result import (
     CurvePointResult,
@@ -60,17 +61,20 @@ class EvaluationSettings(ModelSettings):
     tests: tuple[AnyTestName, ...] = EVALUATION_TESTS
 
 
-def evaluated_feature_sets(spec: str, extracted: list[str]) -> dict[str, list[str]]:
+def evaluated_feature_sets(spec: str, extractors: list[Extractor], conditioning: str) -> dict[str, list[str]]:
     """Feature sets to compare, name -> columns.
 
-    Each preset the extracted features cover, the user's own list when it is
-    not a preset, and each extractor alone.
+    Each preset the extracted features cover (as the preset is on this model),
+    the user's own list when it is not a preset, and each extractor alone.
     """
-    columns = {name: list(EXTRACTORS[name]().columns) for name in extracted}
-    sets = {preset: [c for name in members for c in columns[name]]
-            for preset, members in PRESETS.items() if set(members) <= set(extracted)}
-    if extracted not in [list(members) for members in PRESETS.values()] and len(extracted) > 1:
-        sets[spec.replace(" ", "")] = [c for name in extracted for c in columns[name]]
+    columns = {extractor.name: list(extractor.columns) for extractor in extractors}
+    sets = {}
+    for preset in PRESETS:
+        members = extractor_names(preset, conditioning)
+        if set(members) <= set(columns):
+            sets[preset] = [c for name in members for c in columns[name]]
+    if len(columns) > 1 and list(columns) not in [extractor_names(p, conditioning) for p in sets]:
+        sets[spec.replace(" ", "")] = [c for name in columns for c in columns[name]]
     sets.update(columns)
     return sets
 
@@ -118,7 +122,7 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
     members, nonmembers = extracted.image_sets
     matrix = table.scoring_matrix([*members.keys, *nonmembers.keys])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
-    sets = evaluated_feature_sets(settings.features, [e.name for e in resolve_extractors(settings.features)])
+    sets = evaluated_feature_sets(settings.features, extracted.extractors, extracted.target.conditioning)
     set_indices = {name: [table.columns.index(c) for c in columns] for name, columns in sets.items()}
 
     with timed(timings, "discrimination"):

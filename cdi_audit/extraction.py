@@ -102,11 +102,11 @@ def extract_features(
         on_images_done(0, len(missing))
     for start in range(0, len(missing), batch_size):
         records_in_batch = missing[start : start + batch_size]
-        pixels = torch.from_numpy(load_model_pixels(records_in_batch, target.sample_size))
+        pixels = torch.from_numpy(load_model_pixels(records_in_batch, target.sample_size)).to(target.device)
         with torch.no_grad():
-            batch = LatentBatch(target.encode(pixels.to(target.device)),
-                                tuple(record.sha256 for record in records_in_batch),
-                                target.encode_condition(records_in_batch))
+            captions = tuple(r.caption or "" for r in records_in_batch) if target.conditioning == "text" else None
+            batch = LatentBatch(target.encode(pixels), tuple(record.sha256 for record in records_in_batch),
+                                target.encode_condition(records_in_batch), pixels, captions)
         for extractor in extractors:
             todo = [i for i, r in enumerate(records_in_batch) if r.key not in known[extractor.name]]
             if not todo:

@@ -233,3 +233,94 @@ def test_features_beyond_the_targets_access_are_refused_with_what_is_missing() -
     assert refused.value.exit_code == ExitCode.USAGE
     with pytest.raises(AccessInsufficient, match="loss need grey-box access"):
         require_access("black", resolve_extractors("loss"))
+
+
+class AnalyticClassTarget(AnalyticTarget):
+    """eps_theta(z, t, c) = (0.3 + t / T + 0.1 c) z for class ids c = 0..3; the null class is 4."""
+
+    conditioning = "class"
+
+    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
+        return super()._model_output(z_t, timesteps) + 0.1 * condition.double().view(-1, 1, 1, 1) * z_t.double()
+
+    def reduced_conditions(self, batch: LatentBatch) -> dict[str, torch.Tensor]:
+        return {"null": torch.full_like(batch.condition, 4)}
+
+
+def test_clid_matches_hand_computation_for_a_class_conditional_model(batch: LatentBatch) -> None:
+    from cdi_audit.features.clid import CLiD
+
+    target, noise = AnalyticClassTarget(), NoiseSource(seed=6)
+    labelled = LatentBatch(batch.z0, batch.hashes, condition=torch.tensor([0, 1, 3]))
+    extractor = CLiD.for_target(target)
+    assert extractor.columns == ("clid_d_null", "clid_l") and extractor.timesteps == (90, 100, 110)
+    z0 = batch.z0.double().numpy()
+    differences, likelihoods = np.zeros(3), np.zeros(3)
+    for t in (90, 100, 110):
+        eps = noise.draw(batch, "clid", f"t{t}").double().numpy()
+        a = float(target.alphas_cumprod[t])
+        z_t = math.sqrt(a) * z0 + math.sqrt(1 - a) * eps
+        for image, label in enumerate((0, 1, 3)):
+            own, null = (float((((0.3 + t / 1000 + 0.1 * c) * z_t[image] - eps[image]) ** 2).sum())
+                         for c in (label, 4))
+            differences[image] += (null - own) / 3
+            likelihoods[image] -= own / 3
+    values = extractor.extract(target, labelled, noise)
+    np.testing.assert_allclose(values.numpy(), np.stack([differences, likelihoods], axis=1), rtol=1e-5)
+    assert target.forward_rows == 3 * 2 * 3  # 3 draws x (condition + null) x 3 images
+
+
+def test_clid_does_not_apply_to_unconditional_models() -> None:
+    from cdi_audit.features.clid import CLiD
+
+    assert "unconditional" in CLiD().not_applicable(AnalyticTarget())
+    assert CLiD().not_applicable(AnalyticClassTarget()) is None
+
+
+def test_caption_thirds_are_clipped_token_by_token() -> None:
+    from cdi_audit.targets.latent import clipped_tokens
+
+    bos, eos, pad = 100, 101, 0
+    ids = torch.tensor([[bos, 1, 2, 3, 4, 5, 6, 7, eos, eos, eos], [bos, 8, 9, eos, eos, eos, eos, eos, eos, eos, eos]])
+    # 7 tokens split at round(7/3) = 2 and round(14/3) = 5; 2 tokens at round(2/3) = 1 and round(4/3) = 1.
+    assert clipped_tokens(ids, 0, eos, pad).tolist() == [[bos, 0, 0, 3, 4, 5, 6, 7, eos, eos, eos],
+                                                         [bos, 0, 9, eos, eos, eos, eos, eos, eos, eos, eos]]
+    assert clipped_tokens(ids, 1, eos, pad)[0].tolist() == [bos, 1, 2, 0, 0, 0, 6, 7, eos, eos, eos]
+    assert clipped_tokens(ids, 1, eos, pad)[1].tolist() == ids[1].tolist()  # an empty middle third
+    assert clipped_tokens(ids, 2, eos, pad).tolist() == [[bos, 1, 2, 3, 4, 5, 0, 0, eos, eos, eos],
+                                                         [bos, 8, 0, eos, eos, eos, eos, eos, eos, eos, eos]]
+
+
+def test_ssim_agrees_with_scikit_image() -> None:
+    from skimage.metrics import structural_similarity
+
+    from cdi_audit.features.structural import ssim
+
+    rng = np.random.default_rng(0)
+    first = rng.random((3, 3, 24, 32))
+    second = np.clip(first + rng.normal(0, [[[[0.05]]], [[[0.2]]], [[[0.5]]]], first.shape), 0, 1)
+    ours = ssim(torch.from_numpy(second), torch.from_numpy(first)).numpy()
+    oracle = [structural_similarity(first[i], second[i], win_size=7, data_range=1.0, channel_axis=0,
+                                    use_sample_covariance=False) for i in range(3)]
+    np.testing.assert_allclose(ours, oracle, atol=1e-9)
+    assert ours[0] > ours[1] > ours[2]
+
+
+def test_structural_on_a_pixel_model_compares_the_image_with_its_predicted_clean_image(batch: LatentBatch) -> None:
+    """For eps = c z every DDIM step scales z, so the predicted clean image is m z0 for a scalar m."""
+    from cdi_audit.features.structural import Structural, ssim
+
+    target = AnalyticTarget()
+    z0 = batch.z0.double()
+    images = LatentBatch(batch.z0, batch.hashes, images=batch.z0)
+    expected, factor, state = [], 1.0, 0
+    for nominal in (50, 100, 150, 200):
+        factor *= ddim_factor(target, state, nominal)
+        state = nominal
+        if nominal in (100, 200):
+            a, c = float(target.alphas_cumprod[nominal]), target.coefficient(nominal)
+            clean = (factor * (1 - math.sqrt(1 - a) * c) / math.sqrt(a) * z0).clamp(-1, 1)
+            expected.append(ssim((clean + 1) / 2, (z0 + 1) / 2).numpy())
+    values = Structural().extract(target, images, NoiseSource(0))
+    np.testing.assert_allclose(values.numpy(), np.stack(expected, axis=1), rtol=1e-4)
+    assert target.forward_rows == 6 * 3

@@ -127,7 +127,7 @@ def test_unsupported_or_unsafe_latent_folders_are_refused(pipelines, tmp_path: P
 
 @pytest.mark.parametrize("name", ["ldm", "dit", "sd"])
 def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str) -> None:
-    for role, seed in (("suspect", 5), ("reference", 6)):
+    for role, seed in (("suspect", 9), ("reference", 10)):
         for label in (0, 2):
             write_images(tmp_path / role / str(label), 6, seed=seed + 10 * label, prefix=f"{role}{label}")
     result = CliRunner().invoke(app, [
@@ -135,9 +135,17 @@ def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str)
         str(pipelines[name]), "--json", "--no-cache", "--jobs", "1", "--permutations", "200",
     ])
     payload = json.loads(result.stdout)
-    # Random models know none of the images: no evidence, with every fast feature computed.
+    # Random models know none of the images: no evidence, with every fast feature computed, and on
+    # conditional models the preset's CLiD and structural columns too.
     assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stderr
-    assert len(payload["features"]) == 14 and payload["n_suspect"] == 12
+    dropped = {feature["name"] for feature in payload["dropped_features"]}
+    assert len(payload["features"]) + len(dropped) == {"ldm": 14, "dit": 14 + 2 + 2, "sd": 14 + 5 + 2}[name]
+    assert payload["n_suspect"] == 12
+    if name != "ldm":
+        assert "clid_l" in payload["features"] and "structural_ssim_t200" in payload["features"]
+    # Without captions every image has the empty caption, so weakening it changes nothing: CLiD's
+    # differences are all zero, and the audit drops them by name instead of fitting on them.
+    assert dropped == ({"clid_d_first", "clid_d_middle", "clid_d_last", "clid_d_null"} if name == "sd" else set())
     assert payload["model"]["family"].startswith({"ldm": "latent", "dit": "class", "sd": "text"}[name])
     caption_notes = [w for w in payload["warnings"] if "have no caption" in w]
     assert len(caption_notes) == (2 if name == "sd" else 0)

@@ -22,19 +22,24 @@ from cdi_audit.targets.base import Access, Target
 @dataclass(frozen=True)
 class LatentBatch:
     """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, their sha256
-    (which seeds their noise), and the model's condition rows for them (None if unconditional)."""
+    (which seeds their noise), the model's condition rows for them (None if unconditional), and
+    the images themselves (for features that compare reconstructions with them)."""
 
     z0: torch.Tensor
     hashes: tuple[str, ...]
     condition: torch.Tensor | None = None
+    images: torch.Tensor | None = None  # the preprocessed images in [-1, 1], (B, 3, H, W)
+    captions: tuple[str, ...] | None = None  # text-conditioned models only
 
     def select(self, rows: slice | list[int]) -> LatentBatch:
         """The sub-batch of ``rows`` (a slice or a list of positions)."""
-        if isinstance(rows, list):
-            return LatentBatch(self.z0[rows], tuple(self.hashes[i] for i in rows),
-                               None if self.condition is None else self.condition[rows])
-        return LatentBatch(self.z0[rows], self.hashes[rows],
-                           None if self.condition is None else self.condition[rows])
+        def pick(values):
+            if values is None:
+                return None
+            return tuple(values[i] for i in rows) if isinstance(rows, list) else values[rows]
+
+        return LatentBatch(self.z0[rows], pick(self.hashes), None if self.condition is None else self.condition[rows],
+                           None if self.images is None else self.images[rows], pick(self.captions))
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,15 @@ class Extractor(abc.ABC):
     @abc.abstractmethod
     def columns(self) -> tuple[str, ...]:
         """Names of the feature columns, in the order ``extract`` returns them."""
+
+    @classmethod
+    def for_target(cls, target: Target) -> Extractor:
+        """This extractor configured for ``target`` (most need nothing from it)."""
+        return cls()
+
+    def not_applicable(self, target: Target) -> str | None:
+        """Why this extractor cannot run on ``target`` (one clause), or None when it can."""
+        return None
 
     @abc.abstractmethod
     def params(self) -> dict:

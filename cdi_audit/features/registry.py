@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from cdi_audit.errors import AccessInsufficient
 from cdi_audit.features.base import Extractor
+from cdi_audit.features.clid import CLiD
 from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
 from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.secmi import SecMI
-from cdi_audit.targets.base import ACCESS_LEVELS, Access
+from cdi_audit.features.structural import Structural
+from cdi_audit.targets.base import ACCESS_LEVELS, Access, Target
 
 EXTRACTORS: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation)
+    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation,
+                              CLiD, Structural)
 }
 # ``pian`` shares its first model call with ``pia``: one extractor computes both.
 ALIASES = {"pian": "pia"}
@@ -23,18 +26,23 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # white-box, needs gradients: 26 columns, about 100 forward-equivalents per image
     "full": ("loss", "multi_loss", "secmi", "pia", "gradient_masking", "noise_optim"),
 }
+# Presets on conditional models (text-to-image, class-conditional) also take these (methods.md section 2).
+CONDITIONAL_PRESET_EXTRAS = ("clid", "structural")
 
 
-def resolve_extractors(spec: str) -> list[Extractor]:
-    """A preset name or a comma-separated list of extractor names -> configured extractors.
+def extractor_names(spec: str, conditioning: str = "none") -> list[str]:
+    """A preset name or a comma-separated list of extractor names -> extractor names, in order.
 
-    Raises ``ValueError`` naming what is known when a name is not.
+    Presets grow by ``CONDITIONAL_PRESET_EXTRAS`` on conditional models. Raises
+    ``ValueError`` naming what is known when a name is not.
     """
     names: list[str] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         expanded = PRESETS.get(item, (ALIASES.get(item, item),))
+        if item in PRESETS and conditioning != "none":
+            expanded = (*expanded, *CONDITIONAL_PRESET_EXTRAS)
         for name in expanded:
             if name not in EXTRACTORS:
                 known = ", ".join([*PRESETS, *EXTRACTORS, *ALIASES])
@@ -43,7 +51,28 @@ def resolve_extractors(spec: str) -> list[Extractor]:
                 names.append(name)
     if not names:
         raise ValueError("no features given")
-    return [EXTRACTORS[name]() for name in names]
+    return names
+
+
+def resolve_extractors(spec: str) -> list[Extractor]:
+    """Extractors for ``spec`` with their default configuration (no model at hand)."""
+    return [EXTRACTORS[name]() for name in extractor_names(spec)]
+
+
+def extractors_for(spec: str, target: Target) -> tuple[list[Extractor], list[str]]:
+    """Extractors for ``spec`` configured for ``target``, and a note for each one that does not apply
+    to it (skipped, never silently)."""
+    extractors, notes = [], []
+    for name in extractor_names(spec, target.conditioning):
+        extractor = EXTRACTORS[name].for_target(target)
+        reason = extractor.not_applicable(target)
+        if reason is None:
+            extractors.append(extractor)
+        else:
+            notes.append(f"Feature {name} skipped: {reason}.")
+    if not extractors:
+        raise AccessInsufficient(f"None of the features {spec!r} apply to this model ({' '.join(notes)})")
+    return extractors, notes
 
 
 def require_access(available: Access, extractors: list[Extractor]) -> None:

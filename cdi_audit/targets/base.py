@@ -76,9 +76,22 @@ class Target(abc.ABC):
         """Images in [-1, 1], (B, 3, H, W) -> clean latents z0. Identity for pixel models."""
         return pixels
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether latents go through an autoencoder (``decode``) to become images."""
+        return False
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1]. Identity for pixel models."""
+        return z0
+
     def encode_condition(self, records: list) -> torch.Tensor | None:
         """The model's input for the records' conditions (class ids or text embeddings); None if unconditional."""
         return None
+
+    def reduced_conditions(self, batch) -> dict[str, torch.Tensor]:
+        """Weakened versions of a batch's conditions, by name (CLiD); none for unconditional models."""
+        return {}
 
     def predict_noise(self, z_t: torch.Tensor, t: int, condition: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta(z_t, t, c) in fp32, (B, C, H, W), whatever the model's output parameterisation.

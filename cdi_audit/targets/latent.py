@@ -58,6 +58,10 @@ class LatentTarget(Target):
         mean = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         return self.scaling_factor * (mean.float() - self.shift_factor)
 
+    @property
+    def has_decoder(self) -> bool:
+        return True
+
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] (B, 3, H, W); the inverse of ``encode`` up to the autoencoder's error."""
         return self.autoencoder.decode(z0 / self.scaling_factor + self.shift_factor).sample.float()
@@ -79,11 +83,29 @@ class LatentTarget(Target):
             return self.embed_captions([record.caption or "" for record in records])
         return None
 
+    def reduced_conditions(self, batch) -> dict[str, torch.Tensor]:
+        """CLiD's weakened conditions (methods.md section 2): for captions, the first, middle and last
+        third of the caption's tokens replaced by the pad token, and the empty caption; for classes,
+        the null class (id ``num_classes``)."""
+        if self.conditioning == "class":
+            return {"null": torch.full_like(batch.condition, self.num_classes)}
+        if self.conditioning != "text":
+            return {}
+        ids = self.tokenize(list(batch.captions))
+        reduced = {name: clipped_tokens(ids, part, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+                   for part, name in enumerate(("first", "middle", "last"))}
+        embeddings = {name: self.text_encoder(tokens.to(self.device))[0].float() for name, tokens in reduced.items()}
+        embeddings["null"] = self.embed_captions([""] * len(batch.captions))
+        return embeddings
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """Token ids (B, model_max_length): BOS, the caption, EOS, then padding, as the pipeline builds them."""
+        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
     def embed_captions(self, captions: list[str]) -> torch.Tensor:
         """CLIP text embeddings (B, tokens, width), padded to the tokenizer's length as the pipeline does."""
-        tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].float()
+        return self.text_encoder(self.tokenize(captions).to(self.device))[0].float()
 
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
                       ) -> torch.Tensor:
@@ -92,3 +114,18 @@ class LatentTarget(Target):
         if self.conditioning == "class":
             return self.denoiser(z_t, timestep=timesteps, class_labels=condition).sample
         return self.denoiser(z_t, timesteps).sample
+
+
+def clipped_tokens(ids: torch.Tensor, part: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """``ids`` with the ``part``-th third (0, 1, 2) of each caption's tokens set to ``pad_id``.
+
+    A caption's tokens are those between BOS (position 0) and its first EOS; thirds split n
+    tokens at round(n / 3) and round(2 n / 3), so a short caption may have an empty third.
+    """
+    clipped = ids.clone()
+    for row in clipped:
+        ends = (row == eos_id).nonzero()
+        count = int(ends[0]) - 1 if len(ends) else len(row) - 1
+        bounds = [1 + round(count * k / 3) for k in range(4)]
+        row[bounds[part] : bounds[part + 1]] = pad_id
+    return clipped
