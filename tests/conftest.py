@@ -96,3 +96,16 @@ def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=400, seed=0)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model", safe_serialization=True)
     return root / "model", root / "members", root / "nonmembers"
+
+
+@pytest.fixture(scope="session")
+def trained_text_to_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Stable Diffusion pipeline whose UNet was trained 600 steps on ``members/`` (32 captioned
+    shapes), beside ``nonmembers/`` and ``other/`` (32 each, never trained on). About 40 s on two cores."""
+    from tiny_pipelines import train_tiny_text_to_image, write_captioned_shapes
+
+    root = tmp_path_factory.mktemp("text-to-image")
+    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
+        write_captioned_shapes(root / name, 32, seed)
+    train_tiny_text_to_image(root / "members", root / "model", steps=600)
+    return root

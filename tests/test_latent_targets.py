@@ -149,3 +149,29 @@ def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str)
     assert payload["model"]["family"].startswith({"ldm": "latent", "dit": "class", "sd": "text"}[name])
     caption_notes = [w for w in payload["warnings"] if "have no caption" in w]
     assert len(caption_notes) == (2 if name == "sd" else 0)
+
+
+def audit_text_to_image(root: Path, suspect: str, *options: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, [
+        "check", str(root / suspect), "--reference", str(root / "nonmembers"), "--model", str(root / "model"),
+        "--json", "--no-cache", "--jobs", "1", *options,
+    ])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_a_trained_text_to_image_model_gives_evidence_for_its_members(trained_text_to_image: Path) -> None:
+    code, result = audit_text_to_image(trained_text_to_image, "members")
+    assert (code, result["verdict"]) == (1, "evidence")
+    assert result["p_value"] < 0.01 and result["effect"]["auc"] > 0.9
+    assert {"clid_d_null", "clid_l", "structural_ssim_t100"} <= set(result["features"])
+    assert result["model"]["family"] == "text-to-image Stable Diffusion"
+    assert not [w for w in result["warnings"] if "caption" in w]  # every image has its sidecar caption
+    # CLiD alone carries the signal through the whole latent path (VAE, text encoder, conditional UNet).
+    code, clid_only = audit_text_to_image(trained_text_to_image, "members", "--features", "clid")
+    assert code == 1 and clid_only["p_value"] < 0.01 and len(clid_only["features"]) == 5
+
+
+def test_a_trained_text_to_image_model_gives_no_evidence_for_images_it_never_saw(trained_text_to_image: Path) -> None:
+    code, result = audit_text_to_image(trained_text_to_image, "other")
+    assert (code, result["verdict"]) == (0, "no_evidence")
+    assert result["p_value"] >= 0.01 and result["controls"]["negative_control_passed"]

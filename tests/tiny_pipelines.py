@@ -72,30 +72,118 @@ def write_clip_tokenizer(folder: Path) -> None:
     }))
 
 
-def save_tiny_stable_diffusion(folder: Path, seed: int = 0, prediction_type: str = "epsilon",
-                               scaling_factor: float = 1.0, unet=None, vae=None) -> Path:
-    """StableDiffusionPipeline: KL autoencoder, CLIP text encoder (2 layers, width 32), cross-attention UNet."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def tiny_stable_diffusion_components(tokenizer_folder: Path, seed: int = 0, prediction_type: str = "epsilon",
+                                     scaling_factor: float = 1.0) -> dict:
+    """The components of a StableDiffusionPipeline: KL autoencoder, CLIP text encoder (2 layers, width 32),
+    cross-attention UNet on 4x8x8 latents, DDPM scheduler. The tokenizer is written to ``tokenizer_folder``."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    write_clip_tokenizer(folder / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    write_clip_tokenizer(tokenizer_folder)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=TEXT_TOKENS, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    unet = unet or UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )
-    pipeline = StableDiffusionPipeline(
-        vae=vae or tiny_autoencoder_kl(scaling_factor), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False,
-                                steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False,
+                              steps_offset=1)
+    return {"vae": tiny_autoencoder_kl(scaling_factor), "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "unet": unet, "scheduler": scheduler}
+
+
+def save_stable_diffusion(folder: Path, components: dict) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_stable_diffusion(folder: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """A randomly initialised tiny StableDiffusionPipeline folder."""
+    return save_stable_diffusion(folder, tiny_stable_diffusion_components(folder / "tokenizer", seed, prediction_type))
+
+
+COLOURS = {"red": (215, 45, 40), "green": (40, 170, 70), "blue": (45, 80, 215), "yellow": (235, 205, 40),
+           "white": (240, 240, 240), "black": (25, 25, 25), "purple": (140, 50, 170), "orange": (240, 140, 30)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def write_captioned_shapes(folder: Path, count: int, seed: int) -> list[Path]:
+    """``count`` distinct 16 px images of a coloured shape on a coloured background, each with a sidecar
+    caption that describes it ("a red circle on a blue background")."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    paths = []
+    for index in range(count):
+        colour, background = rng.choice(len(names), size=2, replace=False)
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        canvas = Image.new("RGB", (64, 64), COLOURS[names[background]])
+        draw = ImageDraw.Draw(canvas)
+        size = rng.uniform(18, 40)
+        left, top = rng.uniform(2, 62 - size, size=2)
+        box = (left, top, left + size, top + size)
+        fill = COLOURS[names[colour]]
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(left, top + size), (left + size, top + size), (left + size / 2, top)], fill=fill)
+        path = folder / f"shape_{seed}_{index:03d}.png"
+        canvas.resize((16, 16), Image.Resampling.LANCZOS).save(path)
+        path.with_suffix(".txt").write_text(f"a {names[colour]} {shape} on a {names[background]} background")
+        paths.append(path)
+    return paths
+
+
+def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int = 0) -> Path:
+    """Train the tiny Stable Diffusion UNet on the captioned images in ``members`` (VAE and text encoder
+    stay random and frozen) and save the pipeline to ``folder``.
+
+    The VAE's scaling factor is set so the members' latents have unit variance (methods.md 0.4);
+    with the default 0.18215 a random VAE's latents would be so small that denoising is trivial.
+    """
+    import torch.nn.functional as F
+
+    from cdi_audit.conditions import with_captions
+    from cdi_audit.images import load_model_pixels, scan_image_set
+
+    components = tiny_stable_diffusion_components(folder / "tokenizer", seed)
+    vae, text_encoder, tokenizer, unet, scheduler = (components[name] for name in
+                                                     ("vae", "text_encoder", "tokenizer", "unet", "scheduler"))
+    images, _ = with_captions(scan_image_set(members))
+    pixels = torch.from_numpy(load_model_pixels(images.records, 16))
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+        scaling = float(1 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+        latents = latents * scaling
+        ids = tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
+                        truncation=True, return_tensors="pt").input_ids
+        embeddings = text_encoder(ids)[0]
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    unet.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(latents), (32,), generator=generator)
+        noise = torch.randn(latents[rows].shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (32,), generator=generator)
+        noisy = scheduler.add_noise(latents[rows], noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]).sample, noise)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    unet.eval()
+    return save_stable_diffusion(folder, components)
