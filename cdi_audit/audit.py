@@ -60,6 +60,7 @@ class ModelSettings:
     features: str = "fast"
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"
     batch_size: int = 32
     max_batch_grad: int = 16
     caption: str | None = None  # one caption for every image (text-to-image models)
@@ -228,10 +229,11 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for, require_access
-    from cdi_audit.targets.loading import load_target, resolve_device
+    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
 
     with timed(timings, "load_model"):
-        target = load_target(settings.model_path, resolve_device(settings.device))
+        device = resolve_device(settings.device)
+        target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device))
     extractors, notes = extractors_for(settings.features, target)
     require_access(target.access, extractors)
     conditioned = []

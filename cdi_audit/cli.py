@@ -93,6 +93,12 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _check_dtype(value: str) -> str:
+    if value not in ("auto", "float32", "bfloat16", "float16"):
+        raise typer.BadParameter("choose auto, float32, bfloat16 or float16.")
+    return value
+
+
 def _write_file(path: Path, payload: str) -> Path:
     """Write atomically, so an interrupted run never leaves half a report."""
     from cdi_audit.cache import atomic_write
@@ -112,6 +118,10 @@ SeedOption = Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for no
 DeviceOption = Annotated[str, typer.Option(
     envvar="CDI_AUDIT_DEVICE", callback=_check_device, metavar="DEVICE",
     help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")]
+DtypeOption = Annotated[str, typer.Option(
+    envvar="CDI_AUDIT_DTYPE", callback=_check_dtype, metavar="DTYPE",
+    help="Precision of forward passes: 'auto' (bfloat16 or float16 on CUDA, float32 on CPU), 'float32', "
+         "'bfloat16' or 'float16'. DDIM inversions always run in float32.")]
 BatchSizeOption = Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")]
 MaxBatchGradOption = Annotated[int, typer.Option(
     min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
@@ -173,6 +183,7 @@ def check(
     permutations: Annotated[int, typer.Option(
         min=1, metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     caption: CaptionOption = None,
@@ -194,7 +205,7 @@ def check(
     console = stderr_console()
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
-        seed=seed, test=test.value, permutations=permutations, device=device, batch_size=batch_size,
+        seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
         n_jobs=jobs,
     )
@@ -239,6 +250,7 @@ def evaluate(
     ] = 0.01,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     caption: CaptionOption = None,
@@ -270,7 +282,7 @@ def evaluate(
     settings = EvaluationSettings(
         members_dir=members, nonmembers_dir=nonmembers, model_path=model, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
-        batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
+        dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
         use_cache=not no_cache, strict=strict, n_jobs=jobs,
     )
     result = _run_stage(lambda progress: run_evaluation(settings, progress), console, json_output, debug)

@@ -41,6 +41,7 @@ def cache_key(target: Target, extractor: Extractor, seed: int) -> dict:
         "params": extractor.params(),
         "seed": seed,
         "device": target.device.type,
+        "dtype": target.description.dtype,
     }
 
 
@@ -55,7 +56,7 @@ def _compute(
     """
     needs_gradients = extractor.access == "white"
     step = max_batch_grad if needs_gradients else len(batch.hashes)
-    with torch.set_grad_enabled(needs_gradients):
+    with torch.set_grad_enabled(needs_gradients), target.precision(extractor.full_precision):
         values = np.concatenate([
             extractor.extract(target, batch.select(slice(i, i + step)), noise).numpy()
             for i in range(0, len(batch.hashes), step)

@@ -37,6 +37,8 @@ class ModelInfo(BaseModel):
     num_train_timesteps: int
     prediction_type: str
     device: str
+    # Precision of the forward passes (autocast); inversions always run in float32.
+    dtype: str = "float32"
 
 
 class SkippedFileInfo(BaseModel):

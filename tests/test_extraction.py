@@ -114,3 +114,21 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_batches(target,
     assert summary.model_calls == (len(records) - 8) * 5
     fresh, _ = extract_features(records, target, [DenoisingLoss()], seed=0, batch_size=4)
     np.testing.assert_array_equal(resumed.values, fresh.values)
+
+
+def test_half_precision_applies_to_forward_passes_but_not_to_inversions(tiny_model: Path, records) -> None:
+    """bfloat16 autocast (here on the CPU) changes noise-prediction features a little, leaves the DDIM
+    inversion of SecMI in float32 (identical values), and keys the cache by precision."""
+    from cdi_audit.extraction import cache_key
+
+    full = load_target(tiny_model, torch.device("cpu"))
+    half = load_target(tiny_model, torch.device("cpu"), torch.bfloat16)
+    assert (half.description.dtype, full.description.dtype) == ("bfloat16", "float32")
+    extractors = resolve_extractors("loss,secmi")
+    reference, _ = extract_features(records[:4], full, extractors, seed=0, batch_size=4)
+    reduced, _ = extract_features(records[:4], half, extractors, seed=0, batch_size=4)
+    loss, secmi = reference.columns.index("loss_t100"), reference.columns.index("secmi_t100")
+    np.testing.assert_array_equal(reduced.values[:, secmi], reference.values[:, secmi])
+    assert not np.array_equal(reduced.values[:, loss], reference.values[:, loss])
+    np.testing.assert_allclose(reduced.values[:, loss], reference.values[:, loss], rtol=0.05)
+    assert cache_key(half, extractors[0], 0) != cache_key(full, extractors[0], 0)

@@ -76,6 +76,8 @@ class Extractor(abc.ABC):
     version: ClassVar[int] = 1
     access: ClassVar[Access] = "grey"
     log_scaled: ClassVar[bool] = True
+    # DDIM inversions run in float32 even when other forward passes use half precision (conventions.md).
+    full_precision: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

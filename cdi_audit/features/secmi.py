@@ -19,6 +19,7 @@ class SecMI(Extractor):
     """
 
     name = "secmi"
+    full_precision = True
 
     def __init__(self, timestep: int = 100, interval: int = 10) -> None:
         self.timestep = timestep

@@ -41,6 +41,7 @@ class Structural(Extractor):
     """
 
     name = "structural"
+    full_precision = True
     log_scaled = False  # SSIM lies in [-1, 1]
 
     def __init__(self, timesteps: tuple[int, ...] = (100, 200), interval: int = 50) -> None:

@@ -10,7 +10,9 @@ each other.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 import torch
@@ -56,6 +58,9 @@ class Target(abc.ABC):
         self.device = device
         self.description = description
         self.forward_rows = 0
+        # Forward passes run under autocast in this dtype (None: plain float32); see ``precision``.
+        self.forward_dtype: torch.dtype | None = None
+        self._full_precision = False
 
     @property
     def num_train_timesteps(self) -> int:
@@ -99,7 +104,9 @@ class Target(abc.ABC):
         ``condition``: rows aligned with ``z_t`` (from ``encode_condition``), or None.
         """
         timesteps = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
-        output = self._model_output(z_t, timesteps, condition).float()
+        half = self.forward_dtype is not None and not self._full_precision
+        with torch.autocast(self.device.type, dtype=self.forward_dtype, enabled=half):
+            output = self._model_output(z_t, timesteps, condition).float()
         self.forward_rows += z_t.shape[0]
         if output.shape[1] == 2 * self.channels:
             output = output[:, : self.channels]  # learned variance: keep the noise half
@@ -109,6 +116,16 @@ class Target(abc.ABC):
         if self.prediction_type == "sample":
             return (z_t - math.sqrt(a_t) * output) / math.sqrt(1.0 - a_t)
         return output
+
+    @contextlib.contextmanager
+    def precision(self, full: bool) -> Iterator[None]:
+        """Within this block, forward passes run in float32 if ``full`` (DDIM inversions, whose
+        errors compound step by step), else in ``forward_dtype``."""
+        previous, self._full_precision = self._full_precision, full
+        try:
+            yield
+        finally:
+            self._full_precision = previous
 
     @abc.abstractmethod
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None

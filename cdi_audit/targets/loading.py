@@ -215,8 +215,9 @@ def _quiet_libraries() -> None:
         library.utils.logging.disable_progress_bar()
 
 
-def load_target(path: Path, device: torch.device) -> Target:
-    """Build the ``Target`` for the model at ``path`` on ``device``."""
+def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None) -> Target:
+    """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype``
+    (None or float32: full precision; see ``resolve_dtype``)."""
     from cdi_audit.targets.latent import LatentTarget
     from cdi_audit.targets.pixel import PixelTarget
 
@@ -234,12 +235,30 @@ def load_target(path: Path, device: torch.device) -> Target:
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
         device=str(device),
+        dtype=str(dtype or torch.float32).removeprefix("torch."),
     )
     if autoencoder is None:
-        return PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)
-    text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
-    return LatentTarget(denoiser, autoencoder, alphas_cumprod, prediction_type, device, description,
-                        text_encoder, tokenizer)
+        target: Target = PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)
+    else:
+        text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
+        target = LatentTarget(denoiser, autoencoder, alphas_cumprod, prediction_type, device, description,
+                              text_encoder, tokenizer)
+    target.forward_dtype = None if dtype in (None, torch.float32) else dtype
+    return target
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a CUDA GPU that supports it (else float16), float32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
 
 
 def resolve_device(name: str) -> torch.device:
