@@ -184,8 +184,10 @@ def _load_model(root: Path, part: str):
 
 def _load_text_components(root: Path):
     """CLIP text encoder and tokenizer (Stable Diffusion 1.x/2.x), offline, safetensors only."""
+    import transformers
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    _quiet(transformers)
     try:
         encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
@@ -205,23 +207,21 @@ def _image_size(denoiser, autoencoder) -> int:
     return int(sample_size) * 2 ** (len(autoencoder.config.block_out_channels) - 1)
 
 
-def _quiet_libraries() -> None:
+def _quiet(library) -> None:
     """diffusers and transformers log progress bars and notes while loading; our stderr is for the audit."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
+    library.utils.logging.set_verbosity_error()
+    library.utils.logging.disable_progress_bar()
 
 
 def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None) -> Target:
     """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype``
     (None or float32: full precision; see ``resolve_dtype``)."""
+    import diffusers
+
     from cdi_audit.targets.latent import LatentTarget
     from cdi_audit.targets.pixel import PixelTarget
 
-    _quiet_libraries()
+    _quiet(diffusers)
     root = Path(path)
     layout = _check_folder(root)
     alphas_cumprod, prediction_type = _load_schedule(root)
