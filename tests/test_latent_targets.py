@@ -175,3 +175,16 @@ def test_a_trained_text_to_image_model_gives_no_evidence_for_images_it_never_saw
     code, result = audit_text_to_image(trained_text_to_image, "other")
     assert (code, result["verdict"]) == (0, "no_evidence")
     assert result["p_value"] >= 0.01 and result["controls"]["negative_control_passed"]
+
+
+def test_an_extractor_that_does_not_apply_is_skipped_with_a_warning(tiny_model: Path, image_sets) -> None:
+    suspect, reference = image_sets
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(tiny_model), "--json",
+                 "--no-cache", "--jobs", "1", "--permutations", "200"]
+    result = CliRunner().invoke(app, [*arguments, "--features", "loss,clid"])
+    payload = json.loads(result.stdout)
+    assert payload["features"] == ["loss_t100"]
+    assert ("Feature clid skipped: clid compares conditional and weakened conditions, and this model is "
+            "unconditional.") in payload["warnings"]
+    alone = CliRunner().invoke(app, [*arguments, "--features", "clid"])
+    assert alone.exit_code == 2 and "None of the features 'clid' apply" in json.loads(alone.stdout)["error"]["message"]
