@@ -37,7 +37,9 @@ def summary_table(result: AuditResult) -> Table:
         table.add_row("negative control", f"p = {control.negative_control_p_value:.3g}  ({status})")
     table.add_row("features", f"{len(result.features)} columns" +
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
-    table.add_row("model", f"{result.model.path}  (sha256 {result.model.fingerprint[:12]}…, {result.model.device})")
+    model = result.model
+    table.add_row("model", f"{model.path}  ({model.family}; sha256 {model.fingerprint[:12]}…; {model.device}, "
+                           f"{model.dtype})")
     extraction = result.extraction
     table.add_row("model calls", f"{extraction.model_calls}  ({extraction.images_from_cache} of "
                                  f"{extraction.images} images from cache, {extraction.seconds:.1f} s)")
