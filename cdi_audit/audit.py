@@ -57,6 +57,7 @@ class ModelSettings:
     """How features are computed: shared by ``check`` and ``evaluate``."""
 
     model_path: Path
+    model_config: Path | None = None  # configs of a single-file checkpoint
     features: str = "fast"
     seed: int = 0
     device: str = "auto"
@@ -233,7 +234,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
 
     with timed(timings, "load_model"):
         device = resolve_device(settings.device)
-        target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device))
+        target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
     extractors, notes = extractors_for(settings.features, target)
     require_access(target.access, extractors)
     conditioned = []

@@ -111,7 +111,12 @@ def _write_file(path: Path, payload: str) -> Path:
 ModelOption = Annotated[Path, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
-         "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline.")]
+         "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline; or a Stable Diffusion single-file "
+         ".safetensors checkpoint with --model-config.")]
+ModelConfigOption = Annotated[Path | None, typer.Option(
+    metavar="DIR", show_default=False,
+    help="For a single-file Stable Diffusion checkpoint (.safetensors): a pipeline folder of the same "
+         "architecture holding its configs and tokenizer (weights not needed); nothing is looked up online.")]
 AlphaOption = Annotated[float, typer.Option(
     callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
 SeedOption = Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")]
@@ -174,6 +179,7 @@ def check(
         "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images from the same source (never trained on).")],
     model: ModelOption,
+    model_config: ModelConfigOption = None,
     features: Annotated[str, typer.Option(callback=_check_features, metavar="NAMES", help=FEATURES_HELP)] = "fast",
     alpha: AlphaOption = 0.01,
     seed: SeedOption = 0,
@@ -204,7 +210,8 @@ def check(
         _require_reachable(permutations, alpha, "alpha")
     console = stderr_console()
     settings = AuditSettings(
-        suspect_dir=suspect_dir, reference_dir=reference, model_path=model, features=features, alpha=alpha,
+        suspect_dir=suspect_dir, reference_dir=reference, model_path=model, model_config=model_config,
+        features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
         n_jobs=jobs,
@@ -233,6 +240,7 @@ def evaluate(
         metavar="DIR", show_default=False,
         help="Folder of images from the same distribution known NOT to be in it (at least 20).")],
     model: ModelOption,
+    model_config: ModelConfigOption = None,
     features: Annotated[str, typer.Option(
         callback=_check_features, metavar="NAMES",
         help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
@@ -280,7 +288,8 @@ def evaluate(
         _require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
     console = stderr_console()
     settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model_path=model, features=features, repeats=repeats,
+        members_dir=members, nonmembers_dir=nonmembers, model_path=model, model_config=model_config,
+        features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
         dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
         use_cache=not no_cache, strict=strict, n_jobs=jobs,

@@ -188,3 +188,64 @@ def test_an_extractor_that_does_not_apply_is_skipped_with_a_warning(tiny_model: 
             "unconditional.") in payload["warnings"]
     alone = CliRunner().invoke(app, [*arguments, "--features", "clid"])
     assert alone.exit_code == 2 and "None of the features 'clid' apply" in json.loads(alone.stdout)["error"]["message"]
+
+
+def single_file_from(folder: Path, out: Path) -> tuple[Path, Path]:
+    """(checkpoint, config folder): the pipeline in ``folder`` as an original-format single file, and its
+    configs and tokenizer without weights, as a user would point --model-config at them."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+    from ldm_checkpoint import stable_diffusion_to_ldm
+    from safetensors.torch import save_file
+
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                       requires_safety_checker=False)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(stable_diffusion_to_ldm(pipeline.components), out / "model.safetensors")
+    config = shutil.copytree(folder, out / "config", ignore=shutil.ignore_patterns("*.safetensors"))
+    return out / "model.safetensors", config
+
+
+def test_our_single_file_fixture_round_trips_through_diffusers_conversion(pipelines, tmp_path: Path) -> None:
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    checkpoint, _ = single_file_from(pipelines["sd"], tmp_path)
+    folder = load_target(pipelines["sd"], CPU)
+    state = load_file(checkpoint)
+    for converted, model in ((convert_ldm_unet_checkpoint(state, dict(folder.denoiser.config)), folder.denoiser),
+                             (convert_ldm_vae_checkpoint(state, dict(folder.autoencoder.config)), folder.autoencoder)):
+        original = model.state_dict()
+        assert set(converted) == set(original)
+        assert all(torch.equal(converted[k].reshape(original[k].shape), original[k]) for k in original)
+
+
+def test_a_single_file_checkpoint_loads_offline_with_its_configs(pipelines, tmp_path: Path, no_network) -> None:
+    checkpoint, config = single_file_from(pipelines["sd"], tmp_path)
+    single = load_target(checkpoint, CPU, config=config)
+    folder = load_target(pipelines["sd"], CPU)
+    assert single.description.family == "text-to-image Stable Diffusion (single file)"
+    assert single.description.fingerprint != folder.description.fingerprint
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        condition = single.embed_captions(["a red square", "a blue circle"])
+        torch.testing.assert_close(condition, folder.embed_captions(["a red square", "a blue circle"]))
+        torch.testing.assert_close(single.predict_noise(z, 200, condition), folder.predict_noise(z, 200, condition))
+    with pytest.raises(ModelUnavailable, match="give --model-config DIR"):
+        load_target(checkpoint, CPU)
+    with pytest.raises(ModelUnavailable, match="only for single-file checkpoints"):
+        load_target(pipelines["sd"], CPU, config=config)
+
+
+def test_a_single_file_audit_equals_the_folder_audit(trained_text_to_image: Path, tmp_path: Path) -> None:
+    checkpoint, config = single_file_from(trained_text_to_image / "model", tmp_path)
+    _, folder = audit_text_to_image(trained_text_to_image, "members")
+    result = CliRunner().invoke(app, [
+        "check", str(trained_text_to_image / "members"), "--reference", str(trained_text_to_image / "nonmembers"),
+        "--model", str(checkpoint), "--model-config", str(config), "--json", "--no-cache", "--jobs", "1",
+    ])
+    single = json.loads(result.stdout)
+    assert result.exit_code == 1 and single["verdict"] == "evidence"
+    assert single["p_value"] == folder["p_value"] and single["effect"]["auc"] == pytest.approx(folder["effect"]["auc"])
+    assert single["model"]["family"].endswith("(single file)")

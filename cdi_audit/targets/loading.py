@@ -35,7 +35,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline "
-    "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/"
+    "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/; or a Stable "
+    "Diffusion single-file .safetensors checkpoint with --model-config"
 )
 
 
@@ -65,7 +66,7 @@ def _read_json(path: Path) -> dict:
         raise ModelUnavailable(f"{path} is not a readable JSON config ({error}).") from error
 
 
-def _refuse_path(root: Path) -> None:
+def _refuse_path(root: Path, config: Path | None) -> None:
     if not root.exists():
         raise ModelUnavailable(f"No model at {root}: the path does not exist. Expected {EXPECTED_LAYOUT}.")
     if root.is_file():
@@ -74,9 +75,18 @@ def _refuse_path(root: Path) -> None:
                 f"{root} is a pickle checkpoint, which can run code when loaded; convert it to "
                 "safetensors. Expected " + EXPECTED_LAYOUT + "."
             )
-        raise ModelUnavailable(
-            f"{root} is a single file; single-file checkpoints are not supported yet. Expected {EXPECTED_LAYOUT}."
-        )
+        if root.suffix.lower() != ".safetensors":
+            raise ModelUnavailable(f"{root} is neither a pipeline folder nor a .safetensors checkpoint. "
+                                   f"Expected {EXPECTED_LAYOUT}.")
+        if config is None:
+            raise ModelUnavailable(
+                f"{root} is a single-file checkpoint; give --model-config DIR, a Stable Diffusion pipeline folder "
+                "of the same architecture holding its configs and tokenizer (model_index.json, unet/, vae/, "
+                "text_encoder/, tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), "
+                f"since nothing may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
+            )
+    elif config is not None:
+        raise ModelUnavailable(f"--model-config is only for single-file checkpoints, and {root} is a folder.")
 
 
 def _layout(root: Path) -> Layout:
@@ -125,9 +135,20 @@ def _check_component(root: Path, part: str, allowed: frozenset[str], config_name
         raise ModelUnavailable(f"{root}/{part} has {found}; save the model with safe_serialization=True.")
 
 
+def _check_configs(root: Path) -> Layout:
+    """The layout of a pipeline folder whose weights may be absent (a --model-config folder)."""
+    layout = _layout(root)
+    if not layout.text:
+        raise ModelUnavailable(f"{root} is a {layout.family} pipeline; single-file checkpoints are supported "
+                               "for Stable Diffusion 1.x/2.x only.")
+    for part in (layout.denoiser, layout.autoencoder, "text_encoder"):
+        if not (root / part / "config.json").is_file():
+            raise ModelUnavailable(f"{root} has no {part}/config.json. Expected {EXPECTED_LAYOUT}.")
+    return layout
+
+
 def _check_folder(root: Path) -> Layout:
     """Refuse anything but a supported, safetensors-only pipeline folder, saying why."""
-    _refuse_path(root)
     layout = _layout(root)
     _check_component(root, layout.denoiser, DIFFUSERS_MODELS)
     if not (root / "scheduler" / "scheduler_config.json").is_file():
@@ -213,9 +234,27 @@ def _quiet(library) -> None:
     library.utils.logging.disable_progress_bar()
 
 
-def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None) -> Target:
+def _load_single_file(checkpoint: Path, config: Path) -> dict:
+    """The components of a Stable Diffusion single-file checkpoint, configured from ``config`` (offline)."""
+    from diffusers import StableDiffusionPipeline
+
+    _check_configs(config)
+    try:
+        pipeline = StableDiffusionPipeline.from_single_file(
+            str(checkpoint), config=str(config), local_files_only=True, safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except Exception as error:
+        raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
+                               f"({type(error).__name__}: {error}).") from error
+    return {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder", "tokenizer")}
+
+
+def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None
+                ) -> Target:
     """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype``
-    (None or float32: full precision; see ``resolve_dtype``)."""
+    (None or float32: full precision; see ``resolve_dtype``). ``config``: the configs of a
+    single-file checkpoint (a pipeline folder without weights)."""
     import diffusers
 
     from cdi_audit.targets.latent import LatentTarget
@@ -223,14 +262,22 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
 
     _quiet(diffusers)
     root = Path(path)
-    layout = _check_folder(root)
-    alphas_cumprod, prediction_type = _load_schedule(root)
-    denoiser = _load_model(root, layout.denoiser)
-    autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
+    _refuse_path(root, config)
+    if root.is_file():
+        layout, components = _check_configs(Path(config)), _load_single_file(root, Path(config))
+        alphas_cumprod, prediction_type = _load_schedule(Path(config))
+        fingerprint = hashlib.sha256(f"{file_sha256(root)}|{model_fingerprint(Path(config))}".encode()).hexdigest()
+        denoiser, autoencoder = components["unet"], components["vae"]
+    else:
+        layout = _check_folder(root)
+        alphas_cumprod, prediction_type = _load_schedule(root)
+        fingerprint = model_fingerprint(root)
+        denoiser = _load_model(root, layout.denoiser)
+        autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
     description = ModelInfo(
         path=str(root.resolve()),
-        fingerprint=model_fingerprint(root),
-        family=layout.family,
+        fingerprint=fingerprint,
+        family=layout.family + (" (single file)" if root.is_file() else ""),
         sample_size=_image_size(denoiser, autoencoder),
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
@@ -240,7 +287,10 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     if autoencoder is None:
         target: Target = PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)
     else:
-        text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
+        if root.is_file():
+            text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
+        else:
+            text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
         target = LatentTarget(denoiser, autoencoder, alphas_cumprod, prediction_type, device, description,
                               text_encoder, tokenizer)
     target.forward_dtype = None if dtype in (None, torch.float32) else dtype
