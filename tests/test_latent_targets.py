@@ -249,3 +249,50 @@ def test_a_single_file_audit_equals_the_folder_audit(trained_text_to_image: Path
     assert result.exit_code == 1 and single["verdict"] == "evidence"
     assert single["p_value"] == folder["p_value"] and single["effect"]["auc"] == pytest.approx(folder["effect"]["auc"])
     assert single["model"]["family"].endswith("(single file)")
+
+
+def test_the_shipped_clip_vocabulary_tokenizes_as_clip_does(tmp_path: Path) -> None:
+    """Known CLIP token ids: 49406 start, 320 'a', 1125 'photo', 539 'of', 2368 'cat', 49407 end."""
+    from transformers import CLIPTokenizer
+
+    from cdi_audit.targets.packaged import materialised_config
+
+    with materialised_config("stable-diffusion-v1") as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_the_shipped_stable_diffusion_1_configs_build_its_architecture() -> None:
+    """Parameter counts of SD 1.x: UNet 859,520,964; VAE 83,653,863; CLIP ViT-L/14 text model 123,060,480."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cdi_audit.targets.packaged import CONFIGS
+
+    root = CONFIGS / "stable-diffusion-v1"
+    with torch.device("meta"):
+        models = (UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+                  AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+                  CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")))
+    assert [sum(p.numel() for p in model.parameters()) for model in models] == [859_520_964, 83_653_863, 123_060_480]
+    scheduler = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["beta_schedule"], scheduler["beta_start"], scheduler["beta_end"]) == ("scaled_linear", 0.00085,
+                                                                                           0.012)
+
+
+def test_an_sd1_layout_file_without_model_config_uses_the_shipped_configs(pipelines, tmp_path: Path) -> None:
+    """Our tiny file has SD 1.x's layout (width 32, not 768): detection asks for --model-config, and a
+    width-768 text model is taken for SD 1.x and loaded with the shipped configs (here: a clear shape error)."""
+    from safetensors.torch import load_file, save_file
+
+    from cdi_audit.targets.packaged import SD1_TEXT_KEY, packaged_config_for
+
+    checkpoint, _ = single_file_from(pipelines["sd"], tmp_path)
+    assert packaged_config_for(checkpoint) is None
+    state = load_file(checkpoint)
+    state[SD1_TEXT_KEY] = torch.zeros(77, 768)
+    save_file(state, tmp_path / "looks_like_sd1.safetensors")
+    assert packaged_config_for(tmp_path / "looks_like_sd1.safetensors") == "stable-diffusion-v1"
+    with pytest.raises(ModelUnavailable, match="cannot be loaded with the configs in .*stable-diffusion-v1"):
+        load_target(tmp_path / "looks_like_sd1.safetensors", CPU)

@@ -56,7 +56,7 @@ def test_the_fingerprint_follows_the_weights(tiny_model: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("name", "message"),
     [("missing", "does not exist"), ("model.ckpt", "pickle"),
-     ("model.safetensors", "single-file checkpoint; give --model-config"), ("", "no unet/config.json")],
+     ("model.safetensors", "not a readable safetensors checkpoint"), ("", "no unet/config.json")],
 )
 def test_unsupported_paths_are_refused_with_what_was_expected(tmp_path: Path, name: str, message: str) -> None:
     path = tmp_path / name

@@ -8,9 +8,11 @@ was expected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.images import file_sha256
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import PREDICTION_TYPES, Target
+from cdi_audit.targets.packaged import materialised_config, packaged_config_for
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
@@ -36,7 +39,7 @@ EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline "
     "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/; or a Stable "
-    "Diffusion single-file .safetensors checkpoint with --model-config"
+    "Diffusion single-file .safetensors checkpoint (SD 1.x as it is, others with --model-config)"
 )
 
 
@@ -78,12 +81,18 @@ def _refuse_path(root: Path, config: Path | None) -> None:
         if root.suffix.lower() != ".safetensors":
             raise ModelUnavailable(f"{root} is neither a pipeline folder nor a .safetensors checkpoint. "
                                    f"Expected {EXPECTED_LAYOUT}.")
-        if config is None:
+        try:
+            packaged = packaged_config_for(root)
+        except Exception as error:  # safetensors raises its own error types for a damaged header
+            raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({error}). "
+                                   f"Expected {EXPECTED_LAYOUT}.") from error
+        if config is None and packaged is None:
             raise ModelUnavailable(
-                f"{root} is a single-file checkpoint; give --model-config DIR, a Stable Diffusion pipeline folder "
-                "of the same architecture holding its configs and tokenizer (model_index.json, unet/, vae/, "
-                "text_encoder/, tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), "
-                f"since nothing may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
+                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, whose configs ship with "
+                "cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same architecture "
+                "holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+                "scheduler/ as save_pretrained writes them; weights are not needed), since nothing may be looked "
+                f"up on a hub. Expected {EXPECTED_LAYOUT}."
             )
     elif config is not None:
         raise ModelUnavailable(f"--model-config is only for single-file checkpoints, and {root} is a folder.")
@@ -234,6 +243,16 @@ def _quiet(library) -> None:
     library.utils.logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path]:
+    """The user's --model-config folder, or the shipped configs that fit the checkpoint."""
+    if config is not None:
+        yield Path(config)
+        return
+    with materialised_config(packaged_config_for(checkpoint)) as folder:
+        yield folder
+
+
 def _load_single_file(checkpoint: Path, config: Path) -> dict:
     """The components of a Stable Diffusion single-file checkpoint, configured from ``config`` (offline)."""
     from diffusers import StableDiffusionPipeline
@@ -264,9 +283,10 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     root = Path(path)
     _refuse_path(root, config)
     if root.is_file():
-        layout, components = _check_configs(Path(config)), _load_single_file(root, Path(config))
-        alphas_cumprod, prediction_type = _load_schedule(Path(config))
-        fingerprint = hashlib.sha256(f"{file_sha256(root)}|{model_fingerprint(Path(config))}".encode()).hexdigest()
+        with _single_file_configs(root, config) as configs:
+            layout, components = _check_configs(configs), _load_single_file(root, configs)
+            alphas_cumprod, prediction_type = _load_schedule(configs)
+            fingerprint = hashlib.sha256(f"{file_sha256(root)}|{model_fingerprint(configs)}".encode()).hexdigest()
         denoiser, autoencoder = components["unet"], components["vae"]
     else:
         layout = _check_folder(root)
