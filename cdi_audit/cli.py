@@ -114,9 +114,11 @@ ModelOption = Annotated[Path, typer.Option(
          "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline; or a Stable Diffusion single-file "
          ".safetensors checkpoint with --model-config.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
-    metavar="DIR", show_default=False,
-    help="For a single-file Stable Diffusion checkpoint (.safetensors): a pipeline folder of the same "
-         "architecture holding its configs and tokenizer (weights not needed); nothing is looked up online.")]
+    metavar="DIR|NAME", show_default=False,
+    help="For a single-file Stable Diffusion checkpoint (.safetensors) that is not SD 1.x: a shipped config "
+         "('stable-diffusion-v2' for 768 px v-prediction, 'stable-diffusion-v2-base' for 512 px epsilon) or a "
+         "pipeline folder of the same architecture holding its configs and tokenizer (weights not needed); "
+         "nothing is looked up online.")]
 AlphaOption = Annotated[float, typer.Option(
     callback=_check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
 SeedOption = Annotated[int, typer.Option(min=0, metavar="INT", help="Seed for noise draws, folds and permutations.")]

@@ -263,22 +263,42 @@ def test_the_shipped_clip_vocabulary_tokenizes_as_clip_does(tmp_path: Path) -> N
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
-def test_the_shipped_stable_diffusion_1_configs_build_its_architecture() -> None:
-    """Parameter counts of SD 1.x: UNet 859,520,964; VAE 83,653,863; CLIP ViT-L/14 text model 123,060,480."""
+@pytest.mark.parametrize(("name", "unet", "text", "size", "prediction"), [
+    ("stable-diffusion-v1", 859_520_964, 123_060_480, 64, "epsilon"),
+    ("stable-diffusion-v2", 865_910_724, 340_387_840, 96, "v_prediction"),
+    ("stable-diffusion-v2-base", 865_910_724, 340_387_840, 64, "epsilon"),
+])
+def test_the_shipped_configs_build_the_published_architectures(name, unet, text, size, prediction) -> None:
+    """Parameter counts of SD 1.x (UNet 859,520,964; CLIP ViT-L/14 text 123,060,480), SD 2.x (UNet
+    865,910,724; OpenCLIP-H text 340,387,840), and the shared VAE (83,653,863)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from cdi_audit.targets.packaged import CONFIGS
 
-    root = CONFIGS / "stable-diffusion-v1"
+    root = CONFIGS / name
     with torch.device("meta"):
         models = (UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
                   AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
                   CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")))
-    assert [sum(p.numel() for p in model.parameters()) for model in models] == [859_520_964, 83_653_863, 123_060_480]
+    assert [sum(p.numel() for p in model.parameters()) for model in models] == [unet, 83_653_863, text]
+    assert models[0].config.sample_size == size
     scheduler = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    assert (scheduler["beta_schedule"], scheduler["beta_start"], scheduler["beta_end"]) == ("scaled_linear", 0.00085,
-                                                                                           0.012)
+    assert (scheduler["beta_schedule"], scheduler["beta_start"], scheduler["beta_end"], scheduler["prediction_type"]
+            ) == ("scaled_linear", 0.00085, 0.012, prediction)
+
+
+def test_an_sd2_file_needs_its_variant_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from cdi_audit.targets.packaged import SD2_TEXT_KEY, checkpoint_family
+
+    save_file({SD2_TEXT_KEY: torch.zeros(3072, 1024)}, tmp_path / "sd2.safetensors")
+    assert checkpoint_family(tmp_path / "sd2.safetensors") == "sd2"
+    with pytest.raises(ModelUnavailable, match="stable-diffusion-v2 .768 px, v-prediction. or .*-v2-base"):
+        load_target(tmp_path / "sd2.safetensors", CPU)
+    with pytest.raises(ModelUnavailable, match="cannot be loaded with the configs in .*stable-diffusion-v2-base"):
+        load_target(tmp_path / "sd2.safetensors", CPU, config=Path("stable-diffusion-v2-base"))
 
 
 def test_an_sd1_layout_file_without_model_config_uses_the_shipped_configs(pipelines, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.images import file_sha256
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import PREDICTION_TYPES, Target
-from cdi_audit.targets.packaged import materialised_config, packaged_config_for
+from cdi_audit.targets.packaged import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
@@ -39,7 +39,7 @@ EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline "
     "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/; or a Stable "
-    "Diffusion single-file .safetensors checkpoint (SD 1.x as it is, others with --model-config)"
+    "Diffusion single-file .safetensors checkpoint (SD 1.x as it is, SD 2.x or others with --model-config)"
 )
 
 
@@ -82,17 +82,23 @@ def _refuse_path(root: Path, config: Path | None) -> None:
             raise ModelUnavailable(f"{root} is neither a pipeline folder nor a .safetensors checkpoint. "
                                    f"Expected {EXPECTED_LAYOUT}.")
         try:
-            packaged = packaged_config_for(root)
+            family = checkpoint_family(root)
         except Exception as error:  # safetensors raises its own error types for a damaged header
             raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({error}). "
                                    f"Expected {EXPECTED_LAYOUT}.") from error
-        if config is None and packaged is None:
+        if config is None and family == "sd2":
             raise ModelUnavailable(
-                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, whose configs ship with "
-                "cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same architecture "
-                "holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
-                "scheduler/ as save_pretrained writes them; weights are not needed), since nothing may be looked "
-                f"up on a hub. Expected {EXPECTED_LAYOUT}."
+                f"{root} is a Stable Diffusion 2.x checkpoint, whose weights do not tell its variant; give "
+                "--model-config stable-diffusion-v2 (768 px, v-prediction) or --model-config "
+                "stable-diffusion-v2-base (512 px, epsilon), or a config folder of your own."
+            )
+        if config is None and family is None:
+            raise ModelUnavailable(
+                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x or 2.x, whose configs ship "
+                "with cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
+                "architecture holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, "
+                "tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), since nothing "
+                f"may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
             )
     elif config is not None:
         raise ModelUnavailable(f"--model-config is only for single-file checkpoints, and {root} is a folder.")
@@ -245,12 +251,15 @@ def _quiet(library) -> None:
 
 @contextlib.contextmanager
 def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path]:
-    """The user's --model-config folder, or the shipped configs that fit the checkpoint."""
-    if config is not None:
+    """The user's --model-config folder, a shipped config named by it, or the shipped one that fits."""
+    if config is not None and str(config) in SHIPPED and not Path(config).exists():
+        with materialised_config(str(config)) as folder:
+            yield folder
+    elif config is not None:
         yield Path(config)
-        return
-    with materialised_config(packaged_config_for(checkpoint)) as folder:
-        yield folder
+    else:
+        with materialised_config(packaged_config_for(checkpoint)) as folder:
+            yield folder
 
 
 def _load_single_file(checkpoint: Path, config: Path) -> dict:

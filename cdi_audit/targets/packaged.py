@@ -1,9 +1,11 @@
-"""Configs shipped with cdi-audit, so a Stable Diffusion 1.x single-file checkpoint loads with no hub.
+"""Configs shipped with cdi-audit, so Stable Diffusion single-file checkpoints load with no hub.
 
-A single file holds the weights but no configs and no tokenizer. ``model_configs/stable-diffusion-v1``
-holds the SD 1.x component configs (written for this package), and ``model_configs/clip_tokenizer``
-the CLIP byte-pair vocabulary (from openai/CLIP, MIT licence, beside it), from which the tokenizer's
-vocab.json and merges.txt are built when a checkpoint is loaded.
+A single file holds the weights but no configs and no tokenizer. ``model_configs`` holds the
+component configs of SD 1.x, SD 2.x (768 px, v-prediction) and SD 2.x base (512 px, epsilon),
+written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (from openai/CLIP,
+MIT licence, beside it), from which the tokenizer's vocab.json and merges.txt are built when a
+checkpoint is loaded. SD 1.x is recognised from its weights; the two SD 2.x variants have the same
+weights layout, so the user names one (``--model-config stable-diffusion-v2`` or ``-v2-base``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
 BPE_FILE = CONFIGS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary: 256 bytes, the same with an end-of-word mark, 48,894 merges, 2 special tokens.
 MERGES = 49408 - 2 * 256 - 2
+SHIPPED = ("stable-diffusion-v1", "stable-diffusion-v2", "stable-diffusion-v2-base")
 # A tensor only SD 1.x files have: the CLIP ViT-L/14 text model (width 768) under the LDM prefix.
 SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+# SD 2.x files hold an OpenCLIP text model instead.
+SD2_TEXT_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 
 
 def byte_symbols() -> list[str]:
@@ -43,14 +48,20 @@ def write_clip_vocabulary(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def packaged_config_for(checkpoint: Path) -> str | None:
-    """The name of the shipped config folder that fits ``checkpoint``, or None."""
+def checkpoint_family(checkpoint: Path) -> str | None:
+    """"sd1" or "sd2" from the text-encoder tensors a Stable Diffusion single file holds, else None."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as handle:
-        if SD1_TEXT_KEY in handle.keys() and handle.get_slice(SD1_TEXT_KEY).get_shape()[-1] == 768:
-            return "stable-diffusion-v1"
-    return None
+        keys = set(handle.keys())
+        if SD1_TEXT_KEY in keys and handle.get_slice(SD1_TEXT_KEY).get_shape()[-1] == 768:
+            return "sd1"
+    return "sd2" if SD2_TEXT_KEY in keys else None
+
+
+def packaged_config_for(checkpoint: Path) -> str | None:
+    """The shipped config folder that fits ``checkpoint`` unambiguously (SD 1.x), or None."""
+    return "stable-diffusion-v1" if checkpoint_family(checkpoint) == "sd1" else None
 
 
 @contextlib.contextmanager
