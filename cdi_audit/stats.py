@@ -34,7 +34,7 @@ TestName = Literal["permutation", "split"]
 AnyTestName = Literal["permutation", "split", "cdi-reference"]
 # Permutations handed to one worker at a time: large enough to amortise
 # process overhead, small enough that early stopping is not delayed much.
-PERMUTATIONS_PER_TASK = 25
+PERMUTATIONS_PER_TASK = 100
 
 
 def scoring_model(random_state: int) -> Pipeline:
