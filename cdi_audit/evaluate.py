@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from cdi_audit.audit import ModelSettings, load_and_extract, package_versions, require_enough, timed
+from cdi_audit.audit import (
+    TEST_DESCRIPTIONS,
+    ModelSettings,
+    load_and_extract,
+    package_versions,
+    require_enough,
+    timed,
+)
 from cdi_audit.console import StageProgress
 from cdi_audit.controls import reject_overlap
 from cdi_audit.evaluation import (
@@ -43,8 +50,7 @@ from cdi_audit.result import (
 from cdi_audit.stats import AnyTestName
 
 TEST_NOTES = {
-    "permutation": "ours: permutation test of the cross-fitted Welch statistic, one-sided (exact under H0)",
-    "split": "ours: single stratified split, one-sided Welch t-test on the held-out half (valid, less power)",
+    **{test: f"ours: {description}" for test, description in TEST_DESCRIPTIONS.items()},
     "cdi-reference": "the CDI paper's rule: two-sided Welch t-test on pooled cross-fitted scores; NOT calibrated "
     "(rejects more often than alpha under H0), shown only for comparison",
 }

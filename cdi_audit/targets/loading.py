@@ -263,10 +263,10 @@ def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path
 
 
 def _load_single_file(checkpoint: Path, config: Path) -> dict:
-    """The components of a Stable Diffusion single-file checkpoint, configured from ``config`` (offline)."""
+    """The components of a Stable Diffusion single-file checkpoint, configured from ``config`` (offline;
+    ``config`` already checked by ``_check_configs``)."""
     from diffusers import StableDiffusionPipeline
 
-    _check_configs(config)
     try:
         pipeline = StableDiffusionPipeline.from_single_file(
             str(checkpoint), config=str(config), local_files_only=True, safety_checker=None,
