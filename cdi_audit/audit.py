@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
     from cdi_audit.extraction import ExtractionSummary
     from cdi_audit.features.base import Extractor
     from cdi_audit.targets.base import Target
+    from cdi_audit.targets.blackbox import BlackBoxTarget
+    from cdi_audit.targets.endpoints import EndpointSettings
 
 MIN_IMAGES = 10
 LOW_POWER_IMAGES = 50
@@ -56,9 +58,11 @@ VERSIONED_PACKAGES = ("cdi-audit", "torch", "diffusers", "numpy", "scipy", "scik
 class ModelSettings:
     """How features are computed: shared by ``check`` and ``evaluate``."""
 
-    model_path: Path
+    model_path: Path | None = None  # None when the model is reached through ``endpoint``
     model_config: Path | None = None  # configs of a single-file checkpoint
-    features: str = "fast"
+    access: str = "auto"  # "auto": all a local model gives; "blackbox": use it through variations only
+    endpoint: EndpointSettings | None = None
+    features: str = "auto"
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -217,10 +221,39 @@ class ModelFeatures:
 
     table: FeatureTable
     summary: ExtractionSummary
-    target: Target
+    target: Target | BlackBoxTarget
     extractors: list[Extractor]
     image_sets: list[ImageSet]
     notes: list[str]
+
+
+def open_target(settings: ModelSettings, store_root: Path | None) -> Target | BlackBoxTarget:
+    """The model as the audit may use it: loaded locally (all it gives, or only through variations
+    with ``access="blackbox"``), or reached through an endpoint (completed calls stored under
+    ``store_root``)."""
+    if settings.endpoint is not None:
+        from cdi_audit.targets.endpoints import open_endpoint
+
+        return open_endpoint(settings.endpoint, store_root)
+    from cdi_audit.targets.blackbox import local_black_box
+    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
+    return local_black_box(target) if settings.access == "blackbox" else target
+
+
+def public_configuration(settings: ModelSettings) -> dict[str, str | int | float | bool | None]:
+    """The effective settings as the report records them: paths as text, endpoint secrets left out."""
+    configuration: dict[str, str | int | float | bool | None] = {}
+    for key, value in vars(settings).items():
+        if key == "endpoint":
+            configuration.update(value.public() if value is not None else {})
+        elif isinstance(value, tuple):
+            configuration[key] = ",".join(map(str, value))
+        else:
+            configuration[key] = str(value) if isinstance(value, Path) else value
+    return configuration
 
 
 def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
@@ -230,19 +263,20 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for, require_access
-    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
 
+    store_root = (settings.cache_dir or default_cache_dir()) if settings.use_cache else None
     with timed(timings, "load_model"):
-        device = resolve_device(settings.device)
-        target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
+        target = open_target(settings, store_root)
     extractors, notes = extractors_for(settings.features, target)
     require_access(target.access, extractors)
+    if target.access == "black":
+        target.on_calls_done = progress.counter("endpoint calls (this batch)")
     conditioned = []
     for images in image_sets:
         with_condition, set_notes = with_conditions(images, target.conditioning, settings.caption)
         conditioned.append(with_condition)
         notes.extend(note for note in set_notes if note not in notes)
-    store = FeatureStore(settings.cache_dir or default_cache_dir()) if settings.use_cache else None
+    store = FeatureStore(store_root) if store_root is not None else None
     records = [record for images in conditioned for record in images.records]
     with timed(timings, "extract"):
         table, summary = extract_features(
@@ -298,6 +332,6 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         extraction=ExtractionInfo(**vars(summary)),
         timings_seconds=timings,
         versions=package_versions(),
-        configuration={key: str(value) if isinstance(value, Path) else value for key, value in vars(settings).items()},
+        configuration=public_configuration(settings),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

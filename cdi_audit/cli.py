@@ -25,10 +25,13 @@ DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
 FEATURES_HELP = (
-    "Feature preset or a comma-separated list of extractor names. 'fast' (grey-box: loss, multi_loss, secmi, "
-    "pia/pian; 14 columns, 30 model calls per image); 'full' (white-box: fast + gradient_masking, noise_optim; "
-    "26 columns, about 58 model calls and 18 backward passes per image)."
+    "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
+    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian; 14 columns, 30 model calls "
+    "per image); 'full' (white-box: fast + gradient_masking, noise_optim; 26 columns, about 58 model calls and 18 "
+    "backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, 3 on "
+    "latent models)."
 )
+ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
 VERDICT_EXIT_CODES = {
     "no_evidence": ExitCode.NO_EVIDENCE,
     "evidence": ExitCode.EVIDENCE,
@@ -41,6 +44,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+class AccessChoice(str, Enum):
+    auto = "auto"
+    blackbox = "blackbox"
+
+
+class FamilyChoice(str, Enum):
+    pixel = "pixel"
+    latent = "latent"
+
+
+class ConditioningChoice(str, Enum):
+    none = "none"
+    text = "text"
+    label = "class"
 
 
 class TestChoice(str, Enum):
@@ -108,11 +127,53 @@ def _write_file(path: Path, payload: str) -> Path:
     return path
 
 
-ModelOption = Annotated[Path, typer.Option(
+ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
          "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline; or a Stable Diffusion single-file "
-         ".safetensors checkpoint with --model-config.")]
+         ".safetensors checkpoint with --model-config. Not needed with --endpoint or --endpoint-cmd.")]
+AccessOption = Annotated[AccessChoice, typer.Option(
+    rich_help_panel=ENDPOINT_PANEL,
+    help="'auto': use all a local model gives (weights, noise predictions); 'blackbox': use it only through "
+         "image-to-image variations, as an endpoint would serve it.")]
+EndpointOption = Annotated[str | None, typer.Option(
+    metavar="URL", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Audit a model behind an HTTP endpoint speaking the cdi-audit-variation/1 protocol (see the README; "
+         "'cdi-audit serve' is one). Completed calls are stored, so an interrupted audit resumes without "
+         "repeating them.")]
+EndpointCommandOption = Annotated[str | None, typer.Option(
+    metavar="TEMPLATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Audit a model through a program, e.g. 'python vary.py {input} {output} {strength} {seed}': it reads "
+         "the PNG {input} and writes the varied PNG {output}; {prompt} and {class_label} are also filled in. "
+         "Run without a shell.")]
+HeaderOption = Annotated[list[str] | None, typer.Option(
+    metavar="'NAME: VALUE'", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="HTTP header for every call (repeatable). Write secrets as ${ENV_VAR}, e.g. --header 'Authorization: "
+         "Bearer ${API_KEY}' in single quotes: the value is read from the environment and never shown or saved.")]
+EndpointTimeoutOption = Annotated[float, typer.Option(
+    min=0.1, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL, help="Time limit of one call.")]
+RetriesOption = Annotated[int, typer.Option(
+    min=0, metavar="N", rich_help_panel=ENDPOINT_PANEL,
+    help="Retries of a failed call (network error, timeout, HTTP 429 or 5xx, an answer that is not an image) "
+         "before the audit stops with exit code 4.")]
+RetryBackoffOption = Annotated[float, typer.Option(
+    min=0.0, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL,
+    help="Wait before the first retry; it doubles with each next one (up to 60 s). Retry-After is honoured.")]
+MaxRpsOption = Annotated[float | None, typer.Option(
+    min=0.001, metavar="RATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="At most this many calls per second (default: no limit).")]
+ImageSizeOption = Annotated[int | None, typer.Option(
+    min=8, metavar="PIXELS", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Resolution the endpoint's model works at; needed when the endpoint does not describe itself (GET).")]
+EndpointFamilyOption = Annotated[FamilyChoice | None, typer.Option(
+    show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Whether the endpoint's model is a latent model (its variations are then compared with its own "
+         "reconstruction of each image, a call at strength 0) or a pixel model; default: what the endpoint "
+         "says, else latent.")]
+EndpointConditioningOption = Annotated[ConditioningChoice | None, typer.Option(
+    show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="What the endpoint's model is conditioned on: captions are sent as the prompt ('text'), class ids as "
+         "class_label ('class'); default: what the endpoint says, else none.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
     help="For a single-file Stable Diffusion checkpoint (.safetensors) that is not SD 1.x: a shipped config "
@@ -157,6 +218,19 @@ def _require_reachable(permutations: int, threshold: float, what: str) -> None:
             f"below {what} = {threshold:g}; use at least {math.ceil(1 / threshold)}.", param_hint="--permutations")
 
 
+def _require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: str | None,
+                       access: AccessChoice) -> None:
+    given = [name for name, value in (("--model", model), ("--endpoint", endpoint), ("--endpoint-cmd", endpoint_cmd))
+             if value is not None]
+    if len(given) != 1:
+        raise typer.BadParameter(
+            "give the suspect model as exactly one of --model PATH, --endpoint URL or --endpoint-cmd TEMPLATE"
+            + (f" (got {' and '.join(given)})" if given else ""), param_hint="--model")
+    if access is AccessChoice.blackbox and model is None:
+        raise typer.BadParameter("--access blackbox is for a local --model; an endpoint gives black-box access "
+                                 "anyway", param_hint="--access")
+
+
 def _run_stage(stage, console: Console, json_output: bool, debug: bool):
     """Run a stage with progress bars; turn failures into their exit codes (never 1, which means evidence)."""
     try:
@@ -180,9 +254,9 @@ def check(
     reference: Annotated[Path, typer.Option(
         "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images from the same source (never trained on).")],
-    model: ModelOption,
+    model: ModelOption = None,
     model_config: ModelConfigOption = None,
-    features: Annotated[str, typer.Option(callback=_check_features, metavar="NAMES", help=FEATURES_HELP)] = "fast",
+    features: Annotated[str, typer.Option(callback=_check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     alpha: AlphaOption = 0.01,
     seed: SeedOption = 0,
     test: Annotated[TestChoice, typer.Option(
@@ -202,18 +276,42 @@ def check(
         metavar="DIR", show_default=False, help="Folder to write report.json into.")] = None,
     strict: StrictOption = False,
     jobs: JobsOption = DEFAULT_JOBS,
+    access: AccessOption = AccessChoice.auto,
+    endpoint: EndpointOption = None,
+    endpoint_cmd: EndpointCommandOption = None,
+    header: HeaderOption = None,
+    endpoint_timeout: EndpointTimeoutOption = 60.0,
+    retries: RetriesOption = 5,
+    retry_backoff: RetryBackoffOption = 1.0,
+    max_rps: MaxRpsOption = None,
+    image_size: ImageSizeOption = None,
+    endpoint_family: EndpointFamilyOption = None,
+    endpoint_conditioning: EndpointConditioningOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Audit one model: do your published images look like its training data, compared with unpublished ones?"""
+    """Audit one model: do your published images look like its training data, compared with unpublished ones?
+
+    The model is a local pipeline (--model), or only an image-to-image endpoint (--endpoint URL or
+    --endpoint-cmd TEMPLATE), which allows the black-box feature (ReDiffuse) only.
+    """
     from cdi_audit.audit import AuditSettings, run_audit
     from cdi_audit.report.terminal import print_summary
 
     if test is TestChoice.permutation:
         _require_reachable(permutations, alpha, "alpha")
     console = stderr_console()
+    from cdi_audit.targets.endpoints import EndpointSettings
+
+    _require_one_model(model, endpoint, endpoint_cmd, access)
+    endpoint_settings = None if model is not None else EndpointSettings(
+        url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
+        backoff=retry_backoff, max_rps=max_rps, image_size=image_size,
+        family=endpoint_family.value if endpoint_family else None,
+        conditioning=endpoint_conditioning.value if endpoint_conditioning else None,
+    )
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, model_config=model_config,
-        features=features, alpha=alpha,
+        access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
         n_jobs=jobs,
@@ -241,7 +339,7 @@ def evaluate(
     nonmembers: Annotated[Path, typer.Option(
         metavar="DIR", show_default=False,
         help="Folder of images from the same distribution known NOT to be in it (at least 20).")],
-    model: ModelOption,
+    model: ModelOption = None,
     model_config: ModelConfigOption = None,
     features: Annotated[str, typer.Option(
         callback=_check_features, metavar="NAMES",
@@ -272,6 +370,7 @@ def evaluate(
         help="Folder to write evaluation.json and the plot p_value_curves.png into.")] = None,
     strict: StrictOption = False,
     jobs: JobsOption = DEFAULT_JOBS,
+    access: AccessOption = AccessChoice.auto,
     debug: DebugOption = False,
 ) -> None:
     """Measure detection power on a model whose training members are known.
@@ -285,13 +384,14 @@ def evaluate(
     from cdi_audit.evaluation import EVALUATION_TESTS, NEEDED_P
     from cdi_audit.report.evaluation_table import print_evaluation
 
+    _require_one_model(model, None, None, access)
     tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS
     if "permutation" in tests:
         _require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
     console = stderr_console()
     settings = EvaluationSettings(
         members_dir=members, nonmembers_dir=nonmembers, model_path=model, model_config=model_config,
-        features=features, repeats=repeats,
+        access=access.value, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
         dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
         use_cache=not no_cache, strict=strict, n_jobs=jobs,
@@ -306,6 +406,54 @@ def evaluate(
     print_evaluation(result, console)
     if json_output:
         typer.echo(payload)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(
+        metavar="MODEL", show_default=False,
+        help="The local model to serve: a diffusers pipeline folder or a single-file .safetensors checkpoint.")],
+    model_config: ModelConfigOption = None,
+    host: Annotated[str, typer.Option(
+        metavar="ADDRESS", help="Address to listen on. Keep the loopback default unless others must reach it: the "
+                                "server has no authentication of its own.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT",
+                                      help="Port to listen on (0: any free port; the URL is printed).")] = 8000,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Serve a local model through the cdi-audit-variation/1 HTTP protocol (image in, variation out).
+
+    Auditors then run 'cdi-audit check ... --endpoint URL' with black-box access only. Stop with Ctrl-C.
+    """
+    from cdi_audit.serve import VariationServer, is_loopback
+    from cdi_audit.targets.blackbox import LocalVariation
+    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+
+    console = stderr_console()
+
+    def load(progress: StageProgress) -> LocalVariation:
+        chosen = resolve_device(device)
+        return LocalVariation(load_target(model, chosen, resolve_dtype(dtype, chosen), model_config))
+
+    backend = _run_stage(load, console, False, debug)
+    try:
+        server = VariationServer((host, port), backend)
+    except OSError as error:
+        _fail(console, INTERNAL_ERROR if error.errno is None else 2, f"Cannot listen on {host}:{port} ({error}).",
+              False, debug)
+    if not is_loopback(host):
+        console.print(f"[yellow]warning[/] listening on {host}, beyond this machine, without authentication.")
+    info = backend.info
+    console.print(f"serving {model} ({info.family}, {info.sample_size} px, {info.conditioning} conditioning) at "
+                  f"[bold]{server.url}[/] (cdi-audit-variation/1); Ctrl-C to stop")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print(f"stopped after {server.calls} call(s)")
+    finally:
+        server.server_close()
 
 
 def _fail(console: Console, code: int, message: str, json_output: bool, debug: bool) -> NoReturn:

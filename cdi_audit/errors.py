@@ -34,7 +34,11 @@ class ModelUnavailable(AuditError):
     exit_code = ExitCode.MODEL_UNAVAILABLE
 
 
-class AccessInsufficient(AuditError):
-    """The chosen features need more access to the model (e.g. gradients) than the target gives."""
+class SettingsProblem(AuditError):
+    """The options cannot work together or miss something the audit needs (like a usage error)."""
 
     exit_code = ExitCode.USAGE
+
+
+class AccessInsufficient(SettingsProblem):
+    """The chosen features need more access to the model (e.g. gradients) than the target gives."""

@@ -19,6 +19,7 @@ from cdi_audit.audit import (
     ModelSettings,
     load_and_extract,
     package_versions,
+    public_configuration,
     require_enough,
     timed,
 )
@@ -181,7 +182,6 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
         extraction=ExtractionInfo(**vars(extracted.summary)),
         timings_seconds=timings,
         versions=package_versions(),
-        configuration={key: ",".join(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path)
-                       else value for key, value in vars(settings).items()},
+        configuration=public_configuration(settings),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -128,7 +128,7 @@ def extract_features(
         keys=keys,
         columns=columns,
         values=np.array(rows, dtype=np.float64).reshape(len(keys), len(columns)),
-        log_columns=frozenset(column for e in extractors if e.log_scaled for column in e.columns),
+        log_columns=frozenset(column for e in extractors for column in e.log_columns),
     )
     summary = ExtractionSummary(
         images=len(unique),

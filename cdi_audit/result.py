@@ -34,11 +34,15 @@ class ModelInfo(BaseModel):
     fingerprint: str
     family: str
     sample_size: int
-    num_train_timesteps: int
-    prediction_type: str
+    num_train_timesteps: int | None  # None: behind an endpoint, unknown
+    prediction_type: str | None
     device: str
     # Precision of the forward passes (autocast); inversions always run in float32.
     dtype: str = "float32"
+    # What the audit could use: "white" (weights, gradients), "grey" (noise predictions) or "black"
+    # (an image-to-image endpoint only; then ``endpoint`` says which, without credentials).
+    access: str = "white"
+    endpoint: str | None = None
 
 
 class SkippedFileInfo(BaseModel):

@@ -84,6 +84,11 @@ class Extractor(abc.ABC):
     def columns(self) -> tuple[str, ...]:
         """Names of the feature columns, in the order ``extract`` returns them."""
 
+    @property
+    def log_columns(self) -> tuple[str, ...]:
+        """The columns fed to the scoring model as log(value + 1e-12): all of them when ``log_scaled``."""
+        return self.columns if self.log_scaled else ()
+
     @classmethod
     def for_target(cls, target: Target) -> Extractor:
         """This extractor configured for ``target`` (most need nothing from it)."""

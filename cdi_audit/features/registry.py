@@ -10,13 +10,14 @@ from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
 from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
+from cdi_audit.features.rediffuse import ReDiffuse
 from cdi_audit.features.secmi import SecMI
 from cdi_audit.features.structural import Structural
 from cdi_audit.targets.base import ACCESS_LEVELS, Access, Target
 
 EXTRACTORS: dict[str, type[Extractor]] = {
     cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation,
-                              CLiD, Structural)
+                              CLiD, Structural, ReDiffuse)
 }
 # ``pian`` shares its first model call with ``pia``: one extractor computes both.
 ALIASES = {"pian": "pia"}
@@ -25,27 +26,37 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "fast": ("loss", "multi_loss", "secmi", "pia"),
     # white-box, needs gradients: 26 columns, about 100 forward-equivalents per image
     "full": ("loss", "multi_loss", "secmi", "pia", "gradient_masking", "noise_optim"),
+    # black-box, an image-to-image endpoint is enough: 3 columns, 10 calls per image (2-3 on latent models)
+    "blackbox": ("rediffuse",),
 }
 # Presets on conditional models (text-to-image, class-conditional) also take these (methods.md section 2).
 CONDITIONAL_PRESET_EXTRAS = ("clid", "structural")
 
 
-def extractor_names(spec: str, conditioning: str = "none") -> list[str]:
+def default_preset(access: Access) -> str:
+    """What ``auto`` means: the grey-box preset for a model at hand, ReDiffuse for an endpoint."""
+    return "blackbox" if access == "black" else "fast"
+
+
+def extractor_names(spec: str, conditioning: str = "none", access: Access = "white") -> list[str]:
     """A preset name or a comma-separated list of extractor names -> extractor names, in order.
 
-    Presets grow by ``CONDITIONAL_PRESET_EXTRAS`` on conditional models. Raises
-    ``ValueError`` naming what is known when a name is not.
+    ``auto`` is the preset for the model's ``access`` (``default_preset``). Presets grow by
+    ``CONDITIONAL_PRESET_EXTRAS`` on conditional models. Raises ``ValueError`` naming what is
+    known when a name is not.
     """
     names: list[str] = []
     for item in (part.strip() for part in spec.split(",")):
+        if item == "auto":
+            item = default_preset(access)
         if not item:
             continue
         expanded = PRESETS.get(item, (ALIASES.get(item, item),))
-        if item in PRESETS and conditioning != "none":
+        if item in PRESETS and item != "blackbox" and conditioning != "none":
             expanded = (*expanded, *CONDITIONAL_PRESET_EXTRAS)
         for name in expanded:
             if name not in EXTRACTORS:
-                known = ", ".join([*PRESETS, *EXTRACTORS, *ALIASES])
+                known = ", ".join(["auto", *PRESETS, *EXTRACTORS, *ALIASES])
                 raise ValueError(f"unknown feature set or extractor {item!r}; known: {known}")
             if name not in names:
                 names.append(name)
@@ -63,7 +74,7 @@ def extractors_for(spec: str, target: Target) -> tuple[list[Extractor], list[str
     """Extractors for ``spec`` configured for ``target``, and a note for each one that does not apply
     to it (skipped, never silently)."""
     extractors, notes = [], []
-    for name in extractor_names(spec, target.conditioning):
+    for name in extractor_names(spec, target.conditioning, target.access):
         extractor = EXTRACTORS[name].for_target(target)
         reason = extractor.not_applicable(target)
         if reason is None:

@@ -7,6 +7,11 @@ from rich.table import Table
 
 from cdi_audit.result import AuditResult
 
+ACCESS_LABELS = {
+    "white": "white-box (weights and gradients)",
+    "grey": "grey-box (noise predictions)",
+    "black": "black-box (image-to-image calls only)",
+}
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 
 
@@ -38,11 +43,16 @@ def summary_table(result: AuditResult) -> Table:
     table.add_row("features", f"{len(result.features)} columns" +
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
     model = result.model
-    table.add_row("model", f"{model.path}  ({model.family}; sha256 {model.fingerprint[:12]}…; {model.device}, "
-                           f"{model.dtype})")
+    if model.endpoint is not None:
+        table.add_row("model", f"{model.endpoint}  ({model.family}; id {model.fingerprint[:12]}…)")
+    else:
+        table.add_row("model", f"{model.path}  ({model.family}; sha256 {model.fingerprint[:12]}…; {model.device}, "
+                               f"{model.dtype})")
+    table.add_row("access", ACCESS_LABELS.get(model.access, model.access))
     extraction = result.extraction
-    table.add_row("model calls", f"{extraction.model_calls}  ({extraction.images_from_cache} of "
-                                 f"{extraction.images} images from cache, {extraction.seconds:.1f} s)")
+    calls = "image-to-image calls" if model.access == "black" else "model calls"
+    table.add_row(calls, f"{extraction.model_calls}  ({extraction.images_from_cache} of "
+                         f"{extraction.images} images from cache, {extraction.seconds:.1f} s)")
     if result.skipped_files:
         table.add_row("skipped files", f"{len(result.skipped_files)} (listed in the JSON report)")
     return table
