@@ -124,6 +124,9 @@ class LocalVariation(VariationBackend):
     at t, DDIM-denoise t -> t - 100 -> ... -> 0 (nominal steps), decode. We use the primitives
     rather than a diffusers img2img pipeline so that DiT and LDM models (which have none) work
     the same way, with exact integer timesteps and guidance 1 (the conditional branch only).
+    ``batch_size`` 1 gives exactly the bytes a server running this model answers (one request
+    at a time); larger batches are faster and may differ by one 8-bit level in a few pixels,
+    as float sums change with the batch.
     """
 
     remote = False
