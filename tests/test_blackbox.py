@@ -31,6 +31,7 @@ from cdi_audit.targets.blackbox import (
     VariationRequest,
     local_black_box,
     pixels_to_uint8,
+    uint8_to_pixels,
 )
 from cdi_audit.targets.endpoints import (
     CommandVariation,
@@ -382,3 +383,48 @@ def test_black_box_usage_errors_exit_2(small_sets, tmp_path: Path, extra: list, 
 def test_pixels_round_trip_through_8_bit_exactly() -> None:
     levels = torch.arange(256, dtype=torch.float32).reshape(1, 1, 16, 16).expand(1, 3, 16, 16) / 127.5 - 1
     assert torch.equal(torch.from_numpy(pixels_to_uint8(levels)).permute(0, 3, 1, 2).float() / 127.5 - 1, levels)
+
+
+# ---- latent models ------------------------------------------------------------------------------------
+
+class RecordingVariation(LocalVariation):
+    """The local back end of a server, noting the prompt of every request it answers."""
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self.prompts: list[str | None] = []
+
+    def vary(self, request: VariationRequest) -> np.ndarray:
+        self.prompts.append(request.prompt)
+        return super().vary(request)
+
+
+def test_a_text_to_image_model_behind_an_endpoint_gives_evidence_for_its_members(
+        trained_text_to_image: Path, tmp_path: Path) -> None:
+    root = trained_text_to_image
+    backend = RecordingVariation(load_target(root / "model", torch.device("cpu")))
+    with running_server(backend) as server:
+        code, result, _ = run("check", root / "members", "--reference", root / "nonmembers", "--endpoint",
+                              server.url, "--cache-dir", tmp_path, "--json", "--jobs", "1")
+    assert (code, result["verdict"]) == (1, "evidence") and result["p_value"] < 0.01
+    # Latent model: 2 variations at t=30 and one reconstruction (strength 0) per image.
+    assert result["extraction"]["model_calls"] == server.served == 64 * 3
+    assert result["model"]["family"] == "image-to-image endpoint (latent model, text conditioning)"
+    captions = {(root / "members" / f"{path.stem}.txt").read_text().strip()
+                for path in (root / "members").glob("*.png")}
+    assert captions <= set(backend.prompts) and None not in backend.prompts
+
+
+def test_local_variations_of_a_class_conditional_model_follow_the_class(tmp_path: Path) -> None:
+    from tiny_pipelines import save_tiny_dit
+
+    target = load_target(save_tiny_dit(tmp_path / "dit"), torch.device("cpu"))
+    backend = LocalVariation(target)
+    image = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3)).astype(np.uint8)
+    first, again, other = (backend.vary(VariationRequest(image, 0.5, 3, class_label=label)) for label in (0, 0, 2))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    with torch.no_grad():
+        reconstruction = pixels_to_uint8(target.decode(target.encode(uint8_to_pixels(image[None]))))[0]
+    assert np.array_equal(backend.vary(VariationRequest(image, 0.0, 3, class_label=0)), reconstruction)
+    with pytest.raises(ValueError, match="needs a class_label"):
+        backend.vary(VariationRequest(image, 0.5, 3))
