@@ -19,7 +19,7 @@ from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
 from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
-from cdi_audit.features.registry import require_access, resolve_extractors
+from cdi_audit.features.registry import extractor_names, require_access, resolve_extractors
 from cdi_audit.features.secmi import SecMI
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Target
@@ -158,9 +158,11 @@ def test_learned_variance_output_keeps_the_noise_half() -> None:
 
 
 def test_unknown_feature_names_are_refused_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known: fast"):
+    with pytest.raises(ValueError, match="known: auto, fast, full, blackbox, loss"):
         resolve_extractors("fast,nonsense")
     assert [e.name for e in resolve_extractors("pia,pian,loss")] == ["pia", "loss"]
+    assert [e.name for e in resolve_extractors("auto")] == ["loss", "multi_loss", "secmi", "pia"]
+    assert extractor_names("auto", "text", "black") == extractor_names("blackbox", "text") == ["rediffuse"]
 
 
 def test_gradient_masking_matches_hand_computation(batch: LatentBatch) -> None:
