@@ -239,8 +239,8 @@ def _run_stage(stage, console: Console, json_output: bool, debug: bool):
     except AuditError as error:
         _fail(console, error.exit_code, str(error), json_output, debug)
     except KeyboardInterrupt:
-        _fail(console, INTERRUPTED, "Interrupted; features extracted so far are cached and a re-run resumes.",
-              json_output, debug)
+        _fail(console, INTERRUPTED, "Interrupted; features extracted so far (and completed endpoint calls) are "
+              "cached, and a re-run resumes.", json_output, debug)
     except Exception as error:  # a bug must not exit 1, which means "evidence"
         _fail(console, INTERNAL_ERROR, f"Internal error ({type(error).__name__}: {error}); "
               "please report it, with the output of --debug.", json_output, debug)

@@ -72,7 +72,8 @@ def evaluated_feature_sets(spec: str, extractors: list[Extractor], conditioning:
     """Feature sets to compare, name -> columns.
 
     Each preset the extracted features cover (as the preset is on this model),
-    the user's own list when it is not a preset, and each extractor alone.
+    the user's own list when it is not a preset, and each extractor alone unless a
+    preset is that extractor alone (``blackbox`` is ``rediffuse``).
     """
     columns = {extractor.name: list(extractor.columns) for extractor in extractors}
     sets = {}
@@ -82,7 +83,7 @@ def evaluated_feature_sets(spec: str, extractors: list[Extractor], conditioning:
             sets[preset] = [c for name in members for c in columns[name]]
     if len(columns) > 1 and list(columns) not in [extractor_names(p, conditioning) for p in sets]:
         sets[spec.replace(" ", "")] = [c for name in columns for c in columns[name]]
-    sets.update(columns)
+    sets.update({name: cols for name, cols in columns.items() if cols not in sets.values()})
     return sets
 
 

@@ -428,3 +428,50 @@ def test_local_variations_of_a_class_conditional_model_follow_the_class(tmp_path
     assert np.array_equal(backend.vary(VariationRequest(image, 0.0, 3, class_label=0)), reconstruction)
     with pytest.raises(ValueError, match="needs a class_label"):
         backend.vary(VariationRequest(image, 0.5, 3))
+
+
+# ---- cdi-audit serve ---------------------------------------------------------------------------------
+
+def test_cdi_audit_serve_answers_the_protocol_on_loopback(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from cdi_audit.serve import is_loopback
+    from cdi_audit.targets.blackbox import decode_png, encode_png
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cdi_audit", "serve", str(SAMPLE_DATA / "model"), "--port", str(port), "--device",
+         "cpu"], stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = json.loads(urllib.request.urlopen(url, timeout=1).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not come up"
+                time.sleep(0.2)
+        image = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3)).astype(np.uint8)
+        post = urllib.request.Request(url + "?strength=0.2&seed=5", data=encode_png(image), method="POST",
+                                      headers={"Content-Type": "image/png"})
+        varied = decode_png(urllib.request.urlopen(post, timeout=30).read())
+        bad = urllib.request.Request(url + "?strength=2&seed=5", data=encode_png(image), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=30)
+    finally:
+        server.terminate()
+        stderr = server.communicate(timeout=30)[1].decode()
+    assert info == {"protocol": "cdi-audit-variation/1", "sample_size": 32, "family": "pixel", "conditioning": "none"}
+    local = LocalVariation(load_target(SAMPLE_DATA / "model", torch.device("cpu")), batch_size=1)
+    assert np.array_equal(varied, local.vary(VariationRequest(image, 0.2, 5)))
+    assert refused.value.code == 400 and b"strength must lie in [0, 1)" in refused.value.read()
+    assert url in stderr.replace("\n", "")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")

@@ -114,3 +114,15 @@ def test_evaluate_refuses_too_few_non_members_for_the_null_curve(image_sets, tin
     assert result.exit_code == 3
     message = json.loads(result.stdout)["error"]["message"]
     assert "non-members set" in message and "has 12 usable image(s)" in message and "at least 20" in message
+
+
+def test_feature_sets_are_each_covered_preset_and_each_extractor_alone_without_repeats() -> None:
+    from cdi_audit.evaluate import evaluated_feature_sets
+    from cdi_audit.features.registry import resolve_extractors
+
+    fast = evaluated_feature_sets("fast", resolve_extractors("fast"), "none")
+    assert list(fast) == ["fast", "loss", "multi_loss", "secmi", "pia"] and len(fast["fast"]) == 14
+    assert evaluated_feature_sets("blackbox", resolve_extractors("blackbox"), "none") == {
+        "blackbox": ["rediffuse_l2", "rediffuse_l1", "rediffuse_ssim"]}
+    mixed = evaluated_feature_sets("loss,rediffuse", resolve_extractors("loss,rediffuse"), "none")
+    assert list(mixed) == ["blackbox", "loss,rediffuse", "loss"]
