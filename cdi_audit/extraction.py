@@ -15,6 +15,7 @@ from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.images import ImageRecord, load_model_pixels
 from cdi_audit.targets.base import Target
+from cdi_audit.targets.blackbox import BlackBoxTarget
 
 # Bump when image loading or preprocessing changes what the model sees.
 PREPROCESSING_VERSION = "centre-crop-lanczos-1"
@@ -30,7 +31,7 @@ class ExtractionSummary:
     seconds: float
 
 
-def cache_key(target: Target, extractor: Extractor, seed: int) -> dict:
+def cache_key(target: Target | BlackBoxTarget, extractor: Extractor, seed: int) -> dict:
     """Everything that changes an extractor's values for a given image."""
     return {
         "model": target.description.fingerprint,
@@ -46,7 +47,7 @@ def cache_key(target: Target, extractor: Extractor, seed: int) -> dict:
 
 
 def _compute(
-    extractor: Extractor, target: Target, batch: LatentBatch, noise: NoiseSource, max_batch_grad: int
+    extractor: Extractor, target: Target | BlackBoxTarget, batch: LatentBatch, noise: NoiseSource, max_batch_grad: int
 ) -> np.ndarray:
     """One extractor on one batch, as a (B, k) array.
 
@@ -71,7 +72,7 @@ def _compute(
 
 def extract_features(
     records: list[ImageRecord],
-    target: Target,
+    target: Target | BlackBoxTarget,
     extractors: list[Extractor],
     seed: int,
     batch_size: int,

@@ -19,8 +19,8 @@ from cdi_audit.features.structural import ssim
 from cdi_audit.targets.base import Target
 from cdi_audit.targets.blackbox import (
     BlackBoxTarget,
-    LocalVariation,
     VariationRequest,
+    local_black_box,
     pixels_to_uint8,
     uint8_to_pixels,
 )
@@ -74,8 +74,7 @@ class ReDiffuse(Extractor):
         return self.timestep / 1000
 
     def extract(self, target: Target | BlackBoxTarget, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
-        source = target if isinstance(target, BlackBoxTarget) else BlackBoxTarget(
-            LocalVariation(target), LocalVariation(target).info, target.description)
+        source = target if isinstance(target, BlackBoxTarget) else local_black_box(target)
         images = pixels_to_uint8(batch.images)
         conditions = self._conditions(batch)
         requests = [

@@ -46,6 +46,8 @@ from cdi_audit.targets.blackbox import (
 
 Result = TypeVar("Result")
 ENVIRONMENT_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+FAMILIES = ("pixel", "latent")
+CONDITIONINGS = ("none", "text", "class")
 PLACEHOLDERS = ("{input}", "{output}", "{strength}", "{seed}", "{prompt}", "{class_label}")
 
 
@@ -185,9 +187,10 @@ class HttpVariation(VariationBackend):
         content = call_with_retries(attempt, self.policy, f"Reaching the endpoint {self.display}")
         try:
             data = json.loads(content or b"")
-            if data.get("protocol") != PROTOCOL:
+            family, conditioning = data["family"], data.get("conditioning", "none")
+            if data["protocol"] != PROTOCOL or family not in FAMILIES or conditioning not in CONDITIONINGS:
                 return None
-            return EndpointInfo(int(data["sample_size"]), data["family"], data.get("conditioning", "none"))
+            return EndpointInfo(int(data["sample_size"]), family, conditioning)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
