@@ -30,6 +30,7 @@ from cdi_audit.result import (
     DroppedFeature,
     Effect,
     ExtractionInfo,
+    ImageScore,
     SkippedFileInfo,
     Verdict,
 )
@@ -286,6 +287,18 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     return ModelFeatures(table, summary, target, extractors, conditioned, notes)
 
 
+def image_scores(suspect: ImageSet, reference: ImageSet, outcome: TestOutcome | None) -> list[ImageScore]:
+    """Every input image with its role and the score the test gave it (rows: suspect, then reference)."""
+    labelled = [(record, "suspect") for record in suspect.records] + [(r, "reference") for r in reference.records]
+    scores: list[float | None] = [None] * len(labelled)
+    if outcome is not None and not outcome.degenerate:
+        rows = outcome.rows if outcome.rows is not None else range(len(labelled))
+        for row, score in zip(rows, outcome.scores, strict=True):
+            scores[int(row)] = float(score)
+    return [ImageScore(path=str(record.path.resolve()), sha256=record.sha256, role=role, score=score)
+            for (record, role), score in zip(labelled, scores, strict=True)]
+
+
 def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
     """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
     progress = progress or StageProgress()
@@ -334,4 +347,5 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         versions=package_versions(),
         configuration=public_configuration(settings),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        images=image_scores(suspect, reference, outcome),
     )

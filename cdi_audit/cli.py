@@ -118,15 +118,6 @@ def _check_dtype(value: str) -> str:
     return value
 
 
-def _write_file(path: Path, payload: str) -> Path:
-    """Write atomically, so an interrupted run never leaves half a report."""
-    from cdi_audit.cache import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, (payload + "\n").encode())
-    return path
-
-
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
@@ -273,7 +264,10 @@ def check(
     no_cache: NoCacheOption = False,
     json_output: JsonOption = False,
     out: Annotated[Path | None, typer.Option(
-        metavar="DIR", show_default=False, help="Folder to write report.json into.")] = None,
+        metavar="DIR", show_default=False,
+        help="Folder to write report.json (the full result), manifest.json (sha256, size and dimensions of "
+             "every input and model file; see 'cdi-audit verify') and scores.csv (per-image diagnostic scores) "
+             "into.")] = None,
     strict: StrictOption = False,
     jobs: JobsOption = DEFAULT_JOBS,
     access: AccessOption = AccessChoice.auto,
@@ -319,7 +313,10 @@ def check(
     result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)
     if out is not None:
-        console.print(f"[dim]wrote {_write_file(out / 'report.json', payload)}[/]")
+        from cdi_audit.report.files import write_audit_files
+
+        for path in write_audit_files(result, out):
+            console.print(f"[dim]wrote {path}[/]")
     print_summary(result, console)
     if json_output:
         typer.echo(payload)
@@ -399,9 +396,11 @@ def evaluate(
     result = _run_stage(lambda progress: run_evaluation(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)
     if out is not None:
+        from cdi_audit.report.files import write_file
         from cdi_audit.report.plots import plot_p_value_curves
 
-        console.print(f"[dim]wrote {_write_file(out / 'evaluation.json', payload)}[/]")
+        written = write_file(out / "evaluation.json", payload + "\n")
+        console.print(f"[dim]wrote {written}[/]")
         console.print(f"[dim]wrote {plot_p_value_curves(result, out / 'p_value_curves.png')}[/]")
     print_evaluation(result, console)
     if json_output:
@@ -454,6 +453,54 @@ def serve(
         console.print(f"stopped after {server.calls} call(s)")
     finally:
         server.server_close()
+
+
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(
+        metavar="DIR", show_default=False,
+        help="An audit's output folder (holding manifest.json), or the manifest.json file itself.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Re-hash the files an audit read (its manifest) and say which still match, changed or are missing.
+
+    Exit 0 when every file matches, 3 otherwise. Needs neither the model nor torch.
+    """
+    from pydantic import ValidationError
+
+    from cdi_audit.manifest import Manifest, verify_manifest
+
+    console = stderr_console()
+    path = folder / "manifest.json" if folder.is_dir() else folder
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as error:
+        _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit manifest ({type(error).__name__}); "
+              "give the folder an audit wrote with --out.", json_output, False)
+
+    def run(progress: StageProgress):
+        count = progress.counter("re-hashing files")
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            count(done[0], len(manifest.files))
+
+        return verify_manifest(manifest, step)
+
+    outcome = _run_stage(run, console, json_output, False)
+    for label, entries in (("changed", outcome.changed), ("missing", outcome.missing)):
+        for entry in entries:
+            console.print(f"[bold red]{label}[/] {entry.role} {entry.path}")
+    summary = (f"{len(outcome.matched)} of {len(manifest.files)} files match the manifest"
+               f" ({len(outcome.changed)} changed, {len(outcome.missing)} missing); set digest {manifest.digest[:16]}…")
+    console.print(("[bold green]VERIFIED[/] " if outcome.all_match else "[bold red]NOT VERIFIED[/] ") + summary)
+    if json_output:
+        typer.echo(json.dumps({
+            "verified": outcome.all_match, "digest": manifest.digest, "matched": len(outcome.matched),
+            "changed": [entry.path for entry in outcome.changed], "missing": [entry.path for entry in outcome.missing],
+        }, indent=2))
+    raise typer.Exit(0 if outcome.all_match else int(ExitCode.INPUT_PROBLEM))
 
 
 def _fail(console: Console, code: int, message: str, json_output: bool, debug: bool) -> NoReturn:

@@ -27,6 +27,25 @@ class Controls(BaseModel):
     negative_control_passed: bool | None
 
 
+class FileDigest(BaseModel):
+    """One file an audit read, as a later check can re-hash it."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+class ImageScore(BaseModel):
+    """One input image: where it was, what it was, which set it belongs to, and its out-of-fold
+    score from the scoring model (None when the test did not score it, e.g. the split test's
+    fitting half). Diagnostic: a score is not evidence about a single image."""
+
+    path: str
+    sha256: str
+    role: Literal["suspect", "reference"]
+    score: float | None
+
+
 class ModelInfo(BaseModel):
     """What the report says about the model: where it is, what it is, its content hash, where it ran."""
 
@@ -43,6 +62,8 @@ class ModelInfo(BaseModel):
     # (an image-to-image endpoint only; then ``endpoint`` says which, without credentials).
     access: str = "white"
     endpoint: str | None = None
+    # The weight and config files the fingerprint covers (none for an endpoint).
+    files: list[FileDigest] = []
 
 
 class SkippedFileInfo(BaseModel):
@@ -91,6 +112,7 @@ class AuditResult(BaseModel):
     versions: dict[str, str]
     configuration: dict[str, str | int | float | bool | None]
     created: str
+    images: list[ImageScore] = []
 
 
 class FeatureSetDiscrimination(BaseModel):
@@ -162,3 +184,9 @@ class EvaluationResult(BaseModel):
     versions: dict[str, str]
     configuration: dict[str, str | int | float | bool | None]
     created: str
+
+
+def report_schema() -> dict:
+    """The JSON Schema of report.json (committed as docs/report.schema.json)."""
+    return AuditResult.model_json_schema()
+

@@ -72,6 +72,8 @@ class TestOutcome:
     is_suspect: np.ndarray
     permutations_run: int | None = None
     stopped_early: bool = False
+    # Positions (in the input rows) that ``scores`` belong to; None: every row, in order.
+    rows: np.ndarray | None = None
 
     @property
     def degenerate(self) -> bool:
@@ -150,9 +152,9 @@ def split_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> T
     labels = is_suspect[test_rows]
     statistic = welch_statistic(scores, labels)
     if not np.isfinite(statistic):
-        return TestOutcome("split", statistic, 1.0, scores, labels)
+        return TestOutcome("split", statistic, 1.0, scores, labels, rows=test_rows)
     result = stats.ttest_ind(scores[labels], scores[~labels], equal_var=False, alternative="greater")
-    return TestOutcome("split", statistic, float(result.pvalue), scores, labels)
+    return TestOutcome("split", statistic, float(result.pvalue), scores, labels, rows=test_rows)
 
 
 def reference_rule_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> TestOutcome:

@@ -20,7 +20,7 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.images import file_sha256
-from cdi_audit.result import ModelInfo
+from cdi_audit.result import FileDigest, ModelInfo
 from cdi_audit.targets.base import PREDICTION_TYPES, Target
 from cdi_audit.targets.packaged import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 
@@ -53,12 +53,20 @@ class Layout:
     text: bool = False  # text_encoder/ and tokenizer/ (Stable Diffusion)
 
 
-def model_fingerprint(root: Path) -> str:
+def model_files(root: Path) -> list[FileDigest]:
+    """Every weight and config file under ``root`` (or ``root`` itself, a single file), hashed."""
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                   and p.suffix in FINGERPRINT_SUFFIXES)
+    return [FileDigest(path=str(path.resolve()), sha256=file_sha256(path), size_bytes=path.stat().st_size)
+            for path in paths]
+
+
+def model_fingerprint(root: Path, files: list[FileDigest] | None = None) -> str:
     """sha256 over the relative paths and sha256 of every weight and config file under ``root``."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in FINGERPRINT_SUFFIXES:
-            digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
+    base = root.resolve()
+    for file in files if files is not None else model_files(root):
+        digest.update(f"{Path(file.path).relative_to(base).as_posix()}\0{file.sha256}\n".encode())
     return digest.hexdigest()
 
 
@@ -295,12 +303,18 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         with _single_file_configs(root, config) as configs:
             layout, components = _check_configs(configs), _load_single_file(root, configs)
             alphas_cumprod, prediction_type = _load_schedule(configs)
-            fingerprint = hashlib.sha256(f"{file_sha256(root)}|{model_fingerprint(configs)}".encode()).hexdigest()
+            files = model_files(root)
+            config_files = model_files(configs)
+            fingerprint = hashlib.sha256(f"{files[0].sha256}|{model_fingerprint(configs, config_files)}".encode()
+                                         ).hexdigest()
+            if config is not None and Path(config).exists():
+                files += config_files  # the user's own configs are inputs too; shipped ones are in the package
         denoiser, autoencoder = components["unet"], components["vae"]
     else:
         layout = _check_folder(root)
         alphas_cumprod, prediction_type = _load_schedule(root)
-        fingerprint = model_fingerprint(root)
+        files = model_files(root)
+        fingerprint = model_fingerprint(root, files)
         denoiser = _load_model(root, layout.denoiser)
         autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
     description = ModelInfo(
@@ -312,6 +326,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         prediction_type=prediction_type,
         device=str(device),
         dtype=str(dtype or torch.float32).removeprefix("torch."),
+        files=files,
     )
     if autoencoder is None:
         target: Target = PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)

@@ -1,0 +1,92 @@
+"""The manifest: every file an audit read, hashed, so anyone can later check that a report speaks of
+exactly these files (``cdi-audit verify``).
+
+Torch-free: verifying a report needs neither the model nor a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel
+
+from cdi_audit.images import file_sha256
+from cdi_audit.result import AuditResult
+
+MANIFEST_VERSION = "1"
+Role = Literal["suspect", "reference", "model"]
+
+
+class ManifestEntry(BaseModel):
+    path: str
+    role: Role
+    sha256: str
+    size_bytes: int
+    width: int | None = None  # images only
+    height: int | None = None
+
+
+class Manifest(BaseModel):
+    schema_version: str = MANIFEST_VERSION
+    created: str  # the audit's own time, so the manifest of one audit is always the same file
+    # sha256 over the sorted (role, file sha256) pairs: the same content gives the same digest wherever
+    # the files lie.
+    digest: str
+    files: list[ManifestEntry]
+
+
+def content_digest(entries: list[ManifestEntry]) -> str:
+    lines = sorted(f"{entry.role}\0{entry.sha256}\n" for entry in entries)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _dimensions(path: Path) -> tuple[int | None, int | None]:
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.size
+    except OSError:
+        return None, None
+
+
+def build_manifest(result: AuditResult) -> Manifest:
+    """The manifest of an audit: its images (hashes from the audit) and its model files."""
+    entries = []
+    for image in result.images:
+        path = Path(image.path)
+        width, height = _dimensions(path)
+        entries.append(ManifestEntry(path=image.path, role=image.role, sha256=image.sha256,
+                                     size_bytes=path.stat().st_size, width=width, height=height))
+    entries += [ManifestEntry(path=file.path, role="model", sha256=file.sha256, size_bytes=file.size_bytes)
+                for file in result.model.files]
+    return Manifest(created=result.created, digest=content_digest(entries), files=entries)
+
+
+@dataclass
+class Verification:
+    matched: list[ManifestEntry] = field(default_factory=list)
+    changed: list[ManifestEntry] = field(default_factory=list)
+    missing: list[ManifestEntry] = field(default_factory=list)
+
+    @property
+    def all_match(self) -> bool:
+        return not self.changed and not self.missing
+
+
+def verify_manifest(manifest: Manifest, on_file=None) -> Verification:
+    """Re-hash every file of ``manifest``: which still match, which changed, which are gone."""
+    outcome = Verification()
+    for entry in manifest.files:
+        path = Path(entry.path)
+        if not path.is_file():
+            outcome.missing.append(entry)
+        elif file_sha256(path) != entry.sha256:
+            outcome.changed.append(entry)
+        else:
+            outcome.matched.append(entry)
+        if on_file is not None:
+            on_file()
+    return outcome
