@@ -465,13 +465,14 @@ def test_cdi_audit_serve_answers_the_protocol_on_loopback(tmp_path: Path) -> Non
         bad = urllib.request.Request(url + "?strength=2&seed=5", data=encode_png(image), method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, timeout=30)
+        refusal = refused.value.read()  # before the server stops
     finally:
         server.terminate()
         stderr = server.communicate(timeout=30)[1].decode()
     assert info == {"protocol": "cdi-audit-variation/1", "sample_size": 32, "family": "pixel", "conditioning": "none"}
     local = LocalVariation(load_target(SAMPLE_DATA / "model", torch.device("cpu")), batch_size=1)
     assert np.array_equal(varied, local.vary(VariationRequest(image, 0.2, 5)))
-    assert refused.value.code == 400 and b"strength must lie in [0, 1)" in refused.value.read()
+    assert refused.value.code == 400 and b"strength must lie in [0, 1)" in refusal
     assert url in stderr.replace("\n", "")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
