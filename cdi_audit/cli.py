@@ -440,7 +440,7 @@ def serve(
     try:
         server = VariationServer((host, port), backend)
     except OSError as error:
-        _fail(console, INTERNAL_ERROR if error.errno is None else 2, f"Cannot listen on {host}:{port} ({error}).",
+        _fail(console, ExitCode.USAGE, f"Cannot listen on {host}:{port} ({error}); choose another --port or --host.",
               False, debug)
     if not is_loopback(host):
         console.print(f"[yellow]warning[/] listening on {host}, beyond this machine, without authentication.")
@@ -478,17 +478,8 @@ def verify(
         _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit manifest ({type(error).__name__}); "
               "give the folder an audit wrote with --out.", json_output, False)
 
-    def run(progress: StageProgress):
-        count = progress.counter("re-hashing files")
-        done = [0]
-
-        def step() -> None:
-            done[0] += 1
-            count(done[0], len(manifest.files))
-
-        return verify_manifest(manifest, step)
-
-    outcome = _run_stage(run, console, json_output, False)
+    outcome = _run_stage(lambda progress: verify_manifest(manifest, progress.counter("re-hashing files")),
+                         console, json_output, False)
     for label, entries in (("changed", outcome.changed), ("missing", outcome.missing)):
         for entry in entries:
             console.print(f"[bold red]{label}[/] {entry.role} {entry.path}")

@@ -7,6 +7,7 @@ Torch-free: verifying a report needs neither the model nor a GPU.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -76,10 +77,11 @@ class Verification:
         return not self.changed and not self.missing
 
 
-def verify_manifest(manifest: Manifest, on_file=None) -> Verification:
-    """Re-hash every file of ``manifest``: which still match, which changed, which are gone."""
+def verify_manifest(manifest: Manifest, on_progress: Callable[[int, int], None] | None = None) -> Verification:
+    """Re-hash every file of ``manifest``: which still match, which changed, which are gone.
+    ``on_progress(done, total)`` reports progress."""
     outcome = Verification()
-    for entry in manifest.files:
+    for done, entry in enumerate(manifest.files, start=1):
         path = Path(entry.path)
         if not path.is_file():
             outcome.missing.append(entry)
@@ -87,6 +89,6 @@ def verify_manifest(manifest: Manifest, on_file=None) -> Verification:
             outcome.changed.append(entry)
         else:
             outcome.matched.append(entry)
-        if on_file is not None:
-            on_file()
+        if on_progress is not None:
+            on_progress(done, len(manifest.files))
     return outcome

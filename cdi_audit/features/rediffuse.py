@@ -59,12 +59,10 @@ class ReDiffuse(Extractor):
         self.compare_reconstruction = compare_reconstruction
 
     @classmethod
-    def for_target(cls, target) -> ReDiffuse:
-        if isinstance(target, BlackBoxTarget):
-            latent = target.info.family == "latent"
-        else:
-            latent = target.has_decoder
-        return cls(**LATENT_DEFAULTS, compare_reconstruction=True) if latent else cls(**PIXEL_DEFAULTS)
+    def for_target(cls, target: Target | BlackBoxTarget) -> ReDiffuse:
+        if target.has_decoder:
+            return cls(**LATENT_DEFAULTS, compare_reconstruction=True)
+        return cls(**PIXEL_DEFAULTS)
 
     def params(self) -> dict:
         return {"strength": self.strength, "draws": self.draws, "compare_reconstruction": self.compare_reconstruction}

@@ -22,6 +22,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -166,8 +167,11 @@ class LocalVariation(VariationBackend):
         size = target.sample_size
         if any(r.image.shape != (size, size, 3) for r in requests):
             raise ValueError(f"this model works on {size} x {size} RGB images")
-        pixels = uint8_to_pixels(np.stack([r.image for r in requests]), target.device)
-        z = target.encode(pixels)
+        # Draws of one image share its encoding: encode each distinct image once.
+        positions: dict[bytes, int] = {}
+        rows = [positions.setdefault(r.image.tobytes(), len(positions)) for r in requests]
+        distinct = {row: request.image for row, request in zip(rows, requests, strict=True)}  # by first row
+        z = target.encode(uint8_to_pixels(np.stack(list(distinct.values())), target.device))[rows]
         start = target.model_timestep(round(strength * 1000))
         if start > 0:
             condition = self._condition(requests)
@@ -196,9 +200,7 @@ class LocalVariation(VariationBackend):
 class CallStore:
     """Completed variation calls of one back end on disk: request digest -> PNG, written atomically."""
 
-    def __init__(self, root, identity: str) -> None:
-        from pathlib import Path
-
+    def __init__(self, root: Path, identity: str) -> None:
         self.folder = Path(root) / "calls" / hashlib.sha256(identity.encode()).hexdigest()[:32]
 
     def get(self, request: VariationRequest) -> np.ndarray | None:
@@ -227,7 +229,6 @@ class BlackBoxTarget:
     """
 
     access: ClassVar[Access] = "black"
-    has_decoder = False  # the decoder, if any, is behind the endpoint
 
     def __init__(self, backend: VariationBackend, info: EndpointInfo, description: ModelInfo,
                  store: CallStore | None = None) -> None:
@@ -246,8 +247,8 @@ class BlackBoxTarget:
         return self.info.sample_size
 
     @property
-    def compares_reconstruction(self) -> bool:
-        """Latent models: variations are compared with the model's reconstruction of the image."""
+    def has_decoder(self) -> bool:
+        """Whether the model behind the endpoint works through an autoencoder (its decoder stays there)."""
         return self.info.family == "latent"
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

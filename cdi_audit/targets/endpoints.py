@@ -15,6 +15,7 @@ written anywhere; reports show header names and the URL without credentials or q
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -34,9 +35,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from cdi_audit.errors import ModelUnavailable
+from cdi_audit.errors import ModelUnavailable, SettingsProblem
+from cdi_audit.result import ModelInfo
 from cdi_audit.targets.blackbox import (
     PROTOCOL,
+    BlackBoxTarget,
+    CallStore,
     EndpointInfo,
     VariationBackend,
     VariationRequest,
@@ -179,8 +183,6 @@ class HttpVariation(VariationBackend):
         def attempt() -> bytes | None:
             try:
                 return self._send(urllib.request.Request(self.url, headers=self.headers, method="GET"))
-            except TransientFailure:
-                raise
             except EndpointUnavailable:
                 return None  # 404, 405...: the endpoint does not describe itself
 
@@ -315,15 +317,9 @@ class EndpointSettings:
         }
 
 
-def open_endpoint(settings: EndpointSettings, store_root: Path | None):
+def open_endpoint(settings: EndpointSettings, store_root: Path | None) -> BlackBoxTarget:
     """The ``BlackBoxTarget`` for an endpoint: its back end, what it serves (its own description,
     or the settings'), and the store of completed calls under ``store_root`` (None: no store)."""
-    import hashlib
-
-    from cdi_audit.errors import SettingsProblem
-    from cdi_audit.result import ModelInfo
-    from cdi_audit.targets.blackbox import BlackBoxTarget, CallStore
-
     policy = RetryPolicy(settings.retries, settings.backoff, timeout=settings.timeout)
     try:
         if settings.url is not None:
