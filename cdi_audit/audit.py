@@ -21,16 +21,21 @@ import numpy as np
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
 from cdi_audit.controls import negative_control, reject_overlap
+from cdi_audit.diagnostics import FeatureDiagnostic, feature_diagnostics
 from cdi_audit.errors import InputProblem
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.images import ImageSet, scan_image_set
+from cdi_audit.power import CURVE_TEST, DEFAULT_CURVE_RESAMPLES, SampleSizePoint, sample_size_curve
 from cdi_audit.result import (
     AuditResult,
     Controls,
     DroppedFeature,
     Effect,
     ExtractionInfo,
+    FeatureDiagnosticRow,
     ImageScore,
+    SampleSizeCurve,
+    SampleSizeCurvePoint,
     SkippedFileInfo,
     Verdict,
 )
@@ -83,6 +88,7 @@ class AuditSettings(ModelSettings):
     alpha: float = 0.01
     test: TestName = "permutation"
     permutations: int = 1000
+    curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ class Decision:
     outcome: TestOutcome | None = None
     effect: EffectSize | None = None
     negative_control: TestOutcome | None = None
+    curve: tuple[SampleSizePoint, ...] = ()
+    diagnostics: tuple[FeatureDiagnostic, ...] = ()
 
 
 def _usable_columns(table: FeatureTable, matrix: np.ndarray) -> tuple[list[int], list[DroppedFeature]]:
@@ -119,6 +127,7 @@ def decide(
     permutations: int,
     n_jobs: int = 1,
     progress: StageProgress | None = None,
+    curve_resamples: int = DEFAULT_CURVE_RESAMPLES,
 ) -> Decision:
     """Test whether the model scores the suspect images as more member-like than the reference images.
 
@@ -141,6 +150,8 @@ def decide(
     effect = effect_size(outcome.scores, outcome.is_suspect, seed)
     control = negative_control(matrix[~is_suspect], test, seed, permutations, n_jobs,
                                progress.counter("negative control"))
+    curve = tuple(sample_size_curve(matrix, is_suspect, alpha, seed, curve_resamples)) if curve_resamples else ()
+    diagnostics = tuple(feature_diagnostics(matrix, is_suspect, used, seed))
     if control.p_value < alpha:
         verdict, reason = "inconclusive", (
             f"The negative control (two random halves of the reference set) came out significant "
@@ -156,7 +167,7 @@ def decide(
             f"No significant difference between suspect and reference images (p = {outcome.p_value:.3g} "
             f">= alpha = {alpha}); this does not prove the images were not used."
         )
-    return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control)
+    return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control, curve, diagnostics)
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -310,7 +321,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
     suspect, reference = extracted.image_sets
     with timed(timings, "test"):
         decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
-                          settings.seed, settings.permutations, settings.n_jobs, progress)
+                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
@@ -348,4 +359,8 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         configuration=public_configuration(settings),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         images=image_scores(suspect, reference, outcome),
+        sample_size_curve=SampleSizeCurve(
+            test=CURVE_TEST, seed=settings.seed, points=[SampleSizeCurvePoint(**vars(p)) for p in decision.curve]
+        ) if decision.curve else None,
+        feature_diagnostics=[FeatureDiagnosticRow(**vars(row)) for row in decision.diagnostics],
     )

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from cdi_audit import __version__
 from cdi_audit.console import StageProgress, stderr_console
-from cdi_audit.errors import AuditError, ExitCode
+from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, ExitCode
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
@@ -32,12 +32,6 @@ FEATURES_HELP = (
     "latent models)."
 )
 ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
-VERDICT_EXIT_CODES = {
-    "no_evidence": ExitCode.NO_EVIDENCE,
-    "evidence": ExitCode.EVIDENCE,
-    "inconclusive": ExitCode.INCONCLUSIVE,
-}
-
 app = typer.Typer(
     help="Test whether a diffusion model was trained on your images (CDI dataset inference).",
     no_args_is_help=True,
@@ -99,6 +93,22 @@ def _check_features(value: str) -> str:
         resolve_extractors(value)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _report_formats(value: str | None) -> tuple[str, ...]:
+    """'pdf,html' -> ("pdf", "html"); 'none' -> (); None (not given) -> both."""
+    if value is None:
+        return ("pdf", "html")
+    names = tuple(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in ("pdf", "html", "none")]
+    if unknown or not names or ("none" in names and len(names) > 1):
+        raise typer.BadParameter(f"choose pdf, html, both as 'pdf,html', or none (got {value!r}).")
+    return tuple(name for name in names if name != "none")
+
+
+def _check_report_formats(value: str | None) -> str | None:
+    _report_formats(value)
     return value
 
 
@@ -265,9 +275,17 @@ def check(
     json_output: JsonOption = False,
     out: Annotated[Path | None, typer.Option(
         metavar="DIR", show_default=False,
-        help="Folder to write report.json (the full result), manifest.json (sha256, size and dimensions of "
-             "every input and model file; see 'cdi-audit verify') and scores.csv (per-image diagnostic scores) "
-             "into.")] = None,
+        help="Folder to write the audit into: report.json (the full result), manifest.json (sha256, size and "
+             "dimensions of every input and model file; see 'cdi-audit verify'), scores.csv (per-image diagnostic "
+             "scores), the figures as PNG, report.html and report.pdf (see --report).")] = None,
+    report_formats: Annotated[str | None, typer.Option(
+        "--report", metavar="FORMATS", callback=_check_report_formats, show_default=False,
+        help="Reports to render into --out: 'pdf,html' (the default), 'pdf', 'html' or 'none'. 'cdi-audit "
+             "report' renders them again later from report.json.")] = None,
+    curve_resamples: Annotated[int, typer.Option(
+        min=0, metavar="R",
+        help="Random audits per point of the p-value-against-number-of-images curve (split test, so cheap); "
+             "0 skips the curve.")] = 100,
     strict: StrictOption = False,
     jobs: JobsOption = DEFAULT_JOBS,
     access: AccessOption = AccessChoice.auto,
@@ -297,6 +315,8 @@ def check(
     from cdi_audit.targets.endpoints import EndpointSettings
 
     _require_one_model(model, endpoint, endpoint_cmd, access)
+    if report_formats is not None and out is None:
+        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
     endpoint_settings = None if model is not None else EndpointSettings(
         url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
         backoff=retry_backoff, max_rps=max_rps, image_size=image_size,
@@ -308,15 +328,14 @@ def check(
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
-        n_jobs=jobs,
+        n_jobs=jobs, curve_resamples=curve_resamples,
     )
     result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)
     if out is not None:
         from cdi_audit.report.files import write_audit_files
 
-        for path in write_audit_files(result, out):
-            console.print(f"[dim]wrote {path}[/]")
+        _print_written(console, write_audit_files(result, out, _report_formats(report_formats)))
     print_summary(result, console)
     if json_output:
         typer.echo(payload)
@@ -399,9 +418,8 @@ def evaluate(
         from cdi_audit.report.files import write_file
         from cdi_audit.report.plots import plot_p_value_curves
 
-        written = write_file(out / "evaluation.json", payload + "\n")
-        console.print(f"[dim]wrote {written}[/]")
-        console.print(f"[dim]wrote {plot_p_value_curves(result, out / 'p_value_curves.png')}[/]")
+        _print_written(console, [write_file(out / "evaluation.json", payload + "\n"),
+                                 plot_p_value_curves(result, out / "p_value_curves.png")])
     print_evaluation(result, console)
     if json_output:
         typer.echo(payload)
@@ -453,6 +471,56 @@ def serve(
         console.print(f"stopped after {server.calls} call(s)")
     finally:
         server.server_close()
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(
+        metavar="REPORT", show_default=False,
+        help="An audit's report.json, or the folder that holds it (written by 'check --out').")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Render report.pdf.")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Render report.html.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        metavar="DIR", show_default=False,
+        help="Folder to write into (default: the folder of report.json).")] = None,
+) -> None:
+    """Render report.pdf and report.html (both unless --pdf or --html) again from report.json.
+
+    Needs neither the model nor torch. The same report.json gives byte-identical files. Uses manifest.json and
+    thumbnails.png from the same folder when they are there, else the image files the report lists.
+    """
+    from pydantic import ValidationError
+
+    from cdi_audit.manifest import Manifest, build_manifest
+    from cdi_audit.report.files import write_output_folder
+    from cdi_audit.report.thumbnails import thumbnail_strip
+    from cdi_audit.result import AuditResult
+
+    console = stderr_console()
+    path = source / "report.json" if source.is_dir() else source
+    try:
+        result = AuditResult.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as error:
+        _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit report ({type(error).__name__}); "
+              "give the report.json an audit wrote with --out.", False, False)
+    folder = path.parent
+    try:
+        manifest_path = folder / "manifest.json"
+        manifest = (Manifest.model_validate_json(manifest_path.read_bytes()) if manifest_path.is_file()
+                    else build_manifest(result))
+    except (OSError, ValidationError) as error:
+        _fail(console, ExitCode.INPUT_PROBLEM, f"No usable manifest.json beside {path}, and the files the report "
+              f"lists cannot be read to rebuild it ({type(error).__name__}).", False, False)
+    thumbnails = folder / "thumbnails.png"
+    formats = tuple(name for name, chosen in (("pdf", pdf), ("html", html)) if chosen) or ("pdf", "html")
+    written = write_output_folder(result, manifest, out or folder, formats,
+                                  thumbnails.read_bytes() if thumbnails.is_file() else thumbnail_strip(result))
+    _print_written(console, written)
+
+
+def _print_written(console: Console, paths: list[Path]) -> None:
+    for path in paths:
+        console.print(f"[dim]wrote {path}[/]")
 
 
 @app.command()

@@ -16,6 +16,13 @@ class ExitCode(IntEnum):
     INCONCLUSIVE = 5
 
 
+VERDICT_EXIT_CODES = {
+    "no_evidence": ExitCode.NO_EVIDENCE,
+    "evidence": ExitCode.EVIDENCE,
+    "inconclusive": ExitCode.INCONCLUSIVE,
+}
+
+
 class AuditError(Exception):
     """An audit cannot run. The message is one sentence for the user: what is wrong, what to do."""
 

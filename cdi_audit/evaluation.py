@@ -21,6 +21,7 @@ from scipy import stats
 from sklearn.metrics import roc_curve
 
 from cdi_audit.stats import AnyTestName, cross_fitted_scores, run_test
+from cdi_audit.stats import auc as set_auc
 
 CurveKind = Literal["members", "null"]
 EVALUATION_TESTS: tuple[AnyTestName, ...] = ("permutation", "split", "cdi-reference")
@@ -50,9 +51,8 @@ def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: flo
 
 
 def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
-    """P(member score > non-member score), ties counting one half (Mann-Whitney U / (m n))."""
-    statistic = stats.mannwhitneyu(member_scores, nonmember_scores).statistic
-    return float(statistic / (len(member_scores) * len(nonmember_scores)))
+    """P(member score > non-member score), ties counting one half."""
+    return float(set_auc(member_scores, nonmember_scores))
 
 
 @dataclass(frozen=True)

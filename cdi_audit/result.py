@@ -27,6 +27,33 @@ class Controls(BaseModel):
     negative_control_passed: bool | None
 
 
+class SampleSizeCurvePoint(BaseModel):
+    """``resamples`` audits of n suspect vs n reference images, drawn from the audit's own: the median p-value
+    and the share of p-values below alpha."""
+
+    n: int
+    median_p: float
+    fraction_below_alpha: float
+    resamples: int
+
+
+class SampleSizeCurve(BaseModel):
+    """The p-value against the number of images per set (descriptive; the verdict uses all images)."""
+
+    test: str
+    seed: int
+    points: list[SampleSizeCurvePoint]
+
+
+class FeatureDiagnosticRow(BaseModel):
+    """One feature column alone (AUC of suspect over reference; below 0.5: lower in the suspect set) and the
+    scoring model's weight on it, standardised. Diagnostic, not evidence."""
+
+    name: str
+    auc: float
+    weight: float
+
+
 class FileDigest(BaseModel):
     """One file an audit read, as a later check can re-hash it."""
 
@@ -113,6 +140,8 @@ class AuditResult(BaseModel):
     configuration: dict[str, str | int | float | bool | None]
     created: str
     images: list[ImageScore] = []
+    sample_size_curve: SampleSizeCurve | None = None
+    feature_diagnostics: list[FeatureDiagnosticRow] = []
 
 
 class FeatureSetDiscrimination(BaseModel):

@@ -208,7 +208,7 @@ class EffectSize:
     cohens_d: float
 
 
-def _auc(suspect: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+def auc(suspect: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
     """AUC of P against U = Mann-Whitney U / (n_P n_U) (ties count one half)."""
     statistic = stats.mannwhitneyu(suspect, reference, axis=axis).statistic
     return statistic / (suspect.shape[axis] * reference.shape[axis])
@@ -234,8 +234,8 @@ def effect_size(scores: np.ndarray, is_suspect: np.ndarray, seed: int = 0, resam
     )
     difference = float(_mean_difference(suspect, reference))
     return EffectSize(
-        auc=float(_auc(suspect, reference)),
-        auc_ci=interval(_auc),
+        auc=float(auc(suspect, reference)),
+        auc_ci=interval(auc),
         mean_score_difference=difference,
         mean_score_difference_ci=interval(_mean_difference),
         cohens_d=difference / pooled_sd if pooled_sd > 0 else 0.0,

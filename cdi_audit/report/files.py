@@ -1,26 +1,38 @@
-"""The files of an audit's output folder: report.json (the source of truth), manifest.json, scores.csv.
+"""The files of an audit's output folder: report.json (the source of truth), manifest.json, scores.csv,
+the figures, report.html and report.pdf.
 
-Every file is written atomically, and only from the result: re-writing the same result gives the
-same bytes.
+Every file is written atomically, and only from the result (plus the thumbnails, drawn from the audited
+image files): re-writing the same result gives the same bytes. Torch-free, so ``cdi-audit report``
+re-renders a folder without the model.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 from cdi_audit.cache import atomic_write
-from cdi_audit.manifest import build_manifest
+from cdi_audit.manifest import Manifest, build_manifest
 from cdi_audit.result import AuditResult
 
 SCORES_HEADER = ("path", "sha256", "role", "diagnostic_score")
+REPORT_FORMATS = ("html", "pdf")
 
 
-def write_file(path: Path, content: str) -> Path:
+def write_file(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, content.encode())
+    atomic_write(path, content.encode() if isinstance(content, str) else content)
     return path
+
+
+def report_json(result: AuditResult) -> str:
+    return result.model_dump_json(indent=2) + "\n"
+
+
+def manifest_json(manifest: Manifest) -> str:
+    return manifest.model_dump_json(indent=2) + "\n"
 
 
 def scores_csv(result: AuditResult) -> str:
@@ -33,10 +45,41 @@ def scores_csv(result: AuditResult) -> str:
     return buffer.getvalue()
 
 
-def write_audit_files(result: AuditResult, out: Path) -> list[Path]:
-    """report.json, manifest.json and scores.csv in ``out``; returns their paths."""
+def write_reports(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
+                  thumbnails: bytes | None) -> list[Path]:
+    """The figures as PNGs, and report.html / report.pdf for the chosen ``formats``; returns the paths."""
+    from cdi_audit.report.content import ReportFigures, build_document
+    from cdi_audit.report.figures import sample_size_plot, score_histograms_plot
+
+    formats = set(formats)
+    figures = ReportFigures(sample_size_plot(result), score_histograms_plot(result), thumbnails)
+    document = build_document(result, manifest, figures)
+    paths = [write_file(out / name, png) for name, png in figures.files().items()]
+    if "html" in formats:
+        from cdi_audit.report.html import render_html
+
+        paths.append(write_file(out / "report.html", render_html(document)))
+    if "pdf" in formats:
+        from cdi_audit.report.pdf import render_pdf
+
+        attachments = {"report.json": report_json(result).encode(), "manifest.json": manifest_json(manifest).encode()}
+        paths.append(write_file(out / "report.pdf", render_pdf(document, result.created, attachments)))
+    return paths
+
+
+def write_output_folder(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
+                        thumbnails: bytes | None) -> list[Path]:
+    """Everything an audit leaves in ``out``, from the result, its manifest and the thumbnail strip."""
     return [
-        write_file(out / "report.json", result.model_dump_json(indent=2) + "\n"),
-        write_file(out / "manifest.json", build_manifest(result).model_dump_json(indent=2) + "\n"),
+        write_file(out / "report.json", report_json(result)),
+        write_file(out / "manifest.json", manifest_json(manifest)),
         write_file(out / "scores.csv", scores_csv(result)),
+        *write_reports(result, manifest, out, formats, thumbnails),
     ]
+
+
+def write_audit_files(result: AuditResult, out: Path, formats: Iterable[str] = REPORT_FORMATS) -> list[Path]:
+    """The output folder of a finished audit (manifest and thumbnails made from its image files)."""
+    from cdi_audit.report.thumbnails import thumbnail_strip
+
+    return write_output_folder(result, build_manifest(result), out, formats, thumbnail_strip(result))

@@ -1,4 +1,4 @@
-"""Figures rendered from a result (matplotlib, Agg: no display needed); never recomputes a number."""
+"""The figure of ``cdi-audit evaluate`` (matplotlib, Agg); never recomputes a number."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cdi_audit.evaluation import NEEDED_P
 from cdi_audit.features.registry import PRESETS
+from cdi_audit.report.figures import figure_png, pyplot
 from cdi_audit.result import EvaluationResult
 
 # Medians below this are drawn at it, so the permutation test's floor 1/(B+1) stays readable
@@ -19,11 +20,7 @@ def plot_p_value_curves(result: EvaluationResult, path: Path) -> Path:
 
     Solid lines: P drawn from members; dashed: the null run (P from non-members).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [name for name in result.feature_sets if name in PRESETS] or list(result.feature_sets)
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=True)
     for axis, feature_set in zip(axes[0], panels, strict=True):
@@ -46,6 +43,5 @@ def plot_p_value_curves(result: EvaluationResult, path: Path) -> Path:
     axes[0][0].set_ylabel(f"median p-value over {result.repeats} draws (floored at {PLOT_FLOOR:g})")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    path.write_bytes(figure_png(figure, dpi=120))
     return path

@@ -5,13 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from cdi_audit.report.content import ACCESS_LABELS
 from cdi_audit.result import AuditResult
 
-ACCESS_LABELS = {
-    "white": "white-box (weights and gradients)",
-    "grey": "grey-box (noise predictions)",
-    "black": "black-box (image-to-image calls only)",
-}
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 
 
@@ -40,6 +36,13 @@ def summary_table(result: AuditResult) -> Table:
     if control.negative_control_p_value is not None:
         status = "passed" if control.negative_control_passed else "FAILED"
         table.add_row("negative control", f"p = {control.negative_control_p_value:.3g}  ({status})")
+    curve = result.sample_size_curve
+    if curve is not None and curve.points:
+        reached = [point.n for point in curve.points if point.median_p < result.alpha]
+        largest = curve.points[-1].n
+        table.add_row("images needed", (f"median p < alpha from {min(reached)} per set" if reached else
+                                        f"median p stays >= alpha up to {largest} per set") +
+                      f"  ({curve.test} test, {curve.points[0].resamples} resamples per size)")
     table.add_row("features", f"{len(result.features)} columns" +
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
     model = result.model
