@@ -109,3 +109,22 @@ def trained_text_to_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_captioned_shapes(root / name, 32, seed)
     train_tiny_text_to_image(root / "members", root / "model", steps=600)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path]:
+    """(exit code, JSON result, output folder) of the README's audit of the shipped sample (published vs
+    unpublished, default test and permutations), written with --out."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cdi_audit.cli import app
+
+    root = tmp_path_factory.mktemp("sample-audit")
+    result = CliRunner().invoke(app, [
+        "check", str(SAMPLE_DATA / "published"), "--reference", str(SAMPLE_DATA / "unpublished"),
+        "--model", str(SAMPLE_DATA / "model"), "--cache-dir", str(root / "cache"), "--json", "--jobs", "2",
+        "--out", str(root / "out"),
+    ])
+    return result.exit_code, json.loads(result.stdout), root / "out"

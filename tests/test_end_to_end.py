@@ -25,8 +25,8 @@ def audit(suspect: str, cache: Path) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
-def test_published_images_give_evidence(cache: Path) -> None:
-    code, result = audit("published", cache)
+def test_published_images_give_evidence(sample_audit: tuple[int, dict, Path]) -> None:
+    code, result, _ = sample_audit
     assert (code, result["verdict"]) == (1, "evidence")
     assert result["p_value"] < 0.01
     assert result["n_suspect"] == result["n_reference"] == 64

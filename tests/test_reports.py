@@ -58,6 +58,13 @@ def test_the_output_folder_holds_report_manifest_and_scores(audit_folder: Path, 
     scored = [row for row in rows if row["diagnostic_score"]]
     assert len(scored) == 12 and sum(row["role"] == "suspect" for row in scored) == 6
     assert all(0 <= float(row["diagnostic_score"]) <= 1 for row in scored)
+    written = sorted(path.name for path in audit_folder.iterdir())
+    assert written == ["manifest.json", "report.html", "report.json", "report.pdf", "sample_size_curve.png",
+                       "score_histograms.png", "scores.csv", "thumbnails.png"]
+    for name in written:
+        if name.endswith(".png"):
+            assert (audit_folder / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (audit_folder / "report.pdf").read_bytes().startswith(b"%PDF-")
 
 
 def test_report_json_round_trips_and_rewrites_byte_identically(audit_folder: Path, tmp_path: Path) -> None:

@@ -142,8 +142,9 @@ def verdict_section(result: AuditResult) -> Section:
     if result.effect is not None:
         effect = result.effect
         blocks += [
-            Paragraph("Effect size. How far apart the two sets' scores are. The intervals are bootstrap "
-                      "intervals, a guide to precision; the p-value above is the evidence."),
+            Subheading("Effect size"),
+            Paragraph("How far apart the two sets' scores are. The intervals are bootstrap intervals, a guide to "
+                      "precision; the p-value above is the evidence."),
             Facts((
                 ("AUC of scores", f"{effect.auc:.3f} ({interval(*effect.auc_ci)}); 0.5 = no separation"),
                 ("mean score difference", f"{effect.mean_score_difference:+.3f} "

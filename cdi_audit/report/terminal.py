@@ -39,10 +39,13 @@ def summary_table(result: AuditResult) -> Table:
     curve = result.sample_size_curve
     if curve is not None and curve.points:
         reached = [point.n for point in curve.points if point.median_p < result.alpha]
-        largest = curve.points[-1].n
-        table.add_row("images needed", (f"median p < alpha from {min(reached)} per set" if reached else
-                                        f"median p stays >= alpha up to {largest} per set") +
-                      f"  ({curve.test} test, {curve.points[0].resamples} resamples per size)")
+        if not reached:
+            needed = f"median p stays >= alpha up to {curve.points[-1].n} per set"
+        elif min(reached) == curve.points[0].n:
+            needed = f"median p < alpha already at {min(reached)} per set, the smallest size tried"
+        else:
+            needed = f"median p < alpha from {min(reached)} per set"
+        table.add_row("images needed", f"{needed}  ({curve.test} test, {curve.points[0].resamples} resamples per size)")
     table.add_row("features", f"{len(result.features)} columns" +
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
     model = result.model

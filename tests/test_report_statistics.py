@@ -1,0 +1,73 @@
+"""The numbers a report adds to the verdict: the p-value-against-n curve and the per-feature diagnostics."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from cdi_audit.diagnostics import feature_diagnostics
+from cdi_audit.evaluation import sample_size_grid
+from cdi_audit.power import sample_size_curve
+from cdi_audit.stats import split_test
+
+
+def sets(n_suspect: int, n_reference: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three Gaussian columns; the suspect rows are shifted up in column 0 and down in column 1."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n_suspect + n_reference, 3))
+    features[:n_suspect, 0] += shift
+    features[:n_suspect, 1] -= shift
+    return features, np.r_[np.ones(n_suspect, bool), np.zeros(n_reference, bool)]
+
+
+def test_feature_diagnostics_match_a_hand_computation() -> None:
+    features, is_suspect = sets(30, 40, shift=1.0, seed=0)
+    rows = feature_diagnostics(features, is_suspect, ("up", "down", "noise"), seed=0)
+    assert [row.name for row in rows] == ["up", "down", "noise"]
+    for index, row in enumerate(rows):
+        assert row.auc == roc_auc_score(is_suspect, features[:, index])
+    standardised = StandardScaler().fit_transform(features)
+    weights = LogisticRegression(C=1.0, max_iter=1000).fit(standardised, is_suspect).coef_[0]
+    np.testing.assert_allclose([row.weight for row in rows], weights, rtol=1e-6)
+    assert rows[0].auc > 0.7 and rows[0].weight > 0 and rows[1].auc < 0.3 and rows[1].weight < 0
+
+
+def test_each_curve_point_is_the_median_of_split_tests_on_random_subsets() -> None:
+    features, is_suspect = sets(15, 20, shift=0.8, seed=1)
+    curve = sample_size_curve(features, is_suspect, alpha=0.05, seed=3, resamples=7)
+    assert [point.n for point in curve] == sample_size_grid(15) == [10, 15]
+    suspect_rows, reference_rows = np.flatnonzero(is_suspect), np.flatnonzero(~is_suspect)
+    for point in curve:
+        p_values = []
+        for repeat in range(7):
+            # The draw protocol of evaluation.draws, written out: n of each set without replacement.
+            rng = np.random.default_rng([3, 0, point.n, repeat])
+            rows = np.r_[rng.choice(suspect_rows, point.n, replace=False),
+                         rng.choice(reference_rows, point.n, replace=False)]
+            labels = np.r_[np.ones(point.n, bool), np.zeros(point.n, bool)]
+            p_values.append(split_test(features[rows], labels, int(rng.integers(2**31 - 1))).p_value)
+        assert point.resamples == 7
+        assert point.median_p == np.median(p_values)
+        assert point.fraction_below_alpha == np.mean(np.array(p_values) < 0.05)
+
+
+def test_the_curve_falls_with_a_signal() -> None:
+    features, is_suspect = sets(50, 50, shift=1.0, seed=2)
+    curve = sample_size_curve(features, is_suspect, 0.01, seed=0, resamples=40)
+    medians = [point.median_p for point in curve]
+    assert [point.n for point in curve] == [10, 20, 30, 50]
+    assert medians[0] > 0.01 > medians[-1] and medians[-1] < medians[0] / 100
+    assert curve[0].fraction_below_alpha < 0.5 < curve[-1].fraction_below_alpha
+
+
+def test_curve_p_values_are_calibrated_when_the_sets_do_not_differ() -> None:
+    # One resample from each of 400 independent null data sets: the p-values must reject at most alpha.
+    alpha, runs = 0.05, 400
+    rejections = sum(
+        sample_size_curve(*sets(10, 10, shift=0.0, seed=100 + run), alpha, seed=run, resamples=1)[0]
+        .fraction_below_alpha for run in range(runs)
+    )
+    assert rejections <= stats.binom.ppf(0.995, runs, alpha)
