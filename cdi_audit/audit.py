@@ -20,7 +20,16 @@ import numpy as np
 
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
-from cdi_audit.controls import negative_control, reject_overlap
+from cdi_audit.controls import (
+    DEFAULT_SHIFT_ALPHA,
+    NearDuplicate,
+    ScreenedSets,
+    ShiftCheck,
+    negative_control,
+    reject_overlap,
+    screen_near_duplicates,
+    shift_check,
+)
 from cdi_audit.diagnostics import FeatureDiagnostic, feature_diagnostics
 from cdi_audit.errors import InputProblem
 from cdi_audit.features.table import FeatureTable
@@ -34,8 +43,10 @@ from cdi_audit.result import (
     ExtractionInfo,
     FeatureDiagnosticRow,
     ImageScore,
+    NearDuplicateInfo,
     SampleSizeCurve,
     SampleSizeCurvePoint,
+    ShiftStatisticInfo,
     SkippedFileInfo,
     Verdict,
 )
@@ -89,6 +100,7 @@ class AuditSettings(ModelSettings):
     test: TestName = "permutation"
     permutations: int = 1000
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
+    shift_alpha: float = DEFAULT_SHIFT_ALPHA
 
 
 @dataclass(frozen=True)
@@ -128,11 +140,13 @@ def decide(
     n_jobs: int = 1,
     progress: StageProgress | None = None,
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES,
+    shift: ShiftCheck | None = None,
 ) -> Decision:
     """Test whether the model scores the suspect images as more member-like than the reference images.
 
-    ``evidence`` needs p < alpha and a passing negative control; a failed
-    control or degenerate scores give ``inconclusive``, never ``evidence``.
+    ``evidence`` needs p < alpha, a passing negative control and (when given)
+    a passing shift check; a failed control or degenerate scores give
+    ``inconclusive``, never ``evidence``.
     """
     progress = progress or StageProgress()
     matrix = table.scoring_matrix([*suspect_hashes, *reference_hashes])
@@ -152,7 +166,9 @@ def decide(
                                progress.counter("negative control"))
     curve = tuple(sample_size_curve(matrix, is_suspect, alpha, seed, curve_resamples)) if curve_resamples else ()
     diagnostics = tuple(feature_diagnostics(matrix, is_suspect, used, seed))
-    if control.p_value < alpha:
+    if shift is not None and not shift.passed:
+        verdict, reason = "inconclusive", shift_reason(shift, outcome.p_value)
+    elif control.p_value < alpha:
         verdict, reason = "inconclusive", (
             f"The negative control (two random halves of the reference set) came out significant "
             f"(p = {control.p_value:.3g} < {alpha}), which should not happen; the result is not trusted."
@@ -168,6 +184,15 @@ def decide(
             f">= alpha = {alpha}); this does not prove the images were not used."
         )
     return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control, curve, diagnostics)
+
+
+def shift_reason(shift: ShiftCheck, membership_p: float) -> str:
+    differences = ", ".join(f"{item.name} (suspect mean {item.suspect_mean:.3g}, reference {item.reference_mean:.3g})"
+                            for item in shift.most_different[:3])
+    return (f"The suspect and reference images can be told apart without the model (shift check p = "
+            f"{shift.p_value:.3g} < {shift.alpha:g}; most different: {differences}). The model-based difference "
+            f"(p = {membership_p:.3g}) could come from that, not from training, so it is not trusted; use "
+            "reference images from the same source as the suspect images.")
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -214,17 +239,28 @@ def package_versions() -> dict[str, str]:
 class _Inputs:
     suspect: ImageSet
     reference: ImageSet
+    screened: ScreenedSets
     warnings: list[str]
 
 
 def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
-    """Scan, hash and validate both sets; refuse what cannot give a valid audit."""
+    """Scan, hash, validate and describe both sets; drop reference copies of suspect images; refuse what
+    cannot give a valid audit."""
     suspect = scan_image_set(settings.suspect_dir, settings.strict, progress.track("hashing suspect images"))
     reference = scan_image_set(settings.reference_dir, settings.strict, progress.track("hashing reference images"))
-    require_enough(suspect, "suspect")
-    require_enough(reference, "reference")
     reject_overlap(suspect, reference)
-    return _Inputs(suspect, reference, _size_warnings(suspect, reference))
+    screened = screen_near_duplicates(suspect, reference, progress.track("image statistics"))
+    require_enough(screened.suspect, "suspect")
+    require_enough(screened.reference, "reference")
+    notes = _size_warnings(screened.suspect, screened.reference)
+    if screened.removed_from_reference:
+        notes.append(f"{len(screened.removed_from_reference)} reference image(s) are near-duplicates of suspect "
+                     "images (the same picture re-encoded, resized or edited) and were left out of the reference "
+                     "set; they are listed under controls.near_duplicates.")
+    if screened.within_sets:
+        notes.append(f"{len(screened.within_sets)} pair(s) of near-duplicate images within a set (listed under "
+                     "controls.near_duplicates); each copy counts as one more image.")
+    return _Inputs(screened.suspect, screened.reference, screened, notes)
 
 
 @dataclass(frozen=True)
@@ -298,6 +334,17 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     return ModelFeatures(table, summary, target, extractors, conditioned, notes)
 
 
+def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInfo:
+    return NearDuplicateInfo(first_path=str(pair.first.record.path.resolve()), first_role=pair.first.role,
+                             second_path=str(pair.second.record.path.resolve()), second_role=pair.second.role,
+                             distance=pair.distance, removed=removed)
+
+
+def near_duplicate_infos(screened: ScreenedSets) -> list[NearDuplicateInfo]:
+    return ([_near_duplicate_info(pair, True) for pair in screened.removed_from_reference]
+            + [_near_duplicate_info(pair, False) for pair in screened.within_sets])
+
+
 def image_scores(suspect: ImageSet, reference: ImageSet, outcome: TestOutcome | None) -> list[ImageScore]:
     """Every input image with its role and the score the test gave it (rows: suspect, then reference)."""
     labelled = [(record, "suspect") for record in suspect.records] + [(r, "reference") for r in reference.records]
@@ -316,12 +363,17 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
     timings: dict[str, float] = {}
     with timed(timings, "scan"):
         inputs = gather_images(settings, progress)
+    with timed(timings, "shift_check"):
+        shift = shift_check(inputs.screened.suspect_described, inputs.screened.reference_described,
+                            settings.shift_alpha, settings.seed, settings.permutations, settings.n_jobs,
+                            progress.counter("shift check (image statistics)"))
     extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings)
     table, summary, target = extracted.table, extracted.summary, extracted.target
     suspect, reference = extracted.image_sets
     with timed(timings, "test"):
         decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
-                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples)
+                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
+                          shift)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
@@ -346,6 +398,11 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         controls=Controls(
             negative_control_p_value=control.p_value if control else None,
             negative_control_passed=(control.p_value >= settings.alpha) if control else None,
+            shift_p_value=shift.p_value,
+            shift_alpha=shift.alpha,
+            shift_passed=shift.passed,
+            shift_statistics=[ShiftStatisticInfo(**vars(item)) for item in shift.most_different],
+            near_duplicates=near_duplicate_infos(inputs.screened),
         ),
         model=target.description,
         seed=settings.seed,

@@ -282,6 +282,11 @@ def check(
         "--report", metavar="FORMATS", callback=_check_report_formats, show_default=False,
         help="Reports to render into --out: 'pdf,html' (the default), 'pdf', 'html' or 'none'. 'cdi-audit "
              "report' renders them again later from report.json.")] = None,
+    shift_alpha: Annotated[float, typer.Option(
+        min=0.001, max=0.5, metavar="ALPHA",
+        help="Level of the model-free distribution-shift check: if image statistics alone (size, format, "
+             "compression, colour, sharpness) tell the sets apart at this level, the verdict is inconclusive "
+             "(exit 5).")] = 0.05,
     curve_resamples: Annotated[int, typer.Option(
         min=0, metavar="R",
         help="Random audits per point of the p-value-against-number-of-images curve (split test, so cheap); "
@@ -328,7 +333,7 @@ def check(
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
-        n_jobs=jobs, curve_resamples=curve_resamples,
+        n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
     )
     result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)

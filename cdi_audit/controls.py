@@ -1,14 +1,23 @@
-"""Checks that keep a verdict honest: input overlap and the negative control."""
+"""Checks that keep a verdict honest (protocol.md, Controls): input overlap and near-duplicates, the
+model-free distribution-shift check, and the negative control."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import ImageSet
-from cdi_audit.stats import TestName, TestOutcome, run_test
+from cdi_audit.image_statistics import STATISTIC_NAMES, ImageDescription, describe_image
+from cdi_audit.images import ImageRecord, ImageSet
+from cdi_audit.stats import TestName, TestOutcome, auc, permutation_test, run_test
+
+# pHash bits (of 64) that may differ between two files of the same picture: a re-encoded, resized (even to
+# 24 px as WebP at quality 60) or lightly edited copy differs in at most 8 bits; unrelated photographs in
+# about 32, and no two of the 192 sample crops (cut from the same photographs) in fewer than 10.
+NEAR_DUPLICATE_BITS = 8
+DEFAULT_SHIFT_ALPHA = 0.05
 
 
 def reject_overlap(
@@ -46,3 +55,123 @@ def negative_control(
     first_half = np.zeros(n, dtype=bool)
     first_half[np.random.default_rng([seed, 104729]).permutation(n)[: n // 2]] = True
     return run_test(test, reference_features, first_half, seed, permutations, n_jobs, on_progress)
+
+
+@dataclass(frozen=True)
+class DescribedImage:
+    """An input image with its model-free statistics and perceptual hash."""
+
+    record: ImageRecord
+    role: str
+    description: ImageDescription
+
+
+def describe_images(images: ImageSet, role: str,
+                    track: Callable[[list[ImageRecord]], Iterable[ImageRecord]] = iter) -> list[DescribedImage]:
+    return [DescribedImage(record, role, describe_image(record.path)) for record in track(images.records)]
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    """Two files that show the same picture (pHash distance at most ``NEAR_DUPLICATE_BITS`` of 64)."""
+
+    first: DescribedImage
+    second: DescribedImage
+    distance: int
+
+
+def _hash_array(images: list[DescribedImage]) -> np.ndarray:
+    return np.array([image.description.perceptual_hash for image in images], dtype=np.uint64)
+
+
+def near_duplicates(first: list[DescribedImage], second: list[DescribedImage] | None = None,
+                    threshold: int = NEAR_DUPLICATE_BITS) -> list[NearDuplicate]:
+    """Pairs within ``first`` (when ``second`` is None) or across ``first`` and ``second``."""
+    within = second is None
+    second = first if within else second
+    second_hashes = _hash_array(second)
+    pairs = []
+    for index, image in enumerate(first):
+        differing = np.bitwise_xor(second_hashes, np.uint64(image.description.perceptual_hash))
+        distances = np.unpackbits(differing.view(np.uint8)).reshape(len(second), 64).sum(axis=1)
+        for other in np.flatnonzero(distances <= threshold):
+            if not within or other > index:
+                pairs.append(NearDuplicate(image, second[int(other)], int(distances[other])))
+    return pairs
+
+
+@dataclass(frozen=True)
+class ShiftedStatistic:
+    """One image statistic: AUC of suspect over reference (0.5 = no difference) and each set's mean."""
+
+    name: str
+    auc: float
+    suspect_mean: float
+    reference_mean: float
+
+
+@dataclass(frozen=True)
+class ShiftCheck:
+    """The audit's own test run on model-free image statistics: can the sets be told apart without the model?"""
+
+    p_value: float
+    alpha: float
+    most_different: tuple[ShiftedStatistic, ...]
+
+    @property
+    def passed(self) -> bool:
+        return self.p_value >= self.alpha
+
+
+def shift_check(suspect: list[DescribedImage], reference: list[DescribedImage], alpha: float, seed: int,
+                permutations: int, n_jobs: int = 1, on_progress: Callable[[int, int], None] | None = None,
+                shown: int = 5) -> ShiftCheck:
+    """The permutation test of the audit (cross-fitted logistic regression, Welch statistic), on image
+    statistics instead of model features; statistics constant across both sets are left out."""
+    matrix = np.stack([image.description.statistics for image in suspect + reference])
+    is_suspect = np.r_[np.ones(len(suspect), bool), np.zeros(len(reference), bool)]
+    varying = np.ptp(matrix, axis=0) > 0
+    if not varying.any():
+        return ShiftCheck(1.0, alpha, ())
+    matrix = matrix[:, varying]
+    names = [name for name, keep in zip(STATISTIC_NAMES, varying, strict=True) if keep]
+    outcome = permutation_test(matrix, is_suspect, permutations, seed=seed, n_jobs=n_jobs, on_progress=on_progress)
+    aucs = auc(matrix[is_suspect], matrix[~is_suspect], axis=0)
+    order = np.argsort(-np.abs(aucs - 0.5), kind="stable")[:shown]
+    return ShiftCheck(outcome.p_value, alpha, tuple(
+        ShiftedStatistic(names[i], float(aucs[i]), float(matrix[is_suspect, i].mean()),
+                         float(matrix[~is_suspect, i].mean())) for i in order))
+
+
+@dataclass(frozen=True)
+class ScreenedSets:
+    """The sets after the near-duplicate screen, with every image described once."""
+
+    suspect: ImageSet
+    reference: ImageSet
+    suspect_described: list[DescribedImage]
+    reference_described: list[DescribedImage]
+    removed_from_reference: list[NearDuplicate]  # (suspect image, its copy in the reference set)
+    within_sets: list[NearDuplicate]
+
+
+def screen_near_duplicates(suspect: ImageSet, reference: ImageSet,
+                           track: Callable[[list[ImageRecord]], Iterable[ImageRecord]] = iter) -> ScreenedSets:
+    """Describe every image; drop reference images that are near-duplicates of a suspect image (a copy of a
+    published picture is not an unpublished one), and list near-duplicates within each set."""
+    suspect_described = describe_images(suspect, "suspect", track)
+    reference_described = describe_images(reference, "reference", track)
+    across = near_duplicates(suspect_described, reference_described)
+    copies = {pair.second.record.sha256 for pair in across}
+    kept = [image for image in reference_described if image.record.sha256 not in copies]
+    first_of_each = {}
+    for pair in across:
+        first_of_each.setdefault(pair.second.record.sha256, pair)
+    return ScreenedSets(
+        suspect,
+        ImageSet(reference.root, [image.record for image in kept], reference.skipped),
+        suspect_described,
+        kept,
+        list(first_of_each.values()),
+        near_duplicates(suspect_described) + near_duplicates(kept),
+    )

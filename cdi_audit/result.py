@@ -22,9 +22,37 @@ class Effect(BaseModel):
     cohens_d: float
 
 
+class ShiftStatisticInfo(BaseModel):
+    """A model-free image statistic that differs between the sets: AUC of suspect over reference, and means."""
+
+    name: str
+    auc: float
+    suspect_mean: float
+    reference_mean: float
+
+
+class NearDuplicateInfo(BaseModel):
+    """Two files of the same picture (perceptual-hash distance in bits of 64). Across the sets, the
+    reference copy is removed from the audit (``removed``); within a set, the pair is only reported."""
+
+    first_path: str
+    first_role: Literal["suspect", "reference"]
+    second_path: str
+    second_role: Literal["suspect", "reference"]
+    distance: int
+    removed: bool
+
+
 class Controls(BaseModel):
     negative_control_p_value: float | None
     negative_control_passed: bool | None
+    # The audit's test run on model-free image statistics (size, format, compression, colour, sharpness):
+    # if the sets differ without the model, the verdict is inconclusive.
+    shift_p_value: float | None = None
+    shift_alpha: float | None = None
+    shift_passed: bool | None = None
+    shift_statistics: list[ShiftStatisticInfo] = []
+    near_duplicates: list[NearDuplicateInfo] = []
 
 
 class SampleSizeCurvePoint(BaseModel):

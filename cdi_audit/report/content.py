@@ -224,12 +224,34 @@ def controls_section(result: AuditResult) -> Section:
                                           "test on two random halves of the reference set; both halves are unseen "
                                           "by the model, so it must not be significant."))
     rows.append(("identical files", "none in both sets (checked by sha256; the audit refuses to run otherwise)"))
-    rows.append(("distribution shift", "not checked by this version: the reference set must come from the "
-                                       "same source as the suspect set (see Limitations)"))
+    if controls.shift_p_value is not None:
+        status = "passed" if controls.shift_passed else \
+            f"FAILED at {controls.shift_alpha:g}: the verdict cannot be evidence"
+        rows.append(("distribution shift", f"p = {p_text(controls.shift_p_value)} ({status}). The same test on "
+                                           "model-free image statistics (size, format, compression, colour, "
+                                           "sharpness, EXIF): if the sets differ without the model, a model-based "
+                                           "difference proves nothing about training."))
+    else:
+        rows.append(("distribution shift", "not checked by the version that ran this audit"))
+    removed = [item for item in controls.near_duplicates if item.removed]
+    rows.append(("near-duplicates", f"{len(removed)} reference image(s) removed as copies of suspect images; "
+                                    f"{len(controls.near_duplicates) - len(removed)} pair(s) within a set "
+                                    "(perceptual hash)"))
     skipped = f"{len(result.skipped_files)} unreadable or non-image files skipped" if result.skipped_files \
         else "none"
     rows.append(("skipped files", skipped))
     blocks: list[Block] = [Facts(tuple(rows))]
+    if controls.shift_statistics:
+        blocks += [Subheading("Image statistics that differ most between the sets"), Table(
+            ("statistic", "AUC", "suspect mean", "reference mean"),
+            tuple((item.name, f"{item.auc:.3f}", f"{item.suspect_mean:.4g}", f"{item.reference_mean:.4g}")
+                  for item in controls.shift_statistics), (2, 1, 1, 1), monospace=(1, 2, 3))]
+    if controls.near_duplicates:
+        blocks += [Subheading("Near-duplicates"), Table(
+            ("file", "copy", "bits", "removed"),
+            tuple((_display_path(item.first_path, result), _display_path(item.second_path, result),
+                   str(item.distance), "yes" if item.removed else "no") for item in controls.near_duplicates),
+            (3, 3, 0.6, 0.8), small=True)]
     if result.skipped_files:
         blocks.append(Table(("set", "file", "reason"),
                             tuple((item.image_set, item.path, item.reason) for item in result.skipped_files),

@@ -15,6 +15,17 @@ def interval_text(low: float, high: float) -> str:
     return f"{low:.3f} to {high:.3f}"
 
 
+def shift_text(result: AuditResult) -> str:
+    """The shift check in one line: its p-value, and when it failed, the statistics that differ most."""
+    control = result.controls
+    text = f"p = {control.shift_p_value:.3g}  (" + ("passed" if control.shift_passed else
+                                                     f"FAILED at {control.shift_alpha:g}") + ")"
+    if not control.shift_passed:
+        text += "; " + ", ".join(f"{item.name} {item.suspect_mean:.3g} vs {item.reference_mean:.3g}"
+                                 for item in control.shift_statistics[:3])
+    return text
+
+
 def summary_table(result: AuditResult) -> Table:
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="dim")
@@ -36,6 +47,12 @@ def summary_table(result: AuditResult) -> Table:
     if control.negative_control_p_value is not None:
         status = "passed" if control.negative_control_passed else "FAILED"
         table.add_row("negative control", f"p = {control.negative_control_p_value:.3g}  ({status})")
+    if control.shift_p_value is not None:
+        table.add_row("shift check", shift_text(result))
+    if control.near_duplicates:
+        removed = sum(item.removed for item in control.near_duplicates)
+        table.add_row("near-duplicates", f"{removed} removed from the reference set, "
+                                         f"{len(control.near_duplicates) - removed} pair(s) within a set")
     curve = result.sample_size_curve
     if curve is not None and curve.points:
         reached = [point.n for point in curve.points if point.median_p < result.alpha]
