@@ -337,7 +337,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
 def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInfo:
     return NearDuplicateInfo(first_path=str(pair.first.record.path.resolve()), first_role=pair.first.role,
                              second_path=str(pair.second.record.path.resolve()), second_role=pair.second.role,
-                             distance=pair.distance, removed=removed)
+                             distance=pair.distance, correlation=pair.correlation, removed=removed)
 
 
 def near_duplicate_infos(screened: ScreenedSets) -> list[NearDuplicateInfo]:

@@ -13,10 +13,14 @@ from cdi_audit.image_statistics import STATISTIC_NAMES, ImageDescription, descri
 from cdi_audit.images import ImageRecord, ImageSet
 from cdi_audit.stats import TestName, TestOutcome, auc, permutation_test, run_test
 
-# pHash bits (of 64) that may differ between two files of the same picture: a re-encoded, resized (even to
-# 24 px as WebP at quality 60) or lightly edited copy differs in at most 8 bits; unrelated photographs in
-# about 32, and no two of the 192 sample crops (cut from the same photographs) in fewer than 10.
+# Two files show the same picture when their pHashes differ in at most NEAR_DUPLICATE_BITS of 64 bits, or
+# their 8x8 layouts correlate at NEAR_DUPLICATE_CORRELATION or more. On the 192 sample crops (all cut from the
+# same photographs), 766 of 768 re-encoded or resized copies (WebP 70 at 64 px, JPEG 75, WebP 60 at 24 px,
+# JPEG 50 at 72 px) were caught, and none of the 18,336 pairs of distinct crops was flagged (they differed in
+# at least 10 bits and correlated at most 0.913). Nearly flat pictures (almost no grey-level contrast) are
+# the blind spot: compression noise then dominates both measures.
 NEAR_DUPLICATE_BITS = 8
+NEAR_DUPLICATE_CORRELATION = 0.95
 DEFAULT_SHIFT_ALPHA = 0.05
 
 
@@ -73,30 +77,36 @@ def describe_images(images: ImageSet, role: str,
 
 @dataclass(frozen=True)
 class NearDuplicate:
-    """Two files that show the same picture (pHash distance at most ``NEAR_DUPLICATE_BITS`` of 64)."""
+    """Two files that show the same picture: pHash ``distance`` in bits, and layout ``correlation``."""
 
     first: DescribedImage
     second: DescribedImage
     distance: int
+    correlation: float
 
 
 def _hash_array(images: list[DescribedImage]) -> np.ndarray:
     return np.array([image.description.perceptual_hash for image in images], dtype=np.uint64)
 
 
-def near_duplicates(first: list[DescribedImage], second: list[DescribedImage] | None = None,
-                    threshold: int = NEAR_DUPLICATE_BITS) -> list[NearDuplicate]:
+def near_duplicates(first: list[DescribedImage], second: list[DescribedImage] | None = None) -> list[NearDuplicate]:
     """Pairs within ``first`` (when ``second`` is None) or across ``first`` and ``second``."""
     within = second is None
     second = first if within else second
+    if not first or not second:
+        return []
     second_hashes = _hash_array(second)
+    second_layouts = np.stack([image.description.layout for image in second])
     pairs = []
     for index, image in enumerate(first):
         differing = np.bitwise_xor(second_hashes, np.uint64(image.description.perceptual_hash))
         distances = np.unpackbits(differing.view(np.uint8)).reshape(len(second), 64).sum(axis=1)
-        for other in np.flatnonzero(distances <= threshold):
+        correlations = second_layouts @ image.description.layout
+        close = (distances <= NEAR_DUPLICATE_BITS) | (correlations >= NEAR_DUPLICATE_CORRELATION)
+        for other in np.flatnonzero(close):
             if not within or other > index:
-                pairs.append(NearDuplicate(image, second[int(other)], int(distances[other])))
+                pairs.append(NearDuplicate(image, second[int(other)], int(distances[other]),
+                                           float(correlations[other])))
     return pairs
 
 

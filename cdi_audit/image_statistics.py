@@ -39,10 +39,25 @@ STATISTIC_NAMES = (
 
 @dataclass(frozen=True)
 class ImageDescription:
-    """``statistics``: one value per ``STATISTIC_NAMES``; ``perceptual_hash``: 64 bits (see below)."""
+    """``statistics``: one value per ``STATISTIC_NAMES``; ``perceptual_hash``: 64 bits; ``layout``: the
+    8x8 grey thumbnail, centred and scaled to unit norm (both below)."""
 
     statistics: np.ndarray
     perceptual_hash: int
+    layout: np.ndarray
+
+
+def layout_vector(grey: np.ndarray) -> np.ndarray:
+    """The picture's coarse layout: 8x8 box-averaged grey levels, mean removed, unit norm (zeros if flat).
+
+    The complement of the pHash: a few compressed or resized low-contrast pictures flip many pHash bits
+    (their low frequencies sit near the median), while their 8x8 layout barely moves.
+    """
+    small = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize((8, 8), Image.Resampling.BOX),
+                       dtype=np.float64).reshape(-1)
+    small -= small.mean()
+    norm = np.linalg.norm(small)
+    return small / norm if norm > 0 else small
 
 
 def jpeg_quality(image: Image.Image) -> float:
@@ -105,4 +120,4 @@ def describe_image(path: Path) -> ImageDescription:
         power[radius > 0.25].sum() / total if total > 0 else 0.0,  # beyond half the Nyquist frequency
         *np.percentile(grey, [5, 50, 95]), _hue_entropy(hsv),
     ]
-    return ImageDescription(np.asarray(statistics, dtype=np.float64), perceptual_hash(grey))
+    return ImageDescription(np.asarray(statistics, dtype=np.float64), perceptual_hash(grey), layout_vector(grey))

@@ -32,14 +32,16 @@ class ShiftStatisticInfo(BaseModel):
 
 
 class NearDuplicateInfo(BaseModel):
-    """Two files of the same picture (perceptual-hash distance in bits of 64). Across the sets, the
-    reference copy is removed from the audit (``removed``); within a set, the pair is only reported."""
+    """Two files of the same picture (perceptual-hash distance in bits of 64, correlation of their 8x8
+    layouts). Across the sets, the reference copy is removed from the audit (``removed``); within a set,
+    the pair is only reported."""
 
     first_path: str
     first_role: Literal["suspect", "reference"]
     second_path: str
     second_role: Literal["suspect", "reference"]
     distance: int
+    correlation: float
     removed: bool
 
 

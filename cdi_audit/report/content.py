@@ -248,10 +248,11 @@ def controls_section(result: AuditResult) -> Section:
                   for item in controls.shift_statistics), (2, 1, 1, 1), monospace=(1, 2, 3))]
     if controls.near_duplicates:
         blocks += [Subheading("Near-duplicates"), Table(
-            ("file", "copy", "bits", "removed"),
+            ("file", "copy", "pHash bits", "layout correlation", "removed"),
             tuple((_display_path(item.first_path, result), _display_path(item.second_path, result),
-                   str(item.distance), "yes" if item.removed else "no") for item in controls.near_duplicates),
-            (3, 3, 0.6, 0.8), small=True)]
+                   str(item.distance), f"{item.correlation:.3f}", "yes" if item.removed else "no")
+                  for item in controls.near_duplicates),
+            (3, 3, 0.8, 1, 0.8), small=True)]
     if result.skipped_files:
         blocks.append(Table(("set", "file", "reason"),
                             tuple((item.image_set, item.path, item.reason) for item in result.skipped_files),
