@@ -32,6 +32,9 @@ def test_published_images_give_evidence(sample_audit: tuple[int, dict, Path]) ->
     assert result["n_suspect"] == result["n_reference"] == 64
     assert result["controls"]["negative_control_p_value"] >= 0.01
     assert result["effect"]["auc"] > 0.7
+    # The controls must not destroy a true finding: the sets come from the same photographs.
+    assert result["controls"]["shift_passed"] is True and result["controls"]["shift_p_value"] >= 0.05
+    assert result["controls"]["near_duplicates"] == []
 
 
 def test_never_trained_images_give_no_evidence(cache: Path) -> None:
