@@ -34,7 +34,15 @@ from cdi_audit.diagnostics import FeatureDiagnostic, feature_diagnostics
 from cdi_audit.errors import InputProblem
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.images import ImageSet, scan_image_set
-from cdi_audit.power import CURVE_TEST, DEFAULT_CURVE_RESAMPLES, SampleSizePoint, sample_size_curve
+from cdi_audit.power import (
+    CURVE_TEST,
+    DEFAULT_CURVE_RESAMPLES,
+    POWER_TARGET,
+    SampleSizePoint,
+    curve_images_for_power,
+    images_for_power,
+    sample_size_curve,
+)
 from cdi_audit.result import (
     AuditResult,
     Controls,
@@ -44,6 +52,7 @@ from cdi_audit.result import (
     FeatureDiagnosticRow,
     ImageScore,
     NearDuplicateInfo,
+    PowerEstimate,
     SampleSizeCurve,
     SampleSizeCurvePoint,
     ShiftStatisticInfo,
@@ -420,4 +429,9 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
             test=CURVE_TEST, seed=settings.seed, points=[SampleSizeCurvePoint(**vars(p)) for p in decision.curve]
         ) if decision.curve else None,
         feature_diagnostics=[FeatureDiagnosticRow(**vars(row)) for row in decision.diagnostics],
+        power=PowerEstimate(
+            target_power=POWER_TARGET, cohens_d=effect.cohens_d,
+            images_per_set_from_effect=images_for_power(effect.cohens_d, settings.alpha),
+            images_per_set_from_curve=curve_images_for_power(list(decision.curve)) if decision.curve else None,
+        ) if effect else None,
     )

@@ -1,4 +1,5 @@
-"""How the p-value depends on the number of images: the sample-size curve of one audit.
+"""How the p-value depends on the number of images: the sample-size curve of one audit, and the number
+of images per set that 80% power needs.
 
 For each n on a grid up to min(n_P, n_U), ``resamples`` random audits of n
 suspect against n reference images (drawn without replacement from the
@@ -13,9 +14,11 @@ variation between independent audits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from cdi_audit.evaluation import curve_points, draw_p_values, draws, sample_size_grid
 
@@ -43,3 +46,35 @@ def sample_size_curve(features: np.ndarray, is_suspect: np.ndarray, alpha: float
                for draw in draws("members", sizes, resamples, suspect_rows, reference_rows, seed)]
     return sorted((SampleSizePoint(point.n, point.median_p, point.fraction_below_alpha, len(point.p_values))
                    for point in curve_points(results, alpha)), key=lambda point: point.n)
+
+
+POWER_TARGET = 0.8
+LARGEST_SET = 1_000_000
+
+
+def t_test_power(cohens_d: float, n: int, alpha: float) -> float:
+    """Power of a one-sided two-sample t-test with n images per set against a standardised difference d
+    (noncentral t; equal variances)."""
+    df = 2 * n - 2
+    critical = stats.t.ppf(1 - alpha, df)
+    return float(stats.nct.sf(critical, df, cohens_d * math.sqrt(n / 2)))
+
+
+def images_for_power(cohens_d: float, alpha: float, power: float = POWER_TARGET) -> int | None:
+    """The smallest n per set at which ``t_test_power`` reaches ``power``; None when d <= 0 (nothing to
+    detect) or when even ``LARGEST_SET`` images would not do."""
+    if not cohens_d > 0 or t_test_power(cohens_d, LARGEST_SET, alpha) < power:
+        return None
+    low, high = 2, LARGEST_SET  # power(high) >= target; find the first n that reaches it
+    while low < high:
+        middle = (low + high) // 2
+        if t_test_power(cohens_d, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def curve_images_for_power(points: list[SampleSizePoint], power: float = POWER_TARGET) -> int | None:
+    """The smallest n on the curve at which at least ``power`` of the resampled audits had p < alpha."""
+    return min((point.n for point in points if point.fraction_below_alpha >= power), default=None)

@@ -75,6 +75,18 @@ class SampleSizeCurve(BaseModel):
     points: list[SampleSizeCurvePoint]
 
 
+class PowerEstimate(BaseModel):
+    """Images per set for ``target_power`` at the audit's alpha. ``images_per_set_from_effect``: what a one-sided
+    t-test needs to detect the observed Cohen's d of the scores (a lower bound: smaller audits fit weaker
+    scoring models); ``images_per_set_from_curve``: the smallest n of the sample-size curve whose resampled
+    audits reached alpha that often (None if none did). Both None when there is no effect to detect."""
+
+    target_power: float
+    cohens_d: float
+    images_per_set_from_effect: int | None
+    images_per_set_from_curve: int | None
+
+
 class FeatureDiagnosticRow(BaseModel):
     """One feature column alone (AUC of suspect over reference; below 0.5: lower in the suspect set) and the
     scoring model's weight on it, standardised. Diagnostic, not evidence."""
@@ -172,6 +184,7 @@ class AuditResult(BaseModel):
     images: list[ImageScore] = []
     sample_size_curve: SampleSizeCurve | None = None
     feature_diagnostics: list[FeatureDiagnosticRow] = []
+    power: PowerEstimate | None = None
 
 
 class FeatureSetDiscrimination(BaseModel):

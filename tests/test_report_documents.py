@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cdi_audit.cli import app
 from cdi_audit.manifest import Manifest
+from cdi_audit.power import images_for_power
 from cdi_audit.report.files import write_reports
 from cdi_audit.report.thumbnails import _unchanged_images
 from cdi_audit.result import AuditResult
@@ -76,6 +77,11 @@ def test_the_pdf_states_the_verdict_p_value_and_counts_in_order(sample_folder: P
     for point in result.sample_size_curve.points:
         assert f"{point.n} {point.median_p:.3g} {point.fraction_below_alpha:.2f}" in text
     assert f"negative control p = {result.controls.negative_control_p_value:.3g} (passed)" in text
+    assert f"distribution shift p = {result.controls.shift_p_value:.3g} (passed)" in text
+    power = result.power
+    assert (power.images_per_set_from_effect, power.images_per_set_from_curve) == (
+        images_for_power(result.effect.cohens_d, result.alpha), 20)  # 74% of the n = 10 resamples reach alpha
+    assert f"images for 80% power (effect) {power.images_per_set_from_effect} per set" in text
     assert "not legal advice" in text and "does not prove that the images were not used" in text
     assert "CDI: Copyrighted Data Identification in Diffusion Models" in text
     assert "Are Diffusion Models Vulnerable to Membership Inference Attacks?" in text  # secmi is in 'fast'

@@ -10,7 +10,13 @@ from sklearn.preprocessing import StandardScaler
 
 from cdi_audit.diagnostics import feature_diagnostics
 from cdi_audit.evaluation import sample_size_grid
-from cdi_audit.power import sample_size_curve
+from cdi_audit.power import (
+    SampleSizePoint,
+    curve_images_for_power,
+    images_for_power,
+    sample_size_curve,
+    t_test_power,
+)
 from cdi_audit.stats import split_test
 
 
@@ -71,3 +77,29 @@ def test_curve_p_values_are_calibrated_when_the_sets_do_not_differ() -> None:
         .fraction_below_alpha for run in range(runs)
     )
     assert rejections <= stats.binom.ppf(0.995, runs, alpha)
+
+
+def test_images_for_power_matches_published_tables() -> None:
+    # G*Power (one-sided two-sample t-test, alpha 0.05, power 0.8): d = 0.8 -> 21, 0.5 -> 51, 0.2 -> 310 per group.
+    assert [images_for_power(d, 0.05) for d in (0.8, 0.5, 0.2)] == [21, 51, 310]
+    assert images_for_power(0.0, 0.05) is None and images_for_power(-0.3, 0.05) is None
+    n = images_for_power(0.5, 0.01)
+    assert t_test_power(0.5, n, 0.01) >= 0.8 > t_test_power(0.5, n - 1, 0.01)
+
+
+def test_t_test_power_agrees_with_simulated_t_tests() -> None:
+    rng = np.random.default_rng(0)
+    runs, n, d, alpha = 2000, 51, 0.5, 0.05
+    suspect = rng.standard_normal((runs, n)) + d
+    reference = rng.standard_normal((runs, n))
+    rejected = stats.ttest_ind(suspect, reference, axis=1, alternative="greater").pvalue < alpha
+    predicted = t_test_power(d, n, alpha)
+    low, high = stats.binom.ppf([0.0025, 0.9975], runs, predicted) / runs
+    assert low <= rejected.mean() <= high
+
+
+def test_the_curve_gives_the_smallest_n_that_reaches_the_power() -> None:
+    points = [SampleSizePoint(10, 0.2, 0.3, 100), SampleSizePoint(20, 0.01, 0.79, 100),
+              SampleSizePoint(30, 0.001, 0.8, 100), SampleSizePoint(50, 1e-5, 0.95, 100)]
+    assert curve_images_for_power(points) == 30
+    assert curve_images_for_power(points[:2]) is None

@@ -180,11 +180,27 @@ def sample_size_section(result: AuditResult, figures: ReportFigures) -> Section 
                f"of those audits with p < alpha. Descriptive only: the verdict is the {result.test} test on all "
                "images." + floor + " Near the full set sizes the draws share most images, so the right-hand curve "
                "there overstates how often an independent audit of that size would succeed."),
+        *power_blocks(result),
         Table(("images per set", "median p-value", f"share with p < {result.alpha:g}"),
               tuple((str(point.n), p_text(point.median_p), f"{point.fraction_below_alpha:.2f}")
                     for point in curve.points),
               (1, 1, 1), monospace=(0, 1, 2)),
     ), new_page=True)
+
+
+def power_blocks(result: AuditResult) -> tuple[Block, ...]:
+    power = result.power
+    if power is None:
+        return ()
+    share = f"{power.target_power:.0%}"
+    effect = (f"{power.images_per_set_from_effect} per set: a one-sided t-test on scores separated as well as "
+              f"these (Cohen's d {power.cohens_d:+.2f}) reaches alpha {share} of the time; a lower bound, since "
+              "smaller audits fit weaker scoring models" if power.images_per_set_from_effect is not None
+              else "no positive effect to detect")
+    curve = (f"{power.images_per_set_from_curve} per set: the smallest n above whose resampled audits reached "
+             f"alpha {share} of the time" if power.images_per_set_from_curve is not None
+             else "no n on the curve reached it")
+    return (Facts(((f"images for {share} power (effect)", effect), (f"images for {share} power (curve)", curve))),)
 
 
 def scores_section(result: AuditResult, figures: ReportFigures) -> Section | None:

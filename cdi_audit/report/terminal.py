@@ -63,6 +63,12 @@ def summary_table(result: AuditResult) -> Table:
         else:
             needed = f"median p < alpha from {min(reached)} per set"
         table.add_row("images needed", f"{needed}  ({curve.test} test, {curve.points[0].resamples} resamples per size)")
+    if result.power is not None and result.power.images_per_set_from_effect is not None:
+        power = result.power
+        text = f"at least {power.images_per_set_from_effect} per set from the observed effect"
+        if power.images_per_set_from_curve is not None:
+            text += f", {power.images_per_set_from_curve} on the curve"
+        table.add_row(f"{power.target_power:.0%} power", text)
     table.add_row("features", f"{len(result.features)} columns" +
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
     model = result.model
