@@ -99,7 +99,9 @@ def _check_features(value: str) -> str:
 def _report_formats(value: str | None) -> tuple[str, ...]:
     """'pdf,html' -> ("pdf", "html"); 'none' -> (); None (not given) -> both."""
     if value is None:
-        return ("pdf", "html")
+        from cdi_audit.report.files import REPORT_FORMATS
+
+        return REPORT_FORMATS
     names = tuple(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
     unknown = [name for name in names if name not in ("pdf", "html", "none")]
     if unknown or not names or ("none" in names and len(names) > 1):
@@ -494,33 +496,40 @@ def report(
     Needs neither the model nor torch. The same report.json gives byte-identical files. Uses manifest.json and
     thumbnails.png from the same folder when they are there, else the image files the report lists.
     """
-    from pydantic import ValidationError
-
     from cdi_audit.manifest import Manifest, build_manifest
-    from cdi_audit.report.files import write_output_folder
+    from cdi_audit.report.files import REPORT_FORMATS, write_output_folder
     from cdi_audit.report.thumbnails import thumbnail_strip
     from cdi_audit.result import AuditResult
 
     console = stderr_console()
     path = source / "report.json" if source.is_dir() else source
-    try:
-        result = AuditResult.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError) as error:
-        _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit report ({type(error).__name__}); "
-              "give the report.json an audit wrote with --out.", False, False)
+    result = _read_saved(console, AuditResult, path, "report", "give the report.json an audit wrote with --out")
     folder = path.parent
-    try:
-        manifest_path = folder / "manifest.json"
-        manifest = (Manifest.model_validate_json(manifest_path.read_bytes()) if manifest_path.is_file()
-                    else build_manifest(result))
-    except (OSError, ValidationError) as error:
-        _fail(console, ExitCode.INPUT_PROBLEM, f"No usable manifest.json beside {path}, and the files the report "
-              f"lists cannot be read to rebuild it ({type(error).__name__}).", False, False)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file():
+        manifest = _read_saved(console, Manifest, manifest_path, "manifest", "re-run the audit with --out")
+    else:
+        try:
+            manifest = build_manifest(result)
+        except OSError as error:
+            _fail(console, ExitCode.INPUT_PROBLEM, f"No manifest.json beside {path}, and the files the report "
+                  f"lists cannot be read to rebuild it ({type(error).__name__}).", False, False)
     thumbnails = folder / "thumbnails.png"
-    formats = tuple(name for name, chosen in (("pdf", pdf), ("html", html)) if chosen) or ("pdf", "html")
+    formats = tuple(name for name, chosen in (("pdf", pdf), ("html", html)) if chosen) or REPORT_FORMATS
     written = write_output_folder(result, manifest, out or folder, formats,
                                   thumbnails.read_bytes() if thumbnails.is_file() else thumbnail_strip(result))
     _print_written(console, written)
+
+
+def _read_saved(console: Console, model, path: Path, what: str, hint: str, json_output: bool = False):
+    """``path`` parsed as the pydantic ``model``; exit 3 with one sentence when it cannot be."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as error:
+        _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit {what} "
+              f"({type(error).__name__}); {hint}.", json_output, False)
 
 
 def _print_written(console: Console, paths: list[Path]) -> None:
@@ -539,17 +548,12 @@ def verify(
 
     Exit 0 when every file matches, 3 otherwise. Needs neither the model nor torch.
     """
-    from pydantic import ValidationError
-
     from cdi_audit.manifest import Manifest, verify_manifest
 
     console = stderr_console()
     path = folder / "manifest.json" if folder.is_dir() else folder
-    try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError) as error:
-        _fail(console, ExitCode.INPUT_PROBLEM, f"{path} is not a readable cdi-audit manifest ({type(error).__name__}); "
-              "give the folder an audit wrote with --out.", json_output, False)
+    manifest = _read_saved(console, Manifest, path, "manifest", "give the folder an audit wrote with --out",
+                           json_output)
 
     outcome = _run_stage(lambda progress: verify_manifest(manifest, progress.counter("re-hashing files")),
                          console, json_output, False)

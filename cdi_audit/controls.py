@@ -171,17 +171,15 @@ def screen_near_duplicates(suspect: ImageSet, reference: ImageSet,
     published picture is not an unpublished one), and list near-duplicates within each set."""
     suspect_described = describe_images(suspect, "suspect", track)
     reference_described = describe_images(reference, "reference", track)
-    across = near_duplicates(suspect_described, reference_described)
-    copies = {pair.second.record.sha256 for pair in across}
-    kept = [image for image in reference_described if image.record.sha256 not in copies]
-    first_of_each = {}
-    for pair in across:
-        first_of_each.setdefault(pair.second.record.sha256, pair)
+    first_pair_of_copy: dict[str, NearDuplicate] = {}
+    for pair in near_duplicates(suspect_described, reference_described):
+        first_pair_of_copy.setdefault(pair.second.record.sha256, pair)
+    kept = [image for image in reference_described if image.record.sha256 not in first_pair_of_copy]
     return ScreenedSets(
         suspect,
         ImageSet(reference.root, [image.record for image in kept], reference.skipped),
         suspect_described,
         kept,
-        list(first_of_each.values()),
+        list(first_pair_of_copy.values()),
         near_duplicates(suspect_described) + near_duplicates(kept),
     )

@@ -17,6 +17,8 @@ from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_f
 from cdi_audit.result import AuditResult
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
+# The verdict banner's colour in the HTML and PDF (red, green, amber).
+VERDICT_COLOURS = {"evidence": "#b3261e", "no_evidence": "#1e6b35", "inconclusive": "#8a5a00"}
 ACCESS_LABELS = {
     "white": "white-box (weights and gradients)",
     "grey": "grey-box (noise predictions)",

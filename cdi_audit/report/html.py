@@ -8,6 +8,7 @@ import base64
 from html import escape
 
 from cdi_audit.report.content import (
+    VERDICT_COLOURS,
     Block,
     Bullets,
     Document,
@@ -19,7 +20,6 @@ from cdi_audit.report.content import (
     Table,
 )
 
-VERDICT_COLOURS = {"evidence": "#b3261e", "no_evidence": "#1e6b35", "inconclusive": "#8a5a00"}
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; line-height: 1.45;
        margin: 0 auto; max-width: 60rem; padding: 1rem; color: #1b1b1b; }

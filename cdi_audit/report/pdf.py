@@ -16,6 +16,7 @@ from fpdf import FPDF, FontFace
 
 from cdi_audit import __version__
 from cdi_audit.report.content import (
+    VERDICT_COLOURS,
     Block,
     Bullets,
     Document,
@@ -27,7 +28,6 @@ from cdi_audit.report.content import (
     Table,
 )
 
-VERDICT_COLOURS = {"evidence": (179, 38, 30), "no_evidence": (30, 107, 53), "inconclusive": (138, 90, 0)}
 GREY = (90, 90, 90)
 TEXT = 9.5
 LINE = 4.6
@@ -142,7 +142,7 @@ def render_pdf(document: Document, created: str, attachments: dict[str, bytes]) 
     pdf.set_text_color(*GREY)
     _paragraph(pdf, document.subtitle, TEXT - 0.5)
     pdf.set_text_color(255, 255, 255)
-    pdf.set_fill_color(*VERDICT_COLOURS[document.verdict])
+    pdf.set_fill_color(VERDICT_COLOURS[document.verdict])
     pdf.set_font("DejaVu", "B", 16)
     pdf.cell(0, 10, f"  {document.verdict_label}", fill=True, new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", "", TEXT + 0.5)

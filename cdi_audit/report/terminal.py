@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from cdi_audit.report.content import ACCESS_LABELS
+from cdi_audit.report.content import ACCESS_LABELS, VERDICT_LABELS
 from cdi_audit.result import AuditResult
 
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
@@ -88,8 +88,7 @@ def summary_table(result: AuditResult) -> Table:
 
 
 def print_summary(result: AuditResult, console: Console) -> None:
-    label = result.verdict.replace("_", " ").upper()
-    console.print(f"\n[{VERDICT_STYLES[result.verdict]}]{label}[/]  {result.verdict_reason}")
+    console.print(f"\n[{VERDICT_STYLES[result.verdict]}]{VERDICT_LABELS[result.verdict]}[/]  {result.verdict_reason}")
     console.print(summary_table(result))
     shown = 10
     for skipped in result.skipped_files[:shown]:
