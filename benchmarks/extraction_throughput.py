@@ -43,7 +43,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cdi_audit.audit import decide
+    from cdi_audit.decision import decide
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import resolve_extractors
     from cdi_audit.images import scan_image_set

@@ -1,52 +1,48 @@
 """One audit, stage by stage: images -> target -> features -> test and controls -> AuditResult.
 
-``run_audit`` does the I/O and the model work; ``decide`` turns a feature
-table into a verdict without touching the model, so the statistics can be
-rerun (and tested) from saved features.
+``run_audit`` does the I/O and the model work; ``decision.decide`` turns a
+feature table into a verdict without touching the model, so the statistics
+can be rerun (and tested) from saved features.
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
+from cdi_audit.control_model import ControlComparison, judge_with_control
 from cdi_audit.controls import (
     DEFAULT_SHIFT_ALPHA,
     NearDuplicate,
     ScreenedSets,
-    ShiftCheck,
-    negative_control,
     reject_overlap,
     screen_near_duplicates,
     shift_check,
 )
-from cdi_audit.diagnostics import FeatureDiagnostic, feature_diagnostics
-from cdi_audit.errors import InputProblem
+from cdi_audit.decision import decide
+from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.images import ImageSet, scan_image_set
 from cdi_audit.power import (
     CURVE_TEST,
     DEFAULT_CURVE_RESAMPLES,
     POWER_TARGET,
-    SampleSizePoint,
     curve_images_for_power,
     images_for_power,
-    sample_size_curve,
 )
 from cdi_audit.result import (
     AuditResult,
+    ControlModelResult,
     Controls,
-    DroppedFeature,
     Effect,
     ExtractionInfo,
     FeatureDiagnosticRow,
@@ -57,9 +53,8 @@ from cdi_audit.result import (
     SampleSizeCurvePoint,
     ShiftStatisticInfo,
     SkippedFileInfo,
-    Verdict,
 )
-from cdi_audit.stats import EffectSize, TestName, TestOutcome, effect_size, run_test
+from cdi_audit.stats import TestName, TestOutcome
 
 if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
     from cdi_audit.extraction import ExtractionSummary
@@ -110,98 +105,10 @@ class AuditSettings(ModelSettings):
     permutations: int = 1000
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
     shift_alpha: float = DEFAULT_SHIFT_ALPHA
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The statistics of one audit: the verdict and everything it rests on."""
-
-    verdict: Verdict
-    reason: str
-    used_columns: tuple[str, ...]
-    dropped: tuple[DroppedFeature, ...]
-    outcome: TestOutcome | None = None
-    effect: EffectSize | None = None
-    negative_control: TestOutcome | None = None
-    curve: tuple[SampleSizePoint, ...] = ()
-    diagnostics: tuple[FeatureDiagnostic, ...] = ()
-
-
-def _usable_columns(table: FeatureTable, matrix: np.ndarray) -> tuple[list[int], list[DroppedFeature]]:
-    """Columns that vary across images; constant ones carry no information and are dropped, by name."""
-    keep, dropped = [], []
-    for index, column in enumerate(table.columns):
-        if np.ptp(matrix[:, index]) > 0:
-            keep.append(index)
-        else:
-            dropped.append(DroppedFeature(name=column, reason="constant across all images"))
-    return keep, dropped
-
-
-def decide(
-    table: FeatureTable,
-    suspect_hashes: list[str],
-    reference_hashes: list[str],
-    alpha: float,
-    test: TestName,
-    seed: int,
-    permutations: int,
-    n_jobs: int = 1,
-    progress: StageProgress | None = None,
-    curve_resamples: int = DEFAULT_CURVE_RESAMPLES,
-    shift: ShiftCheck | None = None,
-) -> Decision:
-    """Test whether the model scores the suspect images as more member-like than the reference images.
-
-    ``evidence`` needs p < alpha, a passing negative control and (when given)
-    a passing shift check; a failed control or degenerate scores give
-    ``inconclusive``, never ``evidence``.
-    """
-    progress = progress or StageProgress()
-    matrix = table.scoring_matrix([*suspect_hashes, *reference_hashes])
-    is_suspect = np.r_[np.ones(len(suspect_hashes), bool), np.zeros(len(reference_hashes), bool)]
-    keep, dropped = _usable_columns(table, matrix)
-    used = tuple(table.columns[i] for i in keep)
-    if not keep:
-        return Decision("inconclusive", "Every feature was constant across the images, so nothing can be tested.",
-                        used, tuple(dropped))
-    matrix = matrix[:, keep]
-    outcome = run_test(test, matrix, is_suspect, seed, permutations, n_jobs, progress.counter("permutation test"))
-    if outcome.degenerate:
-        return Decision("inconclusive", "The scoring model gave every image the same score; the test is undefined.",
-                        used, tuple(dropped), outcome)
-    effect = effect_size(outcome.scores, outcome.is_suspect, seed)
-    control = negative_control(matrix[~is_suspect], test, seed, permutations, n_jobs,
-                               progress.counter("negative control"))
-    curve = tuple(sample_size_curve(matrix, is_suspect, alpha, seed, curve_resamples)) if curve_resamples else ()
-    diagnostics = tuple(feature_diagnostics(matrix, is_suspect, used, seed))
-    if shift is not None and not shift.passed:
-        verdict, reason = "inconclusive", shift_reason(shift, outcome.p_value)
-    elif control.p_value < alpha:
-        verdict, reason = "inconclusive", (
-            f"The negative control (two random halves of the reference set) came out significant "
-            f"(p = {control.p_value:.3g} < {alpha}), which should not happen; the result is not trusted."
-        )
-    elif outcome.p_value < alpha:
-        verdict, reason = "evidence", (
-            f"The model scores the suspect images as more member-like than the reference images "
-            f"(p = {outcome.p_value:.3g} < alpha = {alpha}): evidence that they were used in training."
-        )
-    else:
-        verdict, reason = "no_evidence", (
-            f"No significant difference between suspect and reference images (p = {outcome.p_value:.3g} "
-            f">= alpha = {alpha}); this does not prove the images were not used."
-        )
-    return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control, curve, diagnostics)
-
-
-def shift_reason(shift: ShiftCheck, membership_p: float) -> str:
-    differences = ", ".join(f"{item.name} (suspect mean {item.suspect_mean:.3g}, reference {item.reference_mean:.3g})"
-                            for item in shift.most_different[:3])
-    return (f"The suspect and reference images can be told apart without the model (shift check p = "
-            f"{shift.p_value:.3g} < {shift.alpha:g}; most different: {differences}). The model-based difference "
-            f"(p = {membership_p:.3g}) could come from that, not from training, so it is not trusted; use "
-            "reference images from the same source as the suspect images.")
+    # A model known not to have seen the suspect images (for a fine-tune, its base model), and the configs
+    # of a single-file control checkpoint.
+    control_model: Path | None = None
+    control_model_config: Path | None = None
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -314,20 +221,25 @@ def public_configuration(settings: ModelSettings) -> dict[str, str | int | float
 
 
 def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
-                     timings: dict[str, float]) -> ModelFeatures:
+                     timings: dict[str, float], role: str = "",
+                     check_target: Callable[[Target | BlackBoxTarget], None] | None = None) -> ModelFeatures:
     """Load the model, check it can serve the features, attach the conditions it needs, and extract
-    the features of every image (through the cache)."""
+    the features of every image (through the cache). ``role`` prefixes timing keys and progress labels
+    (e.g. "control_" for the control model); ``check_target`` may refuse the loaded model."""
     from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for, require_access
 
     store_root = (settings.cache_dir or default_cache_dir()) if settings.use_cache else None
-    with timed(timings, "load_model"):
+    label = role.replace("_", " ")
+    with timed(timings, role + "load_model"):
         target = open_target(settings, store_root)
+    if check_target is not None:
+        check_target(target)
     extractors, notes = extractors_for(settings.features, target)
     require_access(target.access, extractors)
     if target.access == "black":
-        target.on_calls_done = progress.counter("endpoint calls (this batch)")
+        target.on_calls_done = progress.counter(label + "endpoint calls (this batch)")
     conditioned = []
     for images in image_sets:
         with_condition, set_notes = with_conditions(images, target.conditioning, settings.caption)
@@ -335,12 +247,63 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
         notes.extend(note for note in set_notes if note not in notes)
     store = FeatureStore(store_root) if store_root is not None else None
     records = [record for images in conditioned for record in images.records]
-    with timed(timings, "extract"):
+    with timed(timings, role + "extract"):
         table, summary = extract_features(
             records, target, extractors, settings.seed, settings.batch_size, store,
-            progress.counter("extracting features (images)"), settings.max_batch_grad,
+            progress.counter(label + "extracting features (images)"), settings.max_batch_grad,
         )
     return ModelFeatures(table, summary, target, extractors, conditioned, notes)
+
+
+def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> AuditSettings:
+    """The control model audited like the suspect: the same features and seed, through the same kind of
+    access (black-box, by local variations, when the suspect is an endpoint or audited black-box)."""
+    black_box = settings.endpoint is not None or settings.access == "blackbox"
+    return replace(settings, model_path=settings.control_model, model_config=settings.control_model_config,
+                   endpoint=None, access="blackbox" if black_box else "auto",
+                   features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
+
+
+def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_sets: list[ImageSet],
+                         progress: StageProgress, timings: dict[str, float]) -> ModelFeatures:
+    """Features of the same images from the control model; its errors name it, and the suspect model itself
+    is refused as its own control."""
+    fingerprint = suspect.target.description.fingerprint
+
+    def refuse_suspect_model(target: Target | BlackBoxTarget) -> None:
+        if target.description.fingerprint == fingerprint:
+            raise SettingsProblem(
+                "it has the same content fingerprint as the suspect model, so it cannot be a control; give a "
+                "model known not to have seen the suspect images (for a fine-tune, its base model).")
+
+    try:
+        control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
+                                   "control_", refuse_suspect_model)
+    except AuditError as error:
+        raise type(error)(f"Control model {settings.control_model}: {error}") from error
+    missing = sorted(set(suspect.table.columns) - set(control.table.columns))
+    if missing:
+        control.notes.append(f"The control model could not serve {', '.join(missing)}; its effect is measured "
+                             "without them.")
+    return control
+
+
+def control_model_result(comparison: ControlComparison, control: ModelFeatures) -> ControlModelResult:
+    decision = comparison.decision
+    outcome = decision.outcome
+    scored = outcome is not None and not outcome.degenerate
+    return ControlModelResult(
+        model=control.target.description, reason=decision.reason,
+        p_value=outcome.p_value if outcome else None,
+        statistic=outcome.statistic if scored else None,
+        permutations_run=outcome.permutations_run if outcome else None,
+        effect=Effect(**vars(decision.effect)) if decision.effect else None,
+        negative_control_p_value=decision.negative_control.p_value if decision.negative_control else None,
+        separates_sets=comparison.separates_sets, auc_difference=comparison.auc_difference,
+        auc_difference_ci=comparison.auc_difference_ci, auc_difference_level=comparison.level,
+        passed=comparison.passed,
+        features=list(decision.used_columns), extraction=ExtractionInfo(**vars(control.summary)),
+    )
 
 
 def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInfo:
@@ -383,6 +346,18 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
                           settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
                           shift)
+    control_model = None
+    if settings.control_model is not None:
+        control_features = extract_with_control(settings, extracted, [inputs.suspect, inputs.reference], progress,
+                                                timings)
+        control_suspect, control_reference = control_features.image_sets
+        with timed(timings, "control_test"):
+            control_decision = decide(control_features.table, control_suspect.keys, control_reference.keys,
+                                      settings.alpha, settings.test, settings.seed, settings.permutations,
+                                      settings.n_jobs, progress, curve_resamples=0)
+        decision, comparison = judge_with_control(decision, control_decision, settings.alpha, settings.seed)
+        control_model = control_model_result(comparison, control_features)
+        extracted.notes.extend(f"Control model: {note}" for note in control_features.notes)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
@@ -412,6 +387,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
             shift_passed=shift.passed,
             shift_statistics=[ShiftStatisticInfo(**vars(item)) for item in shift.most_different],
             near_duplicates=near_duplicate_infos(inputs.screened),
+            control_model=control_model,
         ),
         model=target.description,
         seed=settings.seed,

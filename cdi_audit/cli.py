@@ -289,6 +289,15 @@ def check(
         help="Level of the model-free distribution-shift check: if image statistics alone (size, format, "
              "compression, colour, sharpness) tell the sets apart at this level, the verdict is inconclusive "
              "(exit 5).")] = 0.05,
+    control_model: Annotated[Path | None, typer.Option(
+        metavar="PATH", show_default=False,
+        help="A model known NOT to have seen your images (for a fine-tune: its base model), loaded like --model. "
+             "The same audit runs on it; 'evidence' then also needs the control to find no difference between "
+             "the sets and the suspect model's AUC to exceed the control's, otherwise the verdict is "
+             "inconclusive. Both results are reported.")] = None,
+    control_model_config: Annotated[Path | None, typer.Option(
+        metavar="DIR|NAME", show_default=False,
+        help="Like --model-config, for a single-file control checkpoint.")] = None,
     curve_resamples: Annotated[int, typer.Option(
         min=0, metavar="R",
         help="Random audits per point of the p-value-against-number-of-images curve (split test, so cheap); "
@@ -322,6 +331,9 @@ def check(
     from cdi_audit.targets.endpoints import EndpointSettings
 
     _require_one_model(model, endpoint, endpoint_cmd, access)
+    if control_model_config is not None and control_model is None:
+        raise typer.BadParameter("it configures the control model; add --control-model PATH.",
+                                 param_hint="--control-model-config")
     if report_formats is not None and out is None:
         raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
     endpoint_settings = None if model is not None else EndpointSettings(
@@ -335,7 +347,8 @@ def check(
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
-        n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
+        n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha, control_model=control_model,
+        control_model_config=control_model_config,
     )
     result = _run_stage(lambda progress: run_audit(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)

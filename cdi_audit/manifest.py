@@ -19,7 +19,7 @@ from cdi_audit.images import file_sha256
 from cdi_audit.result import AuditResult
 
 MANIFEST_VERSION = "1"
-Role = Literal["suspect", "reference", "model"]
+Role = Literal["suspect", "reference", "model", "control_model"]
 
 
 class ManifestEntry(BaseModel):
@@ -54,7 +54,8 @@ def _dimensions(path: Path) -> tuple[int | None, int | None]:
 
 
 def build_manifest(result: AuditResult) -> Manifest:
-    """The manifest of an audit: its images (hashes from the audit) and its model files."""
+    """The manifest of an audit: its images (hashes from the audit) and its model files (and the control
+    model's)."""
     entries = []
     for image in result.images:
         path = Path(image.path)
@@ -63,6 +64,10 @@ def build_manifest(result: AuditResult) -> Manifest:
                                      size_bytes=path.stat().st_size, width=width, height=height))
     entries += [ManifestEntry(path=file.path, role="model", sha256=file.sha256, size_bytes=file.size_bytes)
                 for file in result.model.files]
+    control = result.controls.control_model
+    if control is not None:
+        entries += [ManifestEntry(path=file.path, role="control_model", sha256=file.sha256,
+                                  size_bytes=file.size_bytes) for file in control.model.files]
     return Manifest(created=result.created, digest=content_digest(entries), files=entries)
 
 

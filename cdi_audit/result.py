@@ -45,18 +45,6 @@ class NearDuplicateInfo(BaseModel):
     removed: bool
 
 
-class Controls(BaseModel):
-    negative_control_p_value: float | None
-    negative_control_passed: bool | None
-    # The audit's test run on model-free image statistics (size, format, compression, colour, sharpness):
-    # if the sets differ without the model, the verdict is inconclusive.
-    shift_p_value: float | None = None
-    shift_alpha: float | None = None
-    shift_passed: bool | None = None
-    shift_statistics: list[ShiftStatisticInfo] = []
-    near_duplicates: list[NearDuplicateInfo] = []
-
-
 class SampleSizeCurvePoint(BaseModel):
     """``resamples`` audits of n suspect vs n reference images, drawn from the audit's own: the median p-value
     and the share of p-values below alpha."""
@@ -151,6 +139,44 @@ class ExtractionInfo(BaseModel):
     images_from_cache: int
     model_calls: int
     seconds: float
+
+
+class ControlModelResult(BaseModel):
+    """The same audit run on a model known not to have seen the suspect images (``--control-model``).
+
+    ``separates_sets``: its own test is significant at alpha (then the verdict cannot be evidence).
+    ``auc_difference``: the suspect model's AUC minus the control's, with a paired bootstrap interval at
+    ``auc_difference_level`` = 1 - 2 alpha, whose lower end is the one-sided bound at alpha. ``passed``: the
+    control found nothing and, if the suspect's result is significant, that lower end is above 0 (the
+    suspect's effect is larger beyond chance); None when the control's scores were unusable."""
+
+    model: ModelInfo
+    reason: str  # the control model's own verdict reason
+    p_value: float | None
+    statistic: float | None
+    permutations_run: int | None
+    effect: Effect | None
+    negative_control_p_value: float | None
+    separates_sets: bool | None
+    auc_difference: float | None
+    auc_difference_ci: tuple[float, float] | None
+    auc_difference_level: float
+    passed: bool | None
+    features: list[str]
+    extraction: ExtractionInfo
+
+
+class Controls(BaseModel):
+    negative_control_p_value: float | None
+    negative_control_passed: bool | None
+    # The audit's test run on model-free image statistics (size, format, compression, colour, sharpness):
+    # if the sets differ without the model, the verdict is inconclusive.
+    shift_p_value: float | None = None
+    shift_alpha: float | None = None
+    shift_passed: bool | None = None
+    shift_statistics: list[ShiftStatisticInfo] = []
+    near_duplicates: list[NearDuplicateInfo] = []
+    control_model: ControlModelResult | None = None
 
 
 class AuditResult(BaseModel):

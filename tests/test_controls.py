@@ -15,9 +15,9 @@ from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
 
-from cdi_audit.audit import decide
 from cdi_audit.cli import app
 from cdi_audit.controls import describe_images, near_duplicates, shift_check
+from cdi_audit.decision import decide
 from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import extractors_for
 from cdi_audit.image_statistics import STATISTIC_NAMES, describe_image, hamming, jpeg_quality

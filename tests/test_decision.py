@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cdi_audit.audit as audit
-from cdi_audit.audit import decide
+import cdi_audit.decision as decision_module
+from cdi_audit.decision import decide
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.stats import TestOutcome
 
@@ -52,7 +52,7 @@ def test_rows_are_matched_by_image_hash_not_position() -> None:
 def test_a_failed_negative_control_turns_evidence_into_inconclusive(monkeypatch: pytest.MonkeyPatch) -> None:
     features, suspect, reference = table(seed=4, shift=1.5)
     failed = TestOutcome("permutation", 3.0, 0.002, np.zeros(2), np.array([True, False]), 100)
-    monkeypatch.setattr(audit, "negative_control", lambda *args, **kwargs: failed)
+    monkeypatch.setattr(decision_module, "negative_control", lambda *args, **kwargs: failed)
     decision = decide(features, suspect, reference, 0.01, "permutation", 0, 200)
     assert decision.outcome.p_value < 0.01
     assert decision.verdict == "inconclusive"

@@ -14,7 +14,7 @@ from pathlib import Path
 from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.manifest import Manifest
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
-from cdi_audit.result import AuditResult
+from cdi_audit.result import AuditResult, ControlModelResult, ModelInfo
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
 # The verdict banner's colour in the HTML and PDF (red, green, amber).
@@ -117,6 +117,34 @@ def headline(result: AuditResult) -> str:
     if result.permutations_run is not None:
         tested += f" ({result.permutations_run} permutations)"
     return f"{result.verdict_reason} {tested}, alpha = {result.alpha:g}, seed {result.seed}."
+
+
+def control_model_status(control: ControlModelResult, alpha: float) -> str:
+    """Whether the control model supports the verdict or why it blocks evidence, in a few words."""
+    if control.passed is None:
+        return "not usable: " + control.reason.rstrip(".")
+    if control.passed:
+        return "passed"
+    if control.separates_sets:
+        return "FAILED: it tells the sets apart too"
+    if control.negative_control_p_value is not None and control.negative_control_p_value < alpha:
+        return "FAILED: its negative control is significant"
+    return "FAILED: the suspect model's effect is not clearly larger"
+
+
+def control_model_numbers(control: ControlModelResult, result: AuditResult) -> str:
+    """The control's p-value and AUC beside the suspect model's, and their difference with its interval."""
+    if control.p_value is None or control.effect is None:
+        return "no p-value or effect"
+    text = f"p = {p_text(control.p_value)}, AUC {control.effect.auc:.3f}"
+    if result.effect is not None:
+        text += f" against the suspect model's {result.effect.auc:.3f}"
+    if control.auc_difference is not None:
+        text += f"; difference {control.auc_difference:+.3f}"
+        if control.auc_difference_ci is not None:
+            low, high = control.auc_difference_ci
+            text += f" ({control.auc_difference_level:.0%} CI {low:+.3f} to {high:+.3f})"
+    return text
 
 
 def _model_line(result: AuditResult) -> str:
@@ -251,6 +279,13 @@ def controls_section(result: AuditResult) -> Section:
                                            "difference proves nothing about training."))
     else:
         rows.append(("distribution shift", "not checked by the version that ran this audit"))
+    if controls.control_model is not None:
+        control = controls.control_model
+        status = control_model_status(control, result.alpha)
+        rows.append(("control model", f"{control.model.path}: {control_model_numbers(control, result)} ({status}). "
+                                      "The same test on a model known not to have seen the suspect images: it must "
+                                      "not tell the sets apart, and the suspect model's AUC must be larger beyond "
+                                      "chance (the interval's lower end above 0)."))
     removed = [item for item in controls.near_duplicates if item.removed]
     rows.append(("near-duplicates", f"{len(removed)} reference image(s) removed as copies of suspect images; "
                                     f"{len(controls.near_duplicates) - len(removed)} pair(s) within a set "
@@ -354,27 +389,35 @@ def _display_path(path: str, result: AuditResult) -> str:
     return path
 
 
-def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section, ...]:
-    model = result.model
-    model_rows = [("path" if model.endpoint is None else "endpoint", model.endpoint or model.path),
+def model_facts(model: ModelInfo) -> Facts:
+    return Facts((("path" if model.endpoint is None else "endpoint", model.endpoint or model.path),
                   ("family", model.family), ("access", ACCESS_LABELS.get(model.access, model.access)),
                   ("fingerprint", model.fingerprint), ("sample size", f"{model.sample_size} px"),
                   ("training timesteps", str(model.num_train_timesteps)),
                   ("prediction type", str(model.prediction_type)),
-                  ("device, precision", f"{model.device}, {model.dtype}")]
+                  ("device, precision", f"{model.device}, {model.dtype}")))
+
+
+def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section, ...]:
+    control = result.controls.control_model
+    control_blocks = (Subheading("Control model"), model_facts(control.model)) if control is not None else ()
     extraction = result.extraction
     run_rows = [("images", str(extraction.images)), ("images from cache", str(extraction.images_from_cache)),
                 ("model calls", str(extraction.model_calls)),
+                *((("control model calls", f"{control.extraction.model_calls} ({control.extraction.images_from_cache} "
+                   "images from cache)"),) if control is not None else ()),
                 *((f"time: {stage}", f"{seconds:.1f} s") for stage, seconds in result.timings_seconds.items())]
     manifest_rows = tuple(
         (entry.role, _display_path(entry.path, result), entry.sha256, str(entry.size_bytes),
          f"{entry.width}x{entry.height}" if entry.width else "")
         for entry in manifest.files
     )
-    counts = {role: sum(entry.role == role for entry in manifest.files) for role in ("suspect", "reference", "model")}
+    counts = {role: sum(entry.role == role for entry in manifest.files)
+              for role in ("suspect", "reference", "model", "control_model")}
+    control_files = f" and {counts['control_model']} control model files" if counts["control_model"] else ""
     return (
         Section("Appendix: model and run", (
-            Facts(tuple(model_rows)), Facts(tuple(run_rows)),
+            model_facts(result.model), *control_blocks, Subheading("Run"), Facts(tuple(run_rows)),
             Subheading("Software versions"),
             Facts(tuple(result.versions.items())),
         ), new_page=True),
@@ -382,7 +425,8 @@ def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section,
                                                         for key, value in result.configuration.items())),)),
         Section("Appendix: manifest", (
             Paragraph(f"{counts['suspect']} suspect images (in {result.suspect_dir}), {counts['reference']} "
-                      f"reference images (in {result.reference_dir}) and {counts['model']} model files. Set digest "
+                      f"reference images (in {result.reference_dir}) and {counts['model']} model files{control_files}. "
+                      "Set digest "
                       f"(sha256 over the sorted role and file hashes): {manifest.digest}. Full paths are in the "
                       "attached manifest.json; 'cdi-audit verify' re-hashes every file."),
             Table(("role", "file", "sha256", "bytes", "pixels"), manifest_rows, (1.3, 3.2, 6.2, 1.2, 1.1),

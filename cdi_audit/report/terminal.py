@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from cdi_audit.report.content import ACCESS_LABELS, VERDICT_LABELS
+from cdi_audit.report.content import ACCESS_LABELS, VERDICT_LABELS, control_model_numbers, control_model_status
 from cdi_audit.result import AuditResult
 
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
@@ -49,6 +49,9 @@ def summary_table(result: AuditResult) -> Table:
         table.add_row("negative control", f"p = {control.negative_control_p_value:.3g}  ({status})")
     if control.shift_p_value is not None:
         table.add_row("shift check", shift_text(result))
+    if control.control_model is not None:
+        status = control_model_status(control.control_model, result.alpha)
+        table.add_row("control model", f"{control_model_numbers(control.control_model, result)}  ({status})")
     if control.near_duplicates:
         removed = sum(item.removed for item in control.near_duplicates)
         table.add_row("near-duplicates", f"{removed} removed from the reference set, "
