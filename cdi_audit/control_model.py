@@ -3,16 +3,21 @@ images, for a fine-tune its base model.
 
 Whatever the control model finds between the sets cannot come from training on the suspect images: it comes
 from the images themselves (a difference between the sets that any model picks up), or the control did see
-them after all. So the suspect model's finding counts as evidence only if the control model does not tell
-the sets apart and the suspect model's effect (AUC of its scores) is larger than the control's.
+them after all. So the suspect model's finding counts as evidence only if its effect (the AUC of its scores)
+is larger than the control's.
 
 protocol.md asks for "significant and larger than the control's". We read "larger" as larger beyond chance:
-the paired bootstrap's one-sided lower bound of the AUC difference at the audit's alpha must be above 0. With
-the point estimate alone, a difference between the sets that both models see got through as evidence in 12 of
-40 simulated audits (64 per set, a shift the suspect model alone called evidence in 18 of 40); with the bound,
-in 1 of 40. It costs power: a real effect the suspect model alone found in 33 of 40 audits is then found in 26.
-We also require that the control model itself finds nothing (p >= alpha, negative control passed): a control
-that separates the sets is a failed control, and a failed control must give ``inconclusive``.
+the lower end of a paired bootstrap interval of the AUC difference at level 1 - 2 alpha (the one-sided bound
+at alpha) must be above 0. Measured on 60 simulated audits per setting (64 images per set, permutation test,
+alpha 0.01), where both models see the same difference between the sets (shifts the suspect model alone
+called evidence in 24, 48 and 59 of 60): the point estimate let 18, 26 and 25 through as evidence, the bound
+1, 1 and 1. The price is power: real effects the suspect model alone found in 24 and 48 of 60 audits were
+found in 15 and 37 beside a clean control.
+
+A control that itself tells the sets apart does not block evidence on its own (a fine-tune's base model may
+have seen published images, or the sets may differ a little): the suspect model must then go beyond it, and
+the report says so. A failed negative control on the control model, or unusable control scores, give
+``inconclusive``.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ DIFFERENCE_RESAMPLES = 2000
 class ControlComparison:
     """The control model's own test, and how the suspect model's effect compares with it.
 
-    ``passed``: the control found nothing and, where the suspect's result is significant, the suspect's
-    effect is larger beyond chance; None when the control model's scores were unusable (constant features, degenerate
+    ``passed``: the control's negative control passed and, where the suspect's result is significant, the
+    suspect's effect is larger beyond chance; None when the control model's scores were unusable (constant features, degenerate
     scores).
     """
 
@@ -76,13 +81,15 @@ def _usable(decision: Decision) -> bool:
 
 def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed: int,
                        control_name: str = "the control model") -> tuple[Decision, ControlComparison]:
-    """The suspect model's decision after the control model's: ``evidence`` survives only a clean control
-    with a smaller effect; every failure turns it into ``inconclusive``. A suspect result that is already
-    inconclusive keeps its own reason (it came first)."""
+    """The suspect model's decision after the control model's: ``evidence`` survives only if the suspect
+    model's effect is larger than the control's beyond chance; an unusable control or a failed negative
+    control on it gives ``inconclusive``. A suspect result that is already inconclusive keeps its own reason
+    (it came first)."""
     level = 1 - 2 * alpha
+    significant = suspect.verdict == "evidence"
     if not _usable(control):
         comparison = ControlComparison(control, None, None, None, level, None)
-        if suspect.verdict != "evidence":
+        if not significant:
             return suspect, comparison
         return replace(suspect, verdict="inconclusive", reason=(
             f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but {control_name} gave no "
@@ -91,40 +98,41 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
 
     control_p, control_auc = control.outcome.p_value, control.effect.auc
     separates = control_p < alpha
-    control_negative_failed = control.negative_control is not None and control.negative_control.p_value < alpha
+    negative_failed = control.negative_control is not None and control.negative_control.p_value < alpha
     difference = interval = None
     if _usable(suspect):
         difference = suspect.effect.auc - control_auc
         interval = auc_difference_interval(suspect.outcome, control.outcome, seed, level)
     larger = interval is not None and interval[0] > 0
-    significant = suspect.verdict == "evidence"
-    passed = not separates and not control_negative_failed and (larger or not significant)
-    comparison = ControlComparison(control, separates, difference, interval, level, passed)
+    comparison = ControlComparison(control, separates, difference, interval, level,
+                                   not negative_failed and (larger or not significant))
+    found = (f"{control_name} {'also tells the sets apart' if separates else 'shows no significant difference'} "
+             f"(p = {control_p:.3g}; AUC {control_auc:.3f})")
+    compared = "" if interval is None else (
+        f"difference in AUC {difference:+.3f}, {level:.0%} interval {interval[0]:+.3f} to {interval[1]:+.3f}")
 
     if suspect.verdict == "inconclusive":
         return suspect, comparison
-    if separates:
-        reason = (
-            f"{control_name.capitalize()}, which should not have seen the suspect images, also tells the sets "
-            f"apart (p = {control_p:.3g} < {alpha}; AUC {control_auc:.3f}). The difference comes from the images "
-            "themselves or the control saw them too, so it cannot be laid to the suspect model's training; the "
-            "result is not trusted.")
-    elif control_negative_failed:
-        reason = (
+    if negative_failed:
+        return replace(suspect, verdict="inconclusive", reason=(
             f"The negative control on {control_name} came out significant (p = "
-            f"{control.negative_control.p_value:.3g} < {alpha}), which should not happen; the result is not trusted.")
-    elif significant and not larger:
-        bound = f", {level:.0%} interval {interval[0]:+.3f} to {interval[1]:+.3f}" if interval else ""
-        reason = (
+            f"{control.negative_control.p_value:.3g} < {alpha}), which should not happen; the result is not "
+            "trusted.")), comparison
+    if significant and not larger:
+        return replace(suspect, verdict="inconclusive", reason=(
             f"The suspect images score higher on the suspect model (p = {suspect.outcome.p_value:.3g}, AUC "
-            f"{suspect.effect.auc:.3f}), but not clearly more than on {control_name}, which never saw them (AUC "
-            f"{control_auc:.3f}; difference {difference:+.3f}{bound}); the difference is not laid to training.")
-    elif significant:
+            f"{suspect.effect.auc:.3f}), but not clearly more than on {control_name}, which should not have seen "
+            f"them: {found}; {compared or 'the two cannot be compared'}. The difference is not laid to the "
+            "suspect model's training.")), comparison
+    if significant:
+        note = (" The control's own difference comes from the images themselves or from having seen them; the "
+                "suspect model's is beyond it.") if separates else ""
         return replace(suspect, reason=(
-            f"{suspect.reason} {control_name.capitalize()}, which never saw them, shows no such difference (p = "
-            f"{control_p:.3g}; AUC {control_auc:.3f} against the suspect model's {suspect.effect.auc:.3f}, "
-            f"difference {difference:+.3f}, {level:.0%} interval {interval[0]:+.3f} to {interval[1]:+.3f}).")), \
+            f"{suspect.reason} Beside it, {found}; the suspect model's AUC is {suspect.effect.auc:.3f}, "
+            f"{compared}.{note}")), comparison
+    if separates:
+        return replace(suspect, reason=(
+            f"{suspect.reason} Note: {found}, although it should not have seen the suspect images: either it did, "
+            "or the sets differ in a way any model picks up, and the reference set may not be a fair one.")), \
             comparison
-    else:
-        return suspect, comparison
-    return replace(suspect, verdict="inconclusive", reason=reason), comparison
+    return suspect, comparison

@@ -144,11 +144,11 @@ class ExtractionInfo(BaseModel):
 class ControlModelResult(BaseModel):
     """The same audit run on a model known not to have seen the suspect images (``--control-model``).
 
-    ``separates_sets``: its own test is significant at alpha (then the verdict cannot be evidence).
-    ``auc_difference``: the suspect model's AUC minus the control's, with a paired bootstrap interval at
+    ``separates_sets``: its own test is significant at alpha (reported; the suspect model must then go beyond
+    it). ``auc_difference``: the suspect model's AUC minus the control's, with a paired bootstrap interval at
     ``auc_difference_level`` = 1 - 2 alpha, whose lower end is the one-sided bound at alpha. ``passed``: the
-    control found nothing and, if the suspect's result is significant, that lower end is above 0 (the
-    suspect's effect is larger beyond chance); None when the control's scores were unusable."""
+    control's negative control passed and, if the suspect's result is significant, that lower end is above 0
+    (the suspect's effect is larger beyond chance); None when the control's scores were unusable."""
 
     model: ModelInfo
     reason: str  # the control model's own verdict reason

@@ -59,27 +59,43 @@ def test_a_clean_control_keeps_evidence_and_says_so() -> None:
     assert f"AUC {control.effect.auc:.3f}" in judged.reason
 
 
-@pytest.mark.parametrize("suspect_shift", [1.5, 0.0])
-def test_a_control_that_separates_the_sets_makes_any_verdict_inconclusive(suspect_shift: float) -> None:
-    suspect, control = decision(1, shift=suspect_shift), decision(3, shift=1.5)
+def test_a_control_that_separates_the_sets_as_well_blocks_evidence() -> None:
+    suspect, control = decision(1, shift=1.5), decision(3, shift=1.5)
+    assert suspect.verdict == "evidence" and control.outcome.p_value < 0.01
+    judged, comparison = judge_with_control(suspect, control, 0.01, seed=0)
+    assert comparison.separates_sets is True and comparison.auc_difference_ci[0] <= 0
+    assert judged.verdict == "inconclusive" and comparison.passed is False
+    assert "not clearly more than on the control model" in judged.reason
+    assert "also tells the sets apart" in judged.reason
+
+
+def test_a_suspect_effect_beyond_a_separating_control_is_still_evidence() -> None:
+    """A base model that picks up a little (AUC 0.80 here) and a fine-tune far beyond it (0.99)."""
+    suspect, control = decision(1, shift=3.0), decision(3, shift=0.9)
     assert control.outcome.p_value < 0.01
     judged, comparison = judge_with_control(suspect, control, 0.01, seed=0)
-    assert judged.verdict == "inconclusive"
-    assert comparison.separates_sets is True and comparison.passed is False
-    assert "also tells the sets apart" in judged.reason
+    assert comparison.separates_sets is True and comparison.auc_difference_ci[0] > 0
+    assert judged.verdict == "evidence" and comparison.passed is True
+    assert "the suspect model's is beyond it" in judged.reason
+
+
+def test_no_evidence_beside_a_separating_control_says_the_reference_may_be_unfair() -> None:
+    suspect, control = decision(4), decision(3, shift=1.5)
+    judged, comparison = judge_with_control(suspect, control, 0.01, seed=0)
+    assert judged.verdict == "no_evidence" and comparison.passed is True
+    assert judged.reason.startswith(suspect.reason)
+    assert "the reference set may not be a fair one" in judged.reason
 
 
 def test_evidence_needs_an_effect_larger_than_the_control_beyond_chance() -> None:
     suspect, clean = decision(1, shift=1.5), decision(2)
-    # A control that found nothing but whose scores nearly match the suspect model's: the same features
-    # with a little noise, so the AUC difference is small and its interval straddles 0.
+    # A control whose scores nearly match the suspect model's: the same features with a little noise, so
+    # the AUC difference is small and its interval straddles 0.
     suspect_keys, reference_keys = hashes()
     close = features(1, shift=1.5)
     noisy = replace(close, values=close.values * np.exp(0.05 * np.random.default_rng(7).standard_normal(
         close.values.shape)))
     similar = decide(noisy, suspect_keys, reference_keys, 0.01, "permutation", 0, 200, curve_resamples=0)
-    # Pretend it found nothing, to test the size rule on its own.
-    similar = replace(similar, outcome=replace(similar.outcome, p_value=0.5))
     judged, comparison = judge_with_control(suspect, similar, 0.01, seed=0)
     assert abs(comparison.auc_difference) < 0.05 and comparison.auc_difference_ci[0] <= 0
     assert comparison.level == pytest.approx(0.98)
@@ -128,8 +144,8 @@ def test_an_inconclusive_suspect_result_keeps_its_own_reason() -> None:
 
 def test_a_confound_both_models_see_does_not_become_evidence() -> None:
     """P and U differ in a way any model picks up (the control's features see the same shift as the
-    suspect's). With the point estimate of the AUC difference alone, 8 to 20 of 100 such audits still came
-    out as evidence (split test, 30 per set); with the bootstrap bound, none."""
+    suspect's). With the point estimate of the AUC difference, 49 to 89 of 200 such audits came out as
+    evidence (split test, 30 per set, shifts 0.9 to 2.0); with the bootstrap bound, none."""
     alone = with_control = 0
     for seed in range(30):
         for shift in (0.9, 1.5):
@@ -220,14 +236,16 @@ def test_the_sample_audit_with_a_clean_base_model_as_control_is_still_evidence(
     assert "Control model" in pdf and control["model"]["fingerprint"] in pdf
 
 
-def test_a_control_that_saw_the_images_makes_the_audit_inconclusive(base_model: Path, cache: Path) -> None:
-    """Roles swapped: the 'control' is the sample model, which was trained on the suspect images."""
+def test_a_control_that_saw_the_images_is_reported(base_model: Path, cache: Path) -> None:
+    """Roles swapped: the 'control' is the sample model, which was trained on the suspect images. The
+    suspect model finds nothing, and the verdict says the control does."""
     result = audit(base_model, SAMPLE_DATA / "model", cache, "--json")
-    assert result.exit_code == 5, result.stderr
+    assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     control = report["controls"]["control_model"]
-    assert control["separates_sets"] is True and control["p_value"] < 0.01 and control["passed"] is False
-    assert "also tells the sets apart" in report["verdict_reason"]
+    assert control["separates_sets"] is True and control["p_value"] < 0.01 and control["passed"] is True
+    assert control["auc_difference"] < -0.3
+    assert "the control model also tells the sets apart" in report["verdict_reason"]
     assert report["extraction"]["images_from_cache"] == 128  # both models' features came from the cache
 
 
@@ -247,3 +265,22 @@ def test_control_model_config_needs_a_control_model(image_sets, tiny_model) -> N
         "--control-model-config", "stable-diffusion-v2"])
     assert result.exit_code == 2
     assert "--control-model" in flat(result.stderr)
+
+
+def test_a_black_box_audit_uses_its_control_black_box_too(image_sets, tiny_model, tmp_path: Path) -> None:
+    """The control answers the same variation requests as the suspect, so both get the same features."""
+    from conftest import save_tiny_pipeline
+
+    suspect, reference = image_sets
+    control = save_tiny_pipeline(tmp_path / "control", seed=1)
+    result = CliRunner().invoke(app, [
+        "check", str(suspect), "--reference", str(reference), "--model", str(tiny_model), "--access", "blackbox",
+        "--control-model", str(control), "--cache-dir", str(tmp_path / "cache"), "--permutations", "200",
+        "--curve-resamples", "0", "--json", "--jobs", "1"])
+    assert result.exit_code in (0, 5), result.stderr
+    report = json.loads(result.stdout)
+    control_result = report["controls"]["control_model"]
+    assert report["model"]["access"] == control_result["model"]["access"] == "black"
+    assert control_result["features"] == report["features"]
+    assert all(name.startswith("rediffuse") for name in report["features"])
+    assert control_result["extraction"]["model_calls"] == report["extraction"]["model_calls"] > 0
