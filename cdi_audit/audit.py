@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -207,6 +208,31 @@ def open_target(settings: ModelSettings, store_root: Path | None) -> Target | Bl
     return local_black_box(target) if settings.access == "blackbox" else target
 
 
+class ModelPool:
+    """Local models kept loaded between the audits of a batch: loading a large model can take longer than
+    auditing with it. Holds at most ``capacity`` models (a suspect and its control), dropping the least
+    recently used; endpoints are cheap to open and are not kept."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self.loads = 0
+        self._targets: OrderedDict[tuple, Target | BlackBoxTarget] = OrderedDict()
+
+    def open(self, settings: ModelSettings, store_root: Path | None) -> Target | BlackBoxTarget:
+        if settings.endpoint is not None:
+            return open_target(settings, store_root)
+        key = (str(Path(settings.model_path).resolve()), str(settings.model_config), settings.access,
+               settings.device, settings.dtype)
+        if key in self._targets:
+            self._targets.move_to_end(key)
+            return self._targets[key]
+        while len(self._targets) >= self.capacity:
+            self._targets.popitem(last=False)
+        self._targets[key] = open_target(settings, store_root)
+        self.loads += 1
+        return self._targets[key]
+
+
 def public_configuration(settings: ModelSettings) -> dict[str, str | int | float | bool | None]:
     """The effective settings as the report records them: paths as text, endpoint secrets left out."""
     configuration: dict[str, str | int | float | bool | None] = {}
@@ -222,10 +248,12 @@ def public_configuration(settings: ModelSettings) -> dict[str, str | int | float
 
 def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
                      timings: dict[str, float], role: str = "",
-                     check_target: Callable[[Target | BlackBoxTarget], None] | None = None) -> ModelFeatures:
+                     check_target: Callable[[Target | BlackBoxTarget], None] | None = None,
+                     models: ModelPool | None = None) -> ModelFeatures:
     """Load the model, check it can serve the features, attach the conditions it needs, and extract
     the features of every image (through the cache). ``role`` prefixes timing keys and progress labels
-    (e.g. "control_" for the control model); ``check_target`` may refuse the loaded model."""
+    (e.g. "control_" for the control model); ``check_target`` may refuse the loaded model; ``models`` keeps
+    loaded models for later audits."""
     from cdi_audit.conditions import with_conditions
     from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for, require_access
@@ -233,7 +261,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     store_root = (settings.cache_dir or default_cache_dir()) if settings.use_cache else None
     label = role.replace("_", " ")
     with timed(timings, role + "load_model"):
-        target = open_target(settings, store_root)
+        target = models.open(settings, store_root) if models is not None else open_target(settings, store_root)
     if check_target is not None:
         check_target(target)
     extractors, notes = extractors_for(settings.features, target)
@@ -265,7 +293,8 @@ def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> Au
 
 
 def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_sets: list[ImageSet],
-                         progress: StageProgress, timings: dict[str, float]) -> ModelFeatures:
+                         progress: StageProgress, timings: dict[str, float],
+                         models: ModelPool | None = None) -> ModelFeatures:
     """Features of the same images from the control model; its errors name it, and the suspect model itself
     is refused as its own control."""
     fingerprint = suspect.target.description.fingerprint
@@ -278,7 +307,7 @@ def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_
 
     try:
         control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
-                                   "control_", refuse_suspect_model)
+                                   "control_", refuse_suspect_model, models)
     except AuditError as error:
         raise type(error)(f"Control model {settings.control_model}: {error}") from error
     missing = sorted(set(suspect.table.columns) - set(control.table.columns))
@@ -329,8 +358,10 @@ def image_scores(suspect: ImageSet, reference: ImageSet, outcome: TestOutcome | 
             for (record, role), score in zip(labelled, scores, strict=True)]
 
 
-def run_audit(settings: AuditSettings, progress: StageProgress | None = None) -> AuditResult:
-    """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use."""
+def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
+              models: ModelPool | None = None) -> AuditResult:
+    """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use.
+    ``models`` reuses models loaded by earlier audits (batches)."""
     progress = progress or StageProgress()
     timings: dict[str, float] = {}
     with timed(timings, "scan"):
@@ -339,7 +370,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
         shift = shift_check(inputs.screened.suspect_described, inputs.screened.reference_described,
                             settings.shift_alpha, settings.seed, settings.permutations, settings.n_jobs,
                             progress.counter("shift check (image statistics)"))
-    extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings)
+    extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings, models=models)
     table, summary, target = extracted.table, extracted.summary, extracted.target
     suspect, reference = extracted.image_sets
     with timed(timings, "test"):
@@ -349,7 +380,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None) ->
     control_model = None
     if settings.control_model is not None:
         control_features = extract_with_control(settings, extracted, [inputs.suspect, inputs.reference], progress,
-                                                timings)
+                                                timings, models)
         control_suspect, control_reference = control_features.image_sets
         with timed(timings, "control_test"):
             control_decision = decide(control_features.table, control_suspect.keys, control_reference.keys,

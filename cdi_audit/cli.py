@@ -362,6 +362,80 @@ def check(
     raise typer.Exit(VERDICT_EXIT_CODES[result.verdict])
 
 
+class CorrectionChoice(str, Enum):
+    bh = "bh"
+    holm = "holm"
+    none = "none"
+
+
+@app.command()
+def batch(
+    batch_file: Annotated[Path, typer.Argument(
+        metavar="AUDITS.toml", show_default=False,
+        help="The audits to run: [[audit]] tables with name, suspect, reference, model and optionally "
+             "control_model, features, alpha, test, permutations, seed, shift_alpha, curve_resamples, caption, "
+             "access, model_config; a [defaults] table gives values to all. Paths are relative to the file.")],
+    correction: Annotated[CorrectionChoice, typer.Option(
+        help="Correction for testing many audits at once: 'bh' (Benjamini-Hochberg, false discovery rate), "
+             "'holm' (family-wise error rate) or 'none'. An audit is evidence only if its adjusted p < alpha.")
+    ] = CorrectionChoice.bh,
+    out: Annotated[Path | None, typer.Option(
+        metavar="DIR", show_default=False,
+        help="Write batch.json and one folder per audit (named after it) with its report files, as check "
+             "--out does.")] = None,
+    report_formats: Annotated[str | None, typer.Option(
+        "--report", metavar="FORMATS", callback=_check_report_formats, show_default=False,
+        help="Reports to render into each audit's folder: 'pdf,html' (the default), 'pdf', 'html' or 'none'.")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    batch_size: BatchSizeOption = 32,
+    max_batch_grad: MaxBatchGradOption = 16,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    json_output: JsonOption = False,
+    strict: StrictOption = False,
+    jobs: JobsOption = DEFAULT_JOBS,
+    debug: DebugOption = False,
+) -> None:
+    """Run many audits (collections against models), corrected for multiple testing together.
+
+    Models are loaded once and features are shared through the cache. The exit code is the most severe of
+    the audits': an error's code (the highest), else 5 if any is inconclusive, 1 if any is evidence, else 0.
+    """
+    from cdi_audit.batch import read_batch_file, run_batch
+    from cdi_audit.report.terminal import print_batch_summary
+
+    console = stderr_console()
+    if report_formats is not None and out is None:
+        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
+    machine = dict(device=device, dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad,
+                   cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs)
+
+    def stage(progress: StageProgress):
+        entries = read_batch_file(batch_file, machine)
+
+        def announce(position: int, entry) -> None:
+            console.print(f"[bold]audit {position}/{len(entries)}[/] {entry.name}: {entry.settings.suspect_dir} "
+                          f"against {entry.settings.reference_dir}, model {entry.settings.model_path}")
+
+        return run_batch(entries, batch_file, correction.value, progress, announce)
+
+    outcome = _run_stage(stage, console, json_output, debug)
+    if out is not None:
+        from cdi_audit.report.files import write_audit_files, write_file
+
+        written = [write_file(out / "batch.json", outcome.model_dump_json(indent=2) + "\n")]
+        for audit in outcome.audits:
+            if audit.result is not None:
+                written += write_audit_files(audit.result, out / audit.name, _report_formats(report_formats))
+        _print_written(console, written)
+    print_batch_summary(outcome, console)
+    if json_output:
+        typer.echo(outcome.model_dump_json(indent=2))
+    raise typer.Exit(outcome.exit_code)
+
+
 class EvaluationTestChoice(str, Enum):
     permutation = "permutation"
     split = "split"

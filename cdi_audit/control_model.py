@@ -37,8 +37,8 @@ class ControlComparison:
     """The control model's own test, and how the suspect model's effect compares with it.
 
     ``passed``: the control's negative control passed and, where the suspect's result is significant, the
-    suspect's effect is larger beyond chance; None when the control model's scores were unusable (constant features, degenerate
-    scores).
+    suspect's effect is larger beyond chance; None when the control model's scores were unusable (constant
+    features, degenerate scores).
     """
 
     decision: Decision

@@ -179,6 +179,19 @@ class Controls(BaseModel):
     control_model: ControlModelResult | None = None
 
 
+CORRECTION_NAMES = {"bh": "Benjamini-Hochberg", "holm": "Holm", "none": "no"}
+
+
+class MultipleTesting(BaseModel):
+    """The audit was one of a batch: its p-value adjusted over the batch's audits (``family_size`` p-values,
+    ``correction`` "bh" Benjamini-Hochberg, "holm" or "none"); ``verdict_before`` is what it alone gave."""
+
+    correction: Literal["bh", "holm", "none"]
+    family_size: int
+    adjusted_p_value: float
+    verdict_before: Verdict
+
+
 class AuditResult(BaseModel):
     schema_version: str = SCHEMA_VERSION
     verdict: Verdict
@@ -211,6 +224,34 @@ class AuditResult(BaseModel):
     sample_size_curve: SampleSizeCurve | None = None
     feature_diagnostics: list[FeatureDiagnosticRow] = []
     power: PowerEstimate | None = None
+    multiple_testing: MultipleTesting | None = None
+
+
+class BatchAudit(BaseModel):
+    """One audit of a batch: its verdict after the correction (or "error"), its exit code, raw and adjusted
+    p-values, and the full result (None when it could not run; then ``error`` says why)."""
+
+    name: str
+    verdict: Literal["evidence", "no_evidence", "inconclusive", "error"]
+    exit_code: int
+    p_value: float | None
+    adjusted_p_value: float | None
+    error: str | None = None
+    result: AuditResult | None = None
+
+
+class BatchResult(BaseModel):
+    """``cdi-audit batch``: every audit of a batch file, corrected for multiple testing together; the exit
+    code is the most severe of the audits' (error, then inconclusive, then evidence, then no evidence)."""
+
+    schema_version: str = SCHEMA_VERSION
+    kind: Literal["batch"] = "batch"
+    batch_file: str
+    correction: Literal["bh", "holm", "none"]
+    family_size: int
+    exit_code: int
+    created: str
+    audits: list[BatchAudit]
 
 
 class FeatureSetDiscrimination(BaseModel):

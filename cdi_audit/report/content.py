@@ -14,7 +14,7 @@ from pathlib import Path
 from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.manifest import Manifest
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
-from cdi_audit.result import AuditResult, ControlModelResult, ModelInfo
+from cdi_audit.result import CORRECTION_NAMES, AuditResult, ControlModelResult, ModelInfo
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
 # The verdict banner's colour in the HTML and PDF (red, green, amber).
@@ -157,6 +157,12 @@ def verdict_section(result: AuditResult) -> Section:
         floor = f"; the smallest p that {result.permutations_requested} permutations can give is " \
                 f"{p_text(1 / (result.permutations_requested + 1))}" if result.permutations_requested else ""
         rows.append(("p-value", p_text(result.p_value) + floor))
+    if result.multiple_testing is not None:
+        multiple = result.multiple_testing
+        name = CORRECTION_NAMES[multiple.correction]
+        rows.append(("adjusted p-value", f"{p_text(multiple.adjusted_p_value)} ({name} correction over the "
+                                         f"{multiple.family_size} audits of a batch; this audit alone: "
+                                         f"{VERDICT_LABELS[multiple.verdict_before]})"))
     rows += [
         ("alpha (significance level)", f"{result.alpha:g}"),
         ("test", result.test_description),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
 from cdi_audit.report.content import ACCESS_LABELS, VERDICT_LABELS, control_model_numbers, control_model_status
-from cdi_audit.result import AuditResult
+from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchResult
 
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 
@@ -100,3 +102,30 @@ def print_summary(result: AuditResult, console: Console) -> None:
         console.print(f"[dim]... and {len(result.skipped_files) - shown} more skipped files (see the JSON report)[/]")
     for warning in result.warnings:
         console.print(f"[yellow]warning[/] {warning}")
+
+
+def _p(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def print_batch_summary(batch: BatchResult, console: Console) -> None:
+    """One row per audit: its verdict after the correction, raw and adjusted p, the sets and the model."""
+    correction = CORRECTION_NAMES[batch.correction]
+    table = Table(title=f"{len(batch.audits)} audits; {correction} correction over {batch.family_size} p-values",
+                  title_justify="left")
+    for column in ("audit", "verdict", "p", "adjusted p", "images", "model"):
+        table.add_column(column)
+    for audit in batch.audits:
+        result = audit.result
+        if result is None:
+            table.add_row(audit.name, f"[bold red]ERROR (exit {audit.exit_code})[/]", "", "", "", "")
+            continue
+        model = result.model.endpoint or Path(result.model.path).name
+        table.add_row(audit.name, f"[{VERDICT_STYLES[audit.verdict]}]{VERDICT_LABELS[audit.verdict]}[/]",
+                      _p(audit.p_value), _p(audit.adjusted_p_value), f"{result.n_suspect} vs {result.n_reference}",
+                      model)
+    console.print(table)
+    for audit in batch.audits:
+        if audit.error is not None:
+            console.print(f"[bold red]error[/] {audit.name}: {audit.error}")
+    console.print(f"exit code {batch.exit_code}")
