@@ -48,6 +48,7 @@ from cdi_audit.result import (
     ExtractionInfo,
     FeatureDiagnosticRow,
     ImageScore,
+    ModelInfo,
     NearDuplicateInfo,
     PowerEstimate,
     SampleSizeCurve,
@@ -55,6 +56,7 @@ from cdi_audit.result import (
     ShiftStatisticInfo,
     SkippedFileInfo,
 )
+from cdi_audit.sharding import ALL, Shard
 from cdi_audit.stats import TestName, TestOutcome
 
 if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
@@ -333,6 +335,19 @@ def control_model_result(comparison: ControlComparison, control: ModelFeatures) 
         passed=comparison.passed,
         features=list(decision.used_columns), extraction=ExtractionInfo(**vars(control.summary)),
     )
+
+
+def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = ALL,
+                   progress: StageProgress | None = None) -> tuple[ExtractionSummary, ModelInfo]:
+    """Features only, into the cache (``cdi-audit extract``): the images of ``shard`` in ``folders``. A later
+    ``check`` with the same model, features and seed reads them back and makes no model call for them."""
+    if not settings.use_cache:
+        raise SettingsProblem("extraction only fills the feature cache; it cannot run with --no-cache.")
+    progress = progress or StageProgress()
+    image_sets = [shard.select(scan_image_set(folder, settings.strict, progress.track(f"hashing {folder.name}")))
+                  for folder in folders]
+    extracted = load_and_extract(settings, image_sets, progress, {})
+    return extracted.summary, extracted.target.description
 
 
 def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInfo:

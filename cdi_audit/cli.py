@@ -362,6 +362,66 @@ def check(
     raise typer.Exit(VERDICT_EXIT_CODES[result.verdict])
 
 
+def _check_shard(value: str) -> str:
+    from cdi_audit.sharding import parse_shard
+
+    try:
+        parse_shard(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+@app.command()
+def extract(
+    suspect_dir: Annotated[Path, typer.Argument(metavar="SUSPECT_DIR", show_default=False,
+                                                help="Folder of the suspect images.")],
+    reference_dir: Annotated[Path, typer.Argument(metavar="REFERENCE_DIR", show_default=False,
+                                                  help="Folder of the reference images.")],
+    model: ModelOption = None,
+    model_config: ModelConfigOption = None,
+    features: Annotated[str, typer.Option(callback=_check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
+    shard: Annotated[str, typer.Option(
+        callback=_check_shard, metavar="i/N",
+        help="Extract only shard i of N: the images whose sha256 is i-1 modulo N, so N processes or machines "
+             "sharing one cache folder (or whose caches are copied together) split the work without "
+             "talking to each other.")] = "1/1",
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    batch_size: BatchSizeOption = 32,
+    max_batch_grad: MaxBatchGradOption = 16,
+    caption: CaptionOption = None,
+    cache_dir: CacheDirOption = None,
+    strict: StrictOption = False,
+    access: AccessOption = AccessChoice.auto,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Extract features into the cache without testing: for sharded or multi-machine runs.
+
+    'check' with the same model, features, seed, device and precision then reads them back and makes no
+    model call for these images. Features are stored after every batch, so an interrupted run resumes.
+    """
+    from cdi_audit.audit import ModelSettings, run_extraction
+    from cdi_audit.sharding import parse_shard
+
+    _require_one_model(model, None, None, access)
+    console = stderr_console()
+    settings = ModelSettings(model_path=model, model_config=model_config, access=access.value, features=features,
+                             seed=seed, device=device, dtype=dtype, batch_size=batch_size,
+                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict)
+    chosen = parse_shard(shard)
+    summary, description = _run_stage(
+        lambda progress: run_extraction(settings, [suspect_dir, reference_dir], chosen, progress), console,
+        json_output, debug)
+    console.print(f"shard {chosen}: {summary.images} images, {summary.images_from_cache} already cached, "
+                  f"{summary.model_calls} model calls, {summary.seconds:.1f} s; model {description.path} (sha256 "
+                  f"{description.fingerprint[:12]}…)")
+    if json_output:
+        typer.echo(json.dumps({"shard": str(chosen), **vars(summary), "model_fingerprint": description.fingerprint}))
+
+
 class CorrectionChoice(str, Enum):
     bh = "bh"
     holm = "holm"
