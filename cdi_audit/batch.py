@@ -22,6 +22,7 @@ from cdi_audit.audit import AuditSettings, ModelPool, run_audit
 from cdi_audit.console import StageProgress
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
 from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
+from cdi_audit.settings_checks import alpha_problem, permutations_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,13 +101,13 @@ def _entry_settings(table: dict, where: str, folder: Path) -> dict:
 def _check_values(settings: AuditSettings, where: str) -> None:
     from cdi_audit.features.registry import resolve_extractors
 
-    if not 0 < settings.alpha < 0.5:
-        raise SettingsProblem(f"{where}: alpha must be between 0 and 0.5 (got {settings.alpha}).")
+    problem = alpha_problem(settings.alpha)
+    if problem is None and settings.test == "permutation":
+        problem = permutations_problem(settings.permutations, settings.alpha)
+    if problem is not None:
+        raise SettingsProblem(f"{where}: {problem}")
     if settings.test not in ("permutation", "split"):
         raise SettingsProblem(f"{where}: test must be 'permutation' or 'split' (got {settings.test!r}).")
-    if settings.test == "permutation" and 1 / (settings.permutations + 1) >= settings.alpha:
-        raise SettingsProblem(f"{where}: with {settings.permutations} permutations p cannot go below alpha = "
-                              f"{settings.alpha}; use at least {int(np.ceil(1 / settings.alpha))}.")
     if settings.access not in ("auto", "blackbox"):
         raise SettingsProblem(f"{where}: access must be 'auto' or 'blackbox' (got {settings.access!r}).")
     try:

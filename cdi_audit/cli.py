@@ -8,7 +8,6 @@ error (a bug; never a finding), 130 interrupted.
 from __future__ import annotations
 
 import json
-import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.console import Console
 from cdi_audit import __version__
 from cdi_audit.console import StageProgress, stderr_console
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, ExitCode
+from cdi_audit.settings_checks import alpha_problem, permutations_problem
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
@@ -81,8 +81,9 @@ def root(
 
 
 def _check_alpha(value: float) -> float:
-    if not 0.0 < value < 0.5:
-        raise typer.BadParameter("alpha must be between 0 and 0.5 (e.g. 0.01).")
+    problem = alpha_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
     return value
 
 
@@ -214,11 +215,9 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on e
 
 
 def _require_reachable(permutations: int, threshold: float, what: str) -> None:
-    """A permutation p-value is at least 1/(B+1): refuse a B that could never go below ``threshold``."""
-    if 1 / (permutations + 1) >= threshold:
-        raise typer.BadParameter(
-            f"with {permutations} permutations the smallest p-value is 1/{permutations + 1}, which cannot be "
-            f"below {what} = {threshold:g}; use at least {math.ceil(1 / threshold)}.", param_hint="--permutations")
+    problem = permutations_problem(permutations, threshold, what)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--permutations")
 
 
 def _require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: str | None,
@@ -485,10 +484,11 @@ def batch(
     if out is not None:
         from cdi_audit.report.files import write_audit_files, write_file
 
+        formats = _report_formats(report_formats)
         written = [write_file(out / "batch.json", outcome.model_dump_json(indent=2) + "\n")]
         for audit in outcome.audits:
             if audit.result is not None:
-                written += write_audit_files(audit.result, out / audit.name, _report_formats(report_formats))
+                written += write_audit_files(audit.result, out / audit.name, formats)
         _print_written(console, written)
     print_batch_summary(outcome, console)
     if json_output:

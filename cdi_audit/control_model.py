@@ -79,8 +79,8 @@ def _usable(decision: Decision) -> bool:
     return decision.outcome is not None and not decision.outcome.degenerate and decision.effect is not None
 
 
-def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed: int,
-                       control_name: str = "the control model") -> tuple[Decision, ControlComparison]:
+def judge_with_control(suspect: Decision, control: Decision, alpha: float,
+                       seed: int) -> tuple[Decision, ControlComparison]:
     """The suspect model's decision after the control model's: ``evidence`` survives only if the suspect
     model's effect is larger than the control's beyond chance; an unusable control or a failed negative
     control on it gives ``inconclusive``. A suspect result that is already inconclusive keeps its own reason
@@ -92,7 +92,7 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
         if not significant:
             return suspect, comparison
         return replace(suspect, verdict="inconclusive", reason=(
-            f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but {control_name} gave no "
+            f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but the control model gave no "
             f"usable scores ({control.reason.rstrip('.')}), so its effect cannot be compared; the result is not "
             "trusted.")), comparison
 
@@ -106,7 +106,7 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
     larger = interval is not None and interval[0] > 0
     comparison = ControlComparison(control, separates, difference, interval, level,
                                    not negative_failed and (larger or not significant))
-    found = (f"{control_name} {'also tells the sets apart' if separates else 'shows no significant difference'} "
+    found = (f"the control model {'also tells the sets apart' if separates else 'shows no significant difference'} "
              f"(p = {control_p:.3g}; AUC {control_auc:.3f})")
     compared = "" if interval is None else (
         f"difference in AUC {difference:+.3f}, {level:.0%} interval {interval[0]:+.3f} to {interval[1]:+.3f}")
@@ -115,13 +115,13 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
         return suspect, comparison
     if negative_failed:
         return replace(suspect, verdict="inconclusive", reason=(
-            f"The negative control on {control_name} came out significant (p = "
+            f"The negative control on the control model came out significant (p = "
             f"{control.negative_control.p_value:.3g} < {alpha}), which should not happen; the result is not "
             "trusted.")), comparison
     if significant and not larger:
         return replace(suspect, verdict="inconclusive", reason=(
             f"The suspect images score higher on the suspect model (p = {suspect.outcome.p_value:.3g}, AUC "
-            f"{suspect.effect.auc:.3f}), but not clearly more than on {control_name}, which should not have seen "
+            f"{suspect.effect.auc:.3f}), but not clearly more than on the control model, which should not have seen "
             f"them: {found}; {compared or 'the two cannot be compared'}. The difference is not laid to the "
             "suspect model's training.")), comparison
     if significant:
