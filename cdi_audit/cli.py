@@ -115,6 +115,11 @@ def _check_report_formats(value: str | None) -> str | None:
     return value
 
 
+def _require_out_for_reports(report_formats: str | None, out: Path | None) -> None:
+    if report_formats is not None and out is None:
+        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
+
+
 def _check_device(value: str) -> str:
     from cdi_audit.targets.loading import resolve_device
 
@@ -333,8 +338,7 @@ def check(
     if control_model_config is not None and control_model is None:
         raise typer.BadParameter("it configures the control model; add --control-model PATH.",
                                  param_hint="--control-model-config")
-    if report_formats is not None and out is None:
-        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
+    _require_out_for_reports(report_formats, out)
     endpoint_settings = None if model is not None else EndpointSettings(
         url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
         backoff=retry_backoff, max_rps=max_rps, image_size=image_size,
@@ -466,8 +470,7 @@ def batch(
     from cdi_audit.report.terminal import print_batch_summary
 
     console = stderr_console()
-    if report_formats is not None and out is None:
-        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
+    _require_out_for_reports(report_formats, out)
     machine = dict(device=device, dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad,
                    cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs)
 
