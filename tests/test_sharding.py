@@ -59,6 +59,31 @@ def test_two_shards_give_exactly_the_features_of_one_process(image_sets, tiny_mo
     np.testing.assert_array_equal(merged.values, alone.values)
 
 
+def test_check_from_a_filled_cache_never_reads_the_weights(image_sets, tiny_model: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """After extraction, check needs the model's files for its fingerprint and configs, not its weights."""
+    import diffusers
+
+    suspect, reference = image_sets
+    settings = ModelSettings(model_path=tiny_model, features="fast", batch_size=8, cache_dir=tmp_path)
+    run_extraction(settings, [suspect, reference])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(diffusers.UNet2DModel, "from_pretrained", refuse)
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(tiny_model), "--cache-dir",
+                 str(tmp_path), "--features", "fast", "--batch-size", "8", "--json", "--test", "split",
+                 "--curve-resamples", "0", "--jobs", "1"]
+    cached = CliRunner().invoke(app, arguments)
+    assert cached.exit_code in (0, 1, 5), cached.output
+    report = json.loads(cached.stdout)
+    assert report["extraction"]["model_calls"] == 0 and report["extraction"]["images_from_cache"] == 24
+    # Images the cache lacks do need the weights: the refusal surfaces as an unusable model (exit 4).
+    missing = CliRunner().invoke(app, [*arguments, "--seed", "1"])
+    assert missing.exit_code == 4 and "the weights were read" in missing.output
+
+
 def command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "cdi_audit", *arguments]
 

@@ -127,6 +127,9 @@ class Target(abc.ABC):
         finally:
             self._full_precision = previous
 
+    def load_weights(self) -> None:  # noqa: B027 (most targets hold their weights already)
+        """Read weights that are still on disk (they are read on first use otherwise; see targets/deferred.py)."""
+
     @abc.abstractmethod
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
                       ) -> torch.Tensor:

@@ -16,6 +16,7 @@ from cdi_audit.errors import InputProblem
 from cdi_audit.images import ImageRecord
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Conditioning, Target
+from cdi_audit.targets.deferred import load_now, module_class_name
 
 
 class LatentTarget(Target):
@@ -41,7 +42,7 @@ class LatentTarget(Target):
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
 
     def _conditioning(self) -> Conditioning:
-        kind = type(self.denoiser).__name__
+        kind = module_class_name(self.denoiser)
         if kind == "UNet2DConditionModel":
             return "text"
         if kind == "DiTTransformer2DModel":
@@ -106,6 +107,9 @@ class LatentTarget(Target):
     def embed_captions(self, captions: list[str]) -> torch.Tensor:
         """CLIP text embeddings (B, tokens, width), padded to the tokenizer's length as the pipeline does."""
         return self.text_encoder(self.tokenize(captions).to(self.device))[0].float()
+
+    def load_weights(self) -> None:
+        load_now(self.denoiser, self.autoencoder, self.text_encoder)
 
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
                       ) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.images import file_sha256
 from cdi_audit.result import FileDigest, ModelInfo
 from cdi_audit.targets.base import PREDICTION_TYPES, Target
+from cdi_audit.targets.deferred import DeferredModule
 from cdi_audit.targets.packaged import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
@@ -213,17 +215,26 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
     return torch.as_tensor(alphas_cumprod), prediction_type
 
 
-def _load_model(root: Path, part: str):
-    """One diffusers model component, offline and from safetensors only."""
+def _load_model(root: Path, part: str) -> DeferredModule:
+    """One diffusers model component, offline and from safetensors only; its weights are read on first use
+    (an audit whose features are all cached never reads them), its config at once."""
     import diffusers
+    from diffusers.configuration_utils import FrozenDict
 
-    class_name = _read_json(root / part / "config.json")["_class_name"]
-    try:
-        return getattr(diffusers, class_name).from_pretrained(
-            root, subfolder=part, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
-        )
-    except Exception as error:
-        raise ModelUnavailable(f"The {part} in {root} cannot be loaded ({type(error).__name__}: {error}).") from error
+    saved = _read_json(root / part / "config.json")
+    model_class = getattr(diffusers, saved["_class_name"])
+    parameters = inspect.signature(model_class.__init__).parameters.items()
+    defaults = {name: p.default for name, p in parameters if p.default is not inspect.Parameter.empty}
+
+    def load() -> torch.nn.Module:
+        try:
+            return model_class.from_pretrained(root, subfolder=part, local_files_only=True, use_safetensors=True,
+                                               low_cpu_mem_usage=False)
+        except Exception as error:
+            raise ModelUnavailable(f"The {part} in {root} cannot be loaded ({type(error).__name__}: {error})."
+                                   ) from error
+
+    return DeferredModule(saved["_class_name"], FrozenDict({**defaults, **saved}), load)
 
 
 def _load_text_components(root: Path):
@@ -232,13 +243,20 @@ def _load_text_components(root: Path):
     from transformers import CLIPTextModel, CLIPTokenizer
 
     _quiet(transformers)
+
+    def load_encoder() -> torch.nn.Module:
+        try:
+            return CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
+        except Exception as error:
+            raise ModelUnavailable(f"The text encoder in {root} cannot be loaded "
+                                   f"({type(error).__name__}: {error}).") from error
+
     try:
-        encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
     except Exception as error:
-        raise ModelUnavailable(f"The text encoder or tokenizer in {root} cannot be loaded "
+        raise ModelUnavailable(f"The tokenizer in {root} cannot be loaded "
                                f"({type(error).__name__}: {error}).") from error
-    return encoder, tokenizer
+    return DeferredModule("CLIPTextModel", None, load_encoder), tokenizer
 
 
 def _image_size(denoiser, autoencoder) -> int:

@@ -6,6 +6,7 @@ import torch
 
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Target
+from cdi_audit.targets.deferred import load_now
 
 
 class PixelTarget(Target):
@@ -16,6 +17,9 @@ class PixelTarget(Target):
         super().__init__(alphas_cumprod, prediction_type, unet.config.in_channels, device, description)
         self.unet = unet.to(device).eval()
         self.unet.requires_grad_(False)
+
+    def load_weights(self) -> None:
+        load_now(self.unet)
 
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
                       ) -> torch.Tensor:
