@@ -11,7 +11,7 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,13 +21,16 @@ from cdi_audit.console import StageProgress, stderr_console
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, ExitCode
 from cdi_audit.settings_checks import alpha_problem, permutations_problem
 
+if TYPE_CHECKING:
+    from cdi_audit.sharding import Launch, Shard
+
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
 FEATURES_HELP = (
     "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
-    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian; 14 columns, 30 model calls "
-    "per image); 'full' (white-box: fast + gradient_masking, noise_optim; 26 columns, about 58 model calls and 18 "
+    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian; 14 columns, 29 model calls "
+    "per image); 'full' (white-box: fast + gradient_masking, noise_optim; 26 columns, about 57 model calls and 18 "
     "backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, 3 on "
     "latent models)."
 )
@@ -375,6 +378,37 @@ def _check_shard(value: str) -> str:
     return value
 
 
+def _place_this_process(shard: str, device: str) -> tuple[Shard, Launch | None, str]:
+    """(shard, launch, device) of this extraction process: --shard and --device as given, or, when
+    accelerate launch or torchrun started several processes, this rank's own shard and GPU. Such ranks also
+    share the CPU cores out when the launcher set no OMP_NUM_THREADS. SettingsProblem when the launch and
+    the options disagree."""
+    from cdi_audit.errors import SettingsProblem
+    from cdi_audit.sharding import ALL, detect_launch, parse_shard
+
+    chosen = parse_shard(shard)
+    try:
+        launch = detect_launch()
+    except ValueError as error:
+        raise SettingsProblem(str(error)) from None
+    if launch is None:
+        return chosen, None, device
+    if chosen != ALL:
+        raise SettingsProblem(f"--shard {chosen} cannot be combined with a launch of {launch.world_size} "
+                              f"processes, which already gives each its own shard (this is rank {launch.rank}, "
+                              f"shard {launch.shard}); drop --shard, or run without accelerate launch / torchrun.")
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(launch.cpu_threads(os.cpu_count()))
+    placed = launch.device(device, torch.cuda.is_available())
+    if placed != device and launch.local_rank >= torch.cuda.device_count():
+        raise SettingsProblem(f"{launch.local_world_size} processes were launched on this machine but only "
+                              f"{torch.cuda.device_count()} GPUs are visible; launch at most one per GPU, or "
+                              "use --device cpu.")
+    return launch.shard, launch, placed
+
+
 @app.command()
 def extract(
     suspect_dir: Annotated[Path, typer.Argument(metavar="SUSPECT_DIR", show_default=False,
@@ -388,7 +422,8 @@ def extract(
         callback=_check_shard, metavar="i/N",
         help="Extract only shard i of N: the images whose sha256 is i-1 modulo N, so N processes or machines "
              "sharing one cache folder (or whose caches are copied together) split the work without "
-             "talking to each other.")] = "1/1",
+             "talking to each other. Leave it out under accelerate launch or torchrun: each process then takes "
+             "shard RANK+1 of WORLD_SIZE.")] = "1/1",
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -401,28 +436,37 @@ def extract(
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Extract features into the cache without testing: for sharded or multi-machine runs.
+    """Extract features into the cache without testing: for sharded, multi-GPU or multi-machine runs.
 
     'check' with the same model, features, seed, device and precision then reads them back and makes no
     model call for these images. Features are stored after every batch, so an interrupted run resumes.
+
+    On several GPUs or machines: 'accelerate launch --multi_gpu --num_processes 4 -m cdi_audit extract ...'
+    (or torchrun ... -m cdi_audit extract ...). Each process then extracts its own shard (RANK+1 of
+    WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
     from cdi_audit.audit import ModelSettings, run_extraction
-    from cdi_audit.sharding import parse_shard
+    from cdi_audit.errors import SettingsProblem
 
     _require_one_model(model, None, None, access)
     console = stderr_console()
+    try:
+        chosen, launch, device = _place_this_process(shard, device)
+    except SettingsProblem as error:
+        _fail(console, error.exit_code, str(error), json_output, debug)
     settings = ModelSettings(model_path=model, model_config=model_config, access=access.value, features=features,
                              seed=seed, device=device, dtype=dtype, batch_size=batch_size,
                              max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict)
-    chosen = parse_shard(shard)
     summary, description = _run_stage(
         lambda progress: run_extraction(settings, [suspect_dir, reference_dir], chosen, progress), console,
         json_output, debug)
-    console.print(f"shard {chosen}: {summary.images} images, {summary.images_from_cache} already cached, "
-                  f"{summary.model_calls} model calls, {summary.seconds:.1f} s; model {description.path} (sha256 "
-                  f"{description.fingerprint[:12]}…)")
+    rank = launch.rank if launch is not None else None
+    console.print(f"{'' if rank is None else f'rank {rank}, '}shard {chosen}: {summary.images} images, "
+                  f"{summary.images_from_cache} already cached, {summary.model_calls} model calls, "
+                  f"{summary.seconds:.1f} s; model {description.path} (sha256 {description.fingerprint[:12]}…)")
     if json_output:
-        typer.echo(json.dumps({"shard": str(chosen), **vars(summary), "model_fingerprint": description.fingerprint}))
+        typer.echo(json.dumps({"shard": str(chosen), "rank": rank, **vars(summary),
+                               "model_fingerprint": description.fingerprint}))
 
 
 class CorrectionChoice(str, Enum):
@@ -609,7 +653,9 @@ def serve(
 
     def load(progress: StageProgress) -> LocalVariation:
         chosen = resolve_device(device)
-        return LocalVariation(load_target(model, chosen, resolve_dtype(dtype, chosen), model_config))
+        target = load_target(model, chosen, resolve_dtype(dtype, chosen), model_config)
+        target.load_weights()  # a broken model fails now, not at the first request
+        return LocalVariation(target)
 
     backend = _run_stage(load, console, False, debug)
     try:

@@ -12,6 +12,7 @@ import torch
 from cdi_audit.cache import FeatureSection, FeatureStore
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
+from cdi_audit.features.fused import ForwardBatcher, default_max_rows, run_fused
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.images import ImageRecord, load_model_pixels
 from cdi_audit.targets.base import Target
@@ -46,6 +47,15 @@ def cache_key(target: Target | BlackBoxTarget, extractor: Extractor, seed: int) 
     }
 
 
+def _finite(extractor: Extractor, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ModelUnavailable(
+            f"The model produced non-finite values for the {extractor.name} feature; "
+            "its weights or schedule are broken, so no audit can be run on it."
+        )
+    return values
+
+
 def _compute(
     extractor: Extractor, target: Target | BlackBoxTarget, batch: LatentBatch, noise: NoiseSource, max_batch_grad: int
 ) -> np.ndarray:
@@ -62,12 +72,16 @@ def _compute(
             extractor.extract(target, batch.select(slice(i, i + step)), noise).numpy()
             for i in range(0, len(batch.hashes), step)
         ])
-    if not np.isfinite(values).all():
-        raise ModelUnavailable(
-            f"The model produced non-finite values for the {extractor.name} feature; "
-            "its weights or schedule are broken, so no audit can be run on it."
-        )
-    return values
+    return _finite(extractor, values)
+
+
+def _compute_fused(work: list[tuple[Extractor, LatentBatch]], noise: NoiseSource, batcher: ForwardBatcher
+                   ) -> list[np.ndarray]:
+    """Planned extractors (forward passes only) on their batches, their requests sharing network calls."""
+    with torch.no_grad():
+        values = run_fused([extractor.plan(batcher.target, batch, noise) for extractor, batch in work],
+                           [extractor.full_precision for extractor, _ in work], batcher)
+    return [_finite(extractor, value.numpy()) for (extractor, _), value in zip(work, values, strict=True)]
 
 
 def extract_features(
@@ -79,6 +93,7 @@ def extract_features(
     store: FeatureStore | None = None,
     on_images_done: Callable[[int, int], None] | None = None,
     max_batch_grad: int = DEFAULT_MAX_BATCH_GRAD,
+    max_rows: int | None = None,
 ) -> tuple[FeatureTable, ExtractionSummary]:
     """Features of every image in ``records`` (unique by key), computed or read from ``store``.
 
@@ -87,12 +102,18 @@ def extract_features(
     before the next starts. They are processed in key order, so suspect
     and reference images share batches and go through the same code path.
     ``on_images_done(done, total)`` reports progress. Results do not depend
-    on ``batch_size`` or ``max_batch_grad`` beyond float rounding.
+    on ``batch_size``, ``max_batch_grad`` or ``max_rows`` beyond float rounding.
+
+    Extractors written as plans share network calls of up to ``max_rows`` rows
+    (``features/fused.py``; a default by device, halved on out-of-memory);
+    black-box targets and gradient features run one extractor at a time.
     """
     started = time.perf_counter()
     calls_before = target.forward_rows
     unique = sorted({record.key: record for record in records}.values(), key=lambda record: record.key)
     noise = NoiseSource(seed)
+    batcher = None if isinstance(target, BlackBoxTarget) else ForwardBatcher(
+        target, max_rows or default_max_rows(target.device))
     sections: dict[str, FeatureSection | None] = {}
     known: dict[str, dict[str, np.ndarray]] = {}
     for extractor in extractors:
@@ -109,12 +130,20 @@ def extract_features(
             captions = tuple(r.caption or "" for r in records_in_batch) if target.conditioning == "text" else None
             batch = LatentBatch(target.encode(pixels), tuple(record.sha256 for record in records_in_batch),
                                 target.encode_condition(records_in_batch), pixels, captions)
+        work = []
         for extractor in extractors:
             todo = [i for i, r in enumerate(records_in_batch) if r.key not in known[extractor.name]]
-            if not todo:
-                continue
+            if todo:
+                # The whole batch itself where possible: fused requests on the same tensors are evaluated once.
+                work.append((extractor, todo, batch if len(todo) == len(records_in_batch) else batch.select(todo)))
+        fusable = [(extractor, part) for extractor, _, part in work if batcher is not None and extractor.planned]
+        fused = iter(_compute_fused(fusable, noise, batcher) if fusable else [])
+        for extractor, todo, part in work:
+            if batcher is not None and extractor.planned:
+                values = next(fused)
+            else:
+                values = _compute(extractor, target, part, noise, max_batch_grad)
             keys = [records_in_batch[i].key for i in todo]
-            values = _compute(extractor, target, batch.select(todo), noise, max_batch_grad)
             known[extractor.name].update(zip(keys, values, strict=True))
             section = sections[extractor.name]
             if section is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -63,6 +64,21 @@ class NoiseSource:
         return torch.stack(rows).to(batch.z0.device)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One request for the model's noise prediction: rows ``z`` at timestep ``t`` with their condition rows."""
+
+    z: torch.Tensor
+    t: int
+    condition: torch.Tensor | None = None
+
+
+# A feature written as a plan: it yields lists of independent requests, receives their noise predictions
+# (one tensor per request, in order) and finally returns the (B, k) values. Who runs the plan decides how
+# requests become network calls: one call each (``run_alone``) or many plans' requests fused into few calls.
+Plan = Generator[list[Forward], list[torch.Tensor], torch.Tensor]
+
+
 class Extractor(abc.ABC):
     """One membership-inference method: ``extract(target, batch, noise) -> (B, len(columns))``.
 
@@ -102,9 +118,24 @@ class Extractor(abc.ABC):
     def params(self) -> dict:
         """The configuration that changes the values (part of the cache key)."""
 
-    @abc.abstractmethod
+    @property
+    def planned(self) -> bool:
+        """Whether the feature is written as a ``plan`` (forward passes only), so its requests can be fused."""
+        return type(self).plan is not Extractor.plan
+
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
+        """The feature as requests for noise predictions (see ``Plan``); features that need gradients or
+        another kind of model call override ``extract`` instead."""
+        raise NotImplementedError(f"{self.name} is not written as a plan")
+
     def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
-        """Feature values for each image of ``batch``: (B, len(columns)), float64 on the CPU."""
+        """Feature values for each image of ``batch``: (B, len(columns)), float64 on the CPU.
+
+        By default the plan's requests run one network call each, in order (as the reference code does).
+        """
+        from cdi_audit.features.fused import run_alone
+
+        return run_alone(self.plan(target, batch, noise), target)
 
 
 def nominal_timestep_label(t: int) -> str:

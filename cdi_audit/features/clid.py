@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
+from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan
 from cdi_audit.targets.base import Conditioning, Target, add_noise
 
 # Timesteps per methods.md: around 450 for 512 px models, around 100 at 256 px and below.
@@ -53,16 +53,16 @@ class CLiD(Extractor):
     def params(self) -> dict:
         return {"conditioning": self.conditioning, "timesteps": list(self.timesteps), "reduction": "simple-clipping"}
 
-    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         conditions = [batch.condition, *target.reduced_conditions(batch).values()]
         size = len(batch.hashes)
         stacked = torch.cat(conditions)
+        steps = [target.model_timestep(nominal) for nominal in self.timesteps]
+        draws = [noise.draw(batch, self.name, f"t{nominal}") for nominal in self.timesteps]
+        predictions = yield [Forward(add_noise(batch.z0, eps, target.alpha_bar(t)).repeat(len(conditions), 1, 1, 1),
+                                     t, stacked) for t, eps in zip(steps, draws, strict=True)]
         total = torch.zeros(size, len(conditions), dtype=torch.float64)
-        for nominal in self.timesteps:
-            t = target.model_timestep(nominal)
-            eps = noise.draw(batch, self.name, f"t{nominal}")
-            z_t = add_noise(batch.z0, eps, target.alpha_bar(t))
-            predicted = target.predict_noise(z_t.repeat(len(conditions), 1, 1, 1), t, stacked)
+        for eps, predicted in zip(draws, predictions, strict=True):
             errors = (predicted - eps.repeat(len(conditions), 1, 1, 1)).flatten(1).pow(2).sum(dim=1)
             total += errors.double().cpu().view(len(conditions), size).T
         mean = total / len(self.timesteps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
+from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
 from cdi_audit.targets.base import Target, add_noise, per_image_norm
 
 
@@ -28,12 +28,12 @@ class DenoisingLoss(Extractor):
     def params(self) -> dict:
         return {"timestep": self.timestep, "draws": self.draws}
 
-    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         t = target.model_timestep(self.timestep)
         a_t = target.alpha_bar(t)
+        draws = [noise.draw(batch, self.name, f"t{self.timestep}", draw) for draw in range(self.draws)]
+        predictions = yield [Forward(add_noise(batch.z0, eps, a_t), t, batch.condition) for eps in draws]
         total = torch.zeros(len(batch.hashes), dtype=torch.float64)
-        for draw in range(self.draws):
-            eps = noise.draw(batch, self.name, f"t{self.timestep}", draw)
-            predicted = target.predict_noise(add_noise(batch.z0, eps, a_t), t, batch.condition)
+        for eps, predicted in zip(draws, predictions, strict=True):
             total += per_image_norm(predicted - eps).double().cpu()
         return (total / self.draws).unsqueeze(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
+from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
 from cdi_audit.targets.base import Target, add_noise, per_image_norm
 
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))
@@ -30,11 +30,9 @@ class MultiTimestepLoss(Extractor):
     def params(self) -> dict:
         return {"timesteps": list(self.timesteps)}
 
-    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         eps = noise.draw(batch, self.name, "shared")
-        values = []
-        for nominal in self.timesteps:
-            t = target.model_timestep(nominal)
-            predicted = target.predict_noise(add_noise(batch.z0, eps, target.alpha_bar(t)), t, batch.condition)
-            values.append(per_image_norm(predicted - eps).double().cpu())
-        return torch.stack(values, dim=1)
+        steps = [target.model_timestep(nominal) for nominal in self.timesteps]
+        predictions = yield [Forward(add_noise(batch.z0, eps, target.alpha_bar(t)), t, batch.condition)
+                             for t in steps]
+        return torch.stack([per_image_norm(predicted - eps).double().cpu() for predicted in predictions], dim=1)

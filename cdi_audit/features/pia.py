@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
+from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
 from cdi_audit.targets.base import Target, add_noise, per_image_norm
 
 # Mean absolute value of a standard Gaussian. The CDI reference code rescales
@@ -38,14 +38,13 @@ class PIA(Extractor):
     def params(self) -> dict:
         return {"timestep": self.timestep, "order": self.order}
 
-    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
-        e0 = target.predict_noise(batch.z0, 0, batch.condition)
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
+        (e0,) = yield [Forward(batch.z0, 0, batch.condition)]
         mean_abs = e0.abs().flatten(1).mean(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         normalised = e0 * (GAUSSIAN_MEAN_ABS / mean_abs)
         t = target.model_timestep(self.timestep)
         a_t = target.alpha_bar(t)
-        values = []
-        for start_noise in (e0, normalised):
-            predicted = target.predict_noise(add_noise(batch.z0, start_noise, a_t), t, batch.condition)
-            values.append(per_image_norm(start_noise - predicted, self.order).double().cpu())
-        return torch.stack(values, dim=1)
+        starts = (e0, normalised)
+        predictions = yield [Forward(add_noise(batch.z0, start, a_t), t, batch.condition) for start in starts]
+        return torch.stack([per_image_norm(start - predicted, self.order).double().cpu()
+                            for start, predicted in zip(starts, predictions, strict=True)], dim=1)

@@ -22,7 +22,7 @@ EXTRACTORS: dict[str, type[Extractor]] = {
 # ``pian`` shares its first model call with ``pia``: one extractor computes both.
 ALIASES = {"pian": "pia"}
 PRESETS: dict[str, tuple[str, ...]] = {
-    # grey-box, no gradients: 14 columns, 30 forward passes per image
+    # grey-box, no gradients: 14 columns, 30 noise predictions per image, 29 evaluated (SecMI and PIA share one)
     "fast": ("loss", "multi_loss", "secmi", "pia"),
     # white-box, needs gradients: 26 columns, about 100 forward-equivalents per image
     "full": ("loss", "multi_loss", "secmi", "pia", "gradient_masking", "noise_optim"),

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-import torch
-
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
-from cdi_audit.targets.base import Target, ddim_step, per_image_norm
+from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
+from cdi_audit.targets.base import Target, ddim_update, per_image_norm
 
 
 class SecMI(Extractor):
@@ -32,11 +30,15 @@ class SecMI(Extractor):
     def params(self) -> dict:
         return {"timestep": self.timestep, "interval": self.interval}
 
-    def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
+    def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         states = [target.model_timestep(t) for t in range(0, self.timestep + 1, self.interval)]
+        t, t_up = states[-1], target.model_timestep(self.timestep + self.interval)
         z_det = batch.z0
         for s, s_next in itertools.pairwise(states):
-            z_det = ddim_step(target, z_det, s, s_next, batch.condition)
-        t, t_up = states[-1], target.model_timestep(self.timestep + self.interval)
-        z_step = ddim_step(target, ddim_step(target, z_det, t, t_up, batch.condition), t_up, t, batch.condition)
+            (eps,) = yield [Forward(z_det, s, batch.condition)]
+            z_det = ddim_update(target, z_det, eps, s, s_next)
+        (eps,) = yield [Forward(z_det, t, batch.condition)]
+        z_up = ddim_update(target, z_det, eps, t, t_up)
+        (eps,) = yield [Forward(z_up, t_up, batch.condition)]
+        z_step = ddim_update(target, z_up, eps, t_up, t)
         return per_image_norm(z_det - z_step).double().cpu().unsqueeze(1)
