@@ -90,6 +90,7 @@ class ModelSettings:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    compile_network: bool = False  # torch.compile the network (values move by float rounding only)
     batch_size: int = 32
     max_batch_grad: int = 16
     caption: str | None = None  # one caption for every image (text-to-image models)
@@ -207,6 +208,8 @@ def open_target(settings: ModelSettings, store_root: Path | None) -> Target | Bl
 
     device = resolve_device(settings.device)
     target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
+    if settings.compile_network:
+        target.compile_network()
     return local_black_box(target) if settings.access == "blackbox" else target
 
 
@@ -224,7 +227,7 @@ class ModelPool:
         if settings.endpoint is not None:
             return open_target(settings, store_root)
         key = (str(Path(settings.model_path).resolve()), str(settings.model_config), settings.access,
-               settings.device, settings.dtype)
+               settings.device, settings.dtype, settings.compile_network)
         if key in self._targets:
             self._targets.move_to_end(key)
             return self._targets[key]

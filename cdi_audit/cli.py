@@ -203,6 +203,9 @@ DtypeOption = Annotated[str, typer.Option(
     help="Precision of forward passes: 'auto' (bfloat16 or float16 on CUDA, float32 on CPU), 'float32', "
          "'bfloat16' or 'float16'. DDIM inversions always run in float32.")]
 BatchSizeOption = Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")]
+CompileOption = Annotated[bool, typer.Option(
+    "--compile", help="Run the network through torch.compile: worth it for long GPU runs; the first batches wait "
+                      "for the compilation (a minute or more), and features move only by float rounding.")]
 MaxBatchGradOption = Annotated[int, typer.Option(
     min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
 CacheDirOption = Annotated[Path | None, typer.Option(
@@ -276,6 +279,7 @@ def check(
         min=1, metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     caption: CaptionOption = None,
@@ -352,6 +356,7 @@ def check(
         suspect_dir=suspect_dir, reference_dir=reference, model_path=model, model_config=model_config,
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
+        compile_network=compile_network,
         max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
         n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha, control_model=control_model,
         control_model_config=control_model_config,
@@ -427,6 +432,7 @@ def extract(
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     caption: CaptionOption = None,
@@ -456,7 +462,8 @@ def extract(
         _fail(console, error.exit_code, str(error), json_output, debug)
     settings = ModelSettings(model_path=model, model_config=model_config, access=access.value, features=features,
                              seed=seed, device=device, dtype=dtype, batch_size=batch_size,
-                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict)
+                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict,
+                             compile_network=compile_network)
     summary, description = _run_stage(
         lambda progress: run_extraction(settings, [suspect_dir, reference_dir], chosen, progress), console,
         json_output, debug)
@@ -496,6 +503,7 @@ def batch(
     ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     cache_dir: CacheDirOption = None,
@@ -515,7 +523,8 @@ def batch(
 
     console = stderr_console()
     _require_out_for_reports(report_formats, out)
-    machine = dict(device=device, dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad,
+    machine = dict(device=device, dtype=dtype, compile_network=compile_network, batch_size=batch_size,
+                   max_batch_grad=max_batch_grad,
                    cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs)
 
     def stage(progress: StageProgress):
@@ -576,6 +585,7 @@ def evaluate(
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     batch_size: BatchSizeOption = 32,
     max_batch_grad: MaxBatchGradOption = 16,
     caption: CaptionOption = None,
@@ -611,7 +621,7 @@ def evaluate(
         access=access.value, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
         dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
-        use_cache=not no_cache, strict=strict, n_jobs=jobs,
+        use_cache=not no_cache, strict=strict, n_jobs=jobs, compile_network=compile_network,
     )
     result = _run_stage(lambda progress: run_evaluation(settings, progress), console, json_output, debug)
     payload = result.model_dump_json(indent=2)

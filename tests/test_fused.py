@@ -114,3 +114,30 @@ def test_other_errors_and_a_model_too_large_for_one_row_are_not_retried(setting,
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_fused([loss.plan(target, batch, NoiseSource(0))], [False], batcher)
     assert batcher.backoffs == 0
+
+
+def test_compile_flag_reaches_the_network(tiny_model: Path, image_sets) -> None:
+    """--compile wraps the network call in torch.compile (compiled lazily, so this costs nothing here)."""
+    from typer.testing import CliRunner
+
+    from cdi_audit.audit import ModelSettings, open_target
+    from cdi_audit.cli import app
+
+    eager = open_target(ModelSettings(model_path=tiny_model, device="cpu"), None)
+    compiled = open_target(ModelSettings(model_path=tiny_model, device="cpu", compile_network=True), None)
+    assert not hasattr(eager._forward, "_torchdynamo_orig_callable")
+    assert compiled._forward._torchdynamo_orig_callable == compiled._model_output
+    for command in ("check", "extract", "batch", "evaluate"):
+        assert "--compile" in CliRunner().invoke(app, [command, "--help"], terminal_width=200).stdout
+
+
+@pytest.mark.slow
+def test_a_compiled_network_gives_the_eager_features(tiny_model: Path, image_sets) -> None:
+    records = sorted((r for folder in image_sets for r in scan_image_set(folder).records), key=lambda r: r.key)[:8]
+    extractors = resolve_extractors("fast")
+    eager = load_target(tiny_model, torch.device("cpu"))
+    compiled = load_target(tiny_model, torch.device("cpu"))
+    compiled.compile_network()
+    expected, _ = extract_features(records, eager, extractors, 0, batch_size=8)
+    values, _ = extract_features(records, compiled, extractors, 0, batch_size=8)
+    np.testing.assert_allclose(values.values, expected.values, rtol=1e-4, atol=1e-6)
