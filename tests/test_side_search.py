@@ -1,0 +1,120 @@
+"""cdi-audit extract-evidence end to end: outputs, caching and determinism, guidance that steers, and (slow)
+near-copies of a memorising model's training images found more often than of images it never saw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE_DATA, _sample_data_builder
+from PIL import Image
+from scipy.stats import wilcoxon
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+from cdi_audit.evidence.classifier import towards, train_surrogate
+from cdi_audit.evidence.clusters import cluster_pool
+from cdi_audit.evidence.embedding import embed_images
+from cdi_audit.evidence.pool import generate, to_images
+from cdi_audit.evidence.search import relabel_to_kept
+from cdi_audit.targets.loading import load_target
+
+
+def search(*arguments: str) -> tuple[int, dict, str]:
+    result = CliRunner().invoke(app, ["extract-evidence", *arguments, "--json", "--device", "cpu"])
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
+
+
+def test_outputs_cache_and_determinism(trained_tiny_model, tmp_path: Path) -> None:
+    model, members, nonmembers = trained_tiny_model
+    arguments = [str(members), "--reference", str(nonmembers), "--model", str(model), "--budget", "40", "--steps",
+                 "10", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    code, first, _ = search(*arguments)
+    assert code in (0, 1)
+    generations = first["generations"]
+    assert generations["pool"] == 20 and generations["clusters"] == 5  # K = min(100, pool // 4)
+    kept = generations["cohesive_clusters"]
+    assert generations["guided"] == (kept * (20 // kept) if kept else 0)
+    assert first["model_calls"] == 10 * (generations["pool"] + generations["guided"])
+    roles = [image["role"] for image in first["images"]]
+    assert roles.count("suspect") == 32 and roles.count("reference") == 40
+    share = first["share_comparison"]
+    similarities = {role: np.array([i["similarity"] for i in first["images"] if i["role"] == role])
+                    for role in ("suspect", "reference")}
+    assert share["suspect_matched"] == int((similarities["suspect"] >= share["threshold"]).sum())
+    assert share["reference_matched"] == int((similarities["reference"] >= share["threshold"]).sum())
+    assert code == int(share["p_value"] < 0.01)
+    assert all(-1.0 <= i["similarity"] <= 1.0 + 1e-9 and i["top_mean"] <= i["similarity"] + 1e-9
+               for i in first["images"])
+    assert json.loads((tmp_path / "out" / "evidence.json").read_text())["images"] == first["images"]
+    with Image.open(tmp_path / "out" / "gallery.png") as gallery:
+        assert gallery.size == (2 * 96 + 150, 12 * 102 + 24)  # the 12 closest suspect images
+    again_code, again, _ = search(*arguments)
+    assert again["model_calls"] == 0  # pool and guided generations come back from the cache
+    assert again["images"] == first["images"] and again_code == code
+
+
+def test_a_conditional_model_or_a_tiny_budget_is_refused(trained_tiny_model, tmp_path: Path) -> None:
+    model, members, _ = trained_tiny_model
+    code, payload, _ = search(str(members), "--model", str(model), "--budget", "4")
+    assert code == 2
+    code, payload, _ = search(str(members), "--model", str(model), "--budget", "8", "--steps", "2",
+                              "--cache-dir", str(tmp_path))
+    assert code == 0 and payload["share_comparison"] is None
+    assert any("No reference images" in note for note in payload["notes"])
+
+
+def test_guidance_steers_towards_its_cluster(trained_tiny_model) -> None:
+    target = load_target(trained_tiny_model[0], torch.device("cpu"))
+    latents = generate(target, "pool", 64, seed=0, steps=10, batch_size=64, store=None)
+    embeddings = embed_images(to_images(target, latents, 64))
+    clusters = cluster_pool(embeddings, seed=0, max_clusters=8, cohesion=0.0)  # every cluster, most cohesive first
+    assert len(clusters.kept) == 8
+    classifier = train_surrogate(target, latents, relabel_to_kept(embeddings, clusters), len(clusters.kept), 0,
+                                 steps=300)
+    centroid = torch.from_numpy(clusters.centroids[clusters.kept[0]]).float()
+
+    def closeness(scale: float) -> np.ndarray:
+        """Cosine of each generation to the cluster's centroid; the same 24 starting noises at every scale."""
+        guided = generate(target, "steered", 24, seed=1, steps=10, batch_size=24, store=None,
+                          guidance=towards(classifier, 0), scale=scale)
+        return (embed_images(to_images(target, guided, 24)) @ centroid).numpy()
+
+    unguided, guided = closeness(0.0), closeness(10.0)
+    # Paired by starting noise: guidance moves the generations towards the cluster, not just a lucky few.
+    assert guided.mean() > unguided.mean() + 0.05, (guided.mean(), unguided.mean())
+    assert wilcoxon(guided, unguided, alternative="greater").pvalue < 0.01
+
+
+@pytest.fixture(scope="module")
+def memorising_model(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 16 px xs DDPM trained 2,000 steps on 16 published sample images (about 75 s): it reproduces
+    several of them; 16 unpublished images are the reference."""
+    from diffusers import DDPMPipeline
+
+    from cdi_audit.images import load_model_pixels, scan_image_set
+
+    root = tmp_path_factory.mktemp("memorising")
+    folders = {}
+    for name, source in (("suspect", "published"), ("reference", "unpublished")):
+        folders[name] = root / name
+        folders[name].mkdir()
+        for record in scan_image_set(SAMPLE_DATA / source).records[:16]:
+            (folders[name] / record.path.name).write_bytes(record.path.read_bytes())
+    pixels = torch.from_numpy(load_model_pixels(scan_image_set(folders["suspect"]).records, 16))
+    unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=2000, seed=0, batch_size=16)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model", safe_serialization=True)
+    return root / "model", folders["suspect"], folders["reference"]
+
+
+@pytest.mark.slow
+def test_a_memorising_model_reproduces_its_training_images(memorising_model, tmp_path: Path) -> None:
+    model, suspect, reference = memorising_model
+    code, payload, _ = search(str(suspect), "--reference", str(reference), "--model", str(model), "--budget", "512",
+                              "--cache-dir", str(tmp_path))
+    share = payload["share_comparison"]
+    assert share["suspect_matched"] >= 5 and share["reference_matched"] <= 1
+    assert share["p_value"] < 0.01 and code == 1
