@@ -57,10 +57,14 @@ def test_outputs_cache_and_determinism(trained_tiny_model, tmp_path: Path) -> No
     assert again["images"] == first["images"] and again_code == code
 
 
-def test_a_conditional_model_or_a_tiny_budget_is_refused(trained_tiny_model, tmp_path: Path) -> None:
+def test_a_conditional_model_or_a_tiny_budget_is_refused(trained_tiny_model, trained_text_to_image,
+                                                         tmp_path: Path) -> None:
     model, members, _ = trained_tiny_model
     code, payload, _ = search(str(members), "--model", str(model), "--budget", "4")
     assert code == 2
+    code, payload, _ = search(str(members), "--model", str(trained_text_to_image / "model"), "--budget", "8",
+                              "--cache-dir", str(tmp_path))
+    assert code == 2 and "text-conditional" in payload["error"]["message"]
     code, payload, _ = search(str(members), "--model", str(model), "--budget", "8", "--steps", "2",
                               "--cache-dir", str(tmp_path))
     assert code == 0 and payload["share_comparison"] is None
