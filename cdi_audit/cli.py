@@ -740,8 +740,12 @@ def extract_evidence(
     result = _run_stage(lambda progress: run_search(settings, progress), console, json_output, debug)
     print_summary(result, alpha, console)
     if out is not None:
-        for path in write_outputs(result, out, alpha):
-            console.print(f"wrote {path}")
+        written = write_outputs(result, out, alpha)
+        if (out / "report.json").is_file():  # an audit's folder: its reports gain the search
+            from cdi_audit.report.files import REPORT_FORMATS
+
+            written += _render_saved(console, out / "report.json", out, REPORT_FORMATS)
+        _print_written(console, written)
     if json_output:
         typer.echo(json.dumps(result_json(result, alpha)))
     significant = result.share is not None and result.share.p_value < alpha
@@ -762,15 +766,25 @@ def report(
     """Render report.pdf and report.html (both unless --pdf or --html) again from report.json.
 
     Needs neither the model nor torch. The same report.json gives byte-identical files. Uses manifest.json and
-    thumbnails.png from the same folder when they are there, else the image files the report lists.
+    thumbnails.png from the same folder when they are there, else the image files the report lists; adds the
+    search for near-copies when 'extract-evidence --out' wrote evidence.json there for the same model.
     """
-    from cdi_audit.manifest import Manifest, build_manifest
-    from cdi_audit.report.files import REPORT_FORMATS, write_output_folder
-    from cdi_audit.report.thumbnails import thumbnail_strip
-    from cdi_audit.result import AuditResult
+    from cdi_audit.report.files import REPORT_FORMATS
 
     console = stderr_console()
     path = source / "report.json" if source.is_dir() else source
+    formats = tuple(name for name, chosen in (("pdf", pdf), ("html", html)) if chosen) or REPORT_FORMATS
+    _print_written(console, _render_saved(console, path, out or path.parent, formats))
+
+
+def _render_saved(console: Console, path: Path, out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Re-render the output folder of the audit saved at ``path`` (report.json) into ``out``."""
+    from cdi_audit.evidence.summary import read_evidence
+    from cdi_audit.manifest import Manifest, build_manifest
+    from cdi_audit.report.files import write_output_folder
+    from cdi_audit.report.thumbnails import thumbnail_strip
+    from cdi_audit.result import AuditResult
+
     result = _read_saved(console, AuditResult, path, "report", "give the report.json an audit wrote with --out")
     folder = path.parent
     manifest_path = folder / "manifest.json"
@@ -783,10 +797,15 @@ def report(
             _fail(console, ExitCode.INPUT_PROBLEM, f"No manifest.json beside {path}, and the files the report "
                   f"lists cannot be read to rebuild it ({type(error).__name__}).", False, False)
     thumbnails = folder / "thumbnails.png"
-    formats = tuple(name for name, chosen in (("pdf", pdf), ("html", html)) if chosen) or REPORT_FORMATS
-    written = write_output_folder(result, manifest, out or folder, formats,
-                                  thumbnails.read_bytes() if thumbnails.is_file() else thumbnail_strip(result))
-    _print_written(console, written)
+    try:
+        evidence = read_evidence(folder)
+    except ValueError as error:
+        _fail(console, ExitCode.INPUT_PROBLEM, f"{error}; re-run extract-evidence with --out.", False, False)
+    if evidence is not None and evidence.model_fingerprint != result.model.fingerprint:
+        console.print(f"[yellow]warning:[/] {folder / 'evidence.json'} searched another model than the audit's; "
+                      "the report leaves it out.")
+    return write_output_folder(result, manifest, out, formats,
+                               thumbnails.read_bytes() if thumbnails.is_file() else thumbnail_strip(result), evidence)
 
 
 def _read_saved(console: Console, model, path: Path, what: str, hint: str, json_output: bool = False):

@@ -3,6 +3,7 @@ near-copies of a memorising model's training images found more often than of ima
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -122,3 +123,33 @@ def test_a_memorising_model_reproduces_its_training_images(memorising_model, tmp
     share = payload["share_comparison"]
     assert share["suspect_matched"] >= 5 and share["reference_matched"] <= 1
     assert share["p_value"] < 0.01 and code == 1
+
+
+def test_the_search_joins_the_audit_report_of_the_same_model(sample_audit, trained_tiny_model,
+                                                              tmp_path: Path) -> None:
+    import shutil
+
+    from pypdf import PdfReader
+
+    _, _, audit_folder = sample_audit
+    folder = shutil.copytree(audit_folder, tmp_path / "audit")
+    code, payload, _ = search(str(SAMPLE_DATA / "published"), "--reference", str(SAMPLE_DATA / "unpublished"),
+                              "--model", str(SAMPLE_DATA / "model"), "--budget", "16", "--steps", "2",
+                              "--cache-dir", str(tmp_path / "cache"), "--out", str(folder))
+    assert code == 0
+    share = payload["share_comparison"]
+    pdf = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(folder / "report.pdf").pages)
+    assert "Extraction evidence: what the model reproduces" in pdf
+    assert (f"suspect {share['suspect_matched']} of 64, reference {share['reference_matched']} of 64 at "
+            f"similarity >= 0.85") in pdf
+    html = (folder / "report.html").read_text()
+    gallery = base64.b64encode((folder / "gallery.png").read_bytes()).decode()
+    assert gallery in html
+    verified = CliRunner().invoke(app, ["verify", str(folder)])
+    assert verified.exit_code == 0, verified.output
+    # A search of another model is left out of the report, with a warning.
+    search(str(SAMPLE_DATA / "published"), "--model", str(trained_tiny_model[0]), "--budget", "8", "--steps", "1",
+           "--cache-dir", str(tmp_path / "cache"), "--out", str(folder))
+    rendered = CliRunner().invoke(app, ["report", str(folder), "--html"])
+    assert rendered.exit_code == 0 and "searched another model" in rendered.stderr
+    assert "Extraction evidence" not in (folder / "report.html").read_text()

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cdi_audit.cache import atomic_write
 from cdi_audit.evidence.search import SearchResult
+from cdi_audit.evidence.summary import EVIDENCE_FILE, GALLERY_FILE
 from cdi_audit.images import open_image, to_model_pixels
 
 GALLERY_ROWS = 12
@@ -67,7 +68,7 @@ def gallery(result: SearchResult, sample_size: int, rows: int = GALLERY_ROWS) ->
 
 def write_outputs(result: SearchResult, out: Path, alpha: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "evidence.json", out / "gallery.png"]
+    written = [out / EVIDENCE_FILE, out / GALLERY_FILE]
     atomic_write(written[0], json.dumps(result_json(result, alpha), indent=2).encode())
     gallery(result, result.model.sample_size).save(written[1])
     return written

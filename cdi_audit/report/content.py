@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdi_audit.errors import VERDICT_EXIT_CODES
+from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.manifest import Manifest
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
 from cdi_audit.result import CORRECTION_NAMES, AuditResult, ControlModelResult, ModelInfo
@@ -439,12 +440,42 @@ def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section,
     )
 
 
-def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigures) -> Document:
+def evidence_section(evidence: EvidenceSummary, result: AuditResult) -> Section | None:
+    """The search for near-copies (extract-evidence), beside but outside the verdict; only when it searched
+    the audited model."""
+    if evidence.model_fingerprint != result.model.fingerprint:
+        return None
+    blocks: list[Block] = [Paragraph(
+        "Separately from the test above, the model's own generations were searched for near-copies of the "
+        "images (SIDE: a pool of generations, clustered; a small classifier trained on the clusters guides "
+        "further generations towards each of them). A near-copy is a picture anyone can judge; finding none "
+        "shows nothing, since most trained images are never reproduced. This search does not enter the verdict.")]
+    rows = [("generations", f"{evidence.pool} in the pool, {evidence.guided} guided towards "
+                            f"{evidence.cohesive_clusters} of {evidence.clusters} clusters")]
+    if evidence.best_similarity is not None:
+        rows.append(("closest match", f"{evidence.best_similarity:.3f} (cosine of 16 x 16 mean-removed pixels)"))
+    if evidence.p_value is not None:
+        rows += [("near-copies", f"suspect {evidence.suspect_matched} of {evidence.suspect_total}, reference "
+                                 f"{evidence.reference_matched} of {evidence.reference_total} at similarity >= "
+                                 f"{evidence.threshold}"),
+                 ("Fisher exact test", f"{p_text(evidence.p_value)} (one-sided, suspect > reference)"
+                                       + (" - significant" if evidence.significant else ""))]
+    blocks.append(Facts(tuple(rows)))
+    if evidence.gallery is not None:
+        blocks.append(Figure("gallery.png", evidence.gallery, "The suspect images closest to a generation (left) "
+                             "beside that generation (right), with their similarity."))
+    blocks.extend(Paragraph(note) for note in evidence.notes)
+    return Section("Extraction evidence: what the model reproduces", tuple(blocks), new_page=True)
+
+
+def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigures,
+                   evidence: EvidenceSummary | None = None) -> Document:
     sections = [
         verdict_section(result),
         compared_section(result, figures),
         sample_size_section(result, figures),
         scores_section(result, figures),
+        evidence_section(evidence, result) if evidence is not None else None,
         features_section(result),
         controls_section(result),
         method_section(result),

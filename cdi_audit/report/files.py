@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cdi_audit.cache import atomic_write
+from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.manifest import Manifest, build_manifest
 from cdi_audit.result import AuditResult
 
@@ -46,14 +47,14 @@ def scores_csv(result: AuditResult) -> str:
 
 
 def write_reports(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
-                  thumbnails: bytes | None) -> list[Path]:
+                  thumbnails: bytes | None, evidence: EvidenceSummary | None = None) -> list[Path]:
     """The figures as PNGs, and report.html / report.pdf for the chosen ``formats``; returns the paths."""
     from cdi_audit.report.content import ReportFigures, build_document
     from cdi_audit.report.figures import sample_size_plot, score_histograms_plot
 
     formats = set(formats)
     figures = ReportFigures(sample_size_plot(result), score_histograms_plot(result), thumbnails)
-    document = build_document(result, manifest, figures)
+    document = build_document(result, manifest, figures, evidence)
     paths = [write_file(out / name, png) for name, png in figures.files().items()]
     if "html" in formats:
         from cdi_audit.report.html import render_html
@@ -68,13 +69,14 @@ def write_reports(result: AuditResult, manifest: Manifest, out: Path, formats: I
 
 
 def write_output_folder(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
-                        thumbnails: bytes | None) -> list[Path]:
-    """Everything an audit leaves in ``out``, from the result, its manifest and the thumbnail strip."""
+                        thumbnails: bytes | None, evidence: EvidenceSummary | None = None) -> list[Path]:
+    """Everything an audit leaves in ``out``, from the result, its manifest and the thumbnail strip (and a
+    search for near-copies of the same model, when ``extract-evidence`` wrote one into the folder)."""
     return [
         write_file(out / "report.json", report_json(result)),
         write_file(out / "manifest.json", manifest_json(manifest)),
         write_file(out / "scores.csv", scores_csv(result)),
-        *write_reports(result, manifest, out, formats, thumbnails),
+        *write_reports(result, manifest, out, formats, thumbnails, evidence),
     ]
 
 

@@ -103,7 +103,7 @@ def render_block(pdf: ReportPDF, block: Block) -> None:
             pdf.ln(0.8)
         pdf.ln(1)
     elif isinstance(block, Figure):
-        pdf.image(io.BytesIO(block.png), w=pdf.epw)
+        pdf.image(io.BytesIO(block.png), w=_figure_width(pdf, block.png))
         pdf.set_text_color(*GREY)
         _paragraph(pdf, block.caption, TEXT - 1.5, "I")
         pdf.set_text_color(0, 0, 0)
@@ -111,6 +111,15 @@ def render_block(pdf: ReportPDF, block: Block) -> None:
         _table(pdf, block.header, block.rows, block.widths, block.monospace, 6.5 if block.small else TEXT - 0.5)
     else:
         raise TypeError(f"no PDF layout for {type(block).__name__}")
+
+
+def _figure_width(pdf: ReportPDF, png: bytes) -> float:
+    """The page's width, or less for a tall figure (a gallery), so that it fits in 70% of a page's height."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        width, height = image.size
+    return min(pdf.epw, 0.7 * pdf.eph * width / height)
 
 
 def render_section(pdf: ReportPDF, section: Section) -> None:
