@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,22 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from extraction_throughput import cpu_name  # a sibling script: benchmarks/ is on sys.path when run
+
 REPO = Path(__file__).resolve().parents[1]
 # straightforward: the reference structure on the network as diffusers loads it; reference: the same structure
 # on the network as cdi-audit loads it (channels-last on a CPU); fused: cdi-audit's extraction.
 IMPLEMENTATIONS = ("straightforward", "reference", "fused")
 # Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), FLOP/s.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def random_images(folder: Path, count: int, size: int, seed: int) -> Path:

@@ -137,11 +137,11 @@ def extract_features(
                 # The whole batch itself where possible: fused requests on the same tensors are evaluated once.
                 work.append((extractor, todo, batch if len(todo) == len(records_in_batch) else batch.select(todo)))
         fusable = [(extractor, part) for extractor, _, part in work if batcher is not None and extractor.planned]
-        fused = iter(_compute_fused(fusable, noise, batcher) if fusable else [])
+        fused_values = _compute_fused(fusable, noise, batcher) if fusable else []
+        fused = {e.name: values for (e, _), values in zip(fusable, fused_values, strict=True)}
         for extractor, todo, part in work:
-            if batcher is not None and extractor.planned:
-                values = next(fused)
-            else:
+            values = fused.get(extractor.name)
+            if values is None:
                 values = _compute(extractor, target, part, noise, max_batch_grad)
             keys = [records_in_batch[i].key for i in todo]
             known[extractor.name].update(zip(keys, values, strict=True))

@@ -18,9 +18,7 @@ DEFAULT_SIZE = 16
 
 def embed_images(images: torch.Tensor, size: int = DEFAULT_SIZE) -> torch.Tensor:
     """Images in [-1, 1], (N, 3, H, W) -> unit vectors (N, 3 * size * size), float32 on the CPU."""
-    small = F.interpolate(images.float().cpu(), size=(size, size), mode="area") if images.shape[-1] != size \
-        else images.float().cpu()
-    flat = small.flatten(1)
+    flat = F.interpolate(images.float().cpu(), size=(size, size), mode="area").flatten(1)  # identity at size
     centred = flat - flat.mean(dim=1, keepdim=True)
     return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-8)
 

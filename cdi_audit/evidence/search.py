@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cdi_audit.cache import FeatureStore, default_cache_dir
@@ -193,7 +192,3 @@ def run_search(settings: SearchSettings, progress: StageProgress | None = None) 
 
 def _public(settings: SearchSettings) -> dict:
     return {key: str(value) if isinstance(value, Path) else value for key, value in vars(settings).items()}
-
-
-def similarities(result: SearchResult, role: str) -> np.ndarray:
-    return np.array([m.similarity for m in result.matches if m.role == role])
