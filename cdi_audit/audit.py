@@ -21,14 +21,7 @@ from typing import TYPE_CHECKING
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
 from cdi_audit.control_model import ControlComparison, judge_with_control
-from cdi_audit.controls import (
-    DEFAULT_SHIFT_ALPHA,
-    NearDuplicate,
-    ScreenedSets,
-    reject_overlap,
-    screen_near_duplicates,
-    shift_check,
-)
+from cdi_audit.controls import DEFAULT_SHIFT_ALPHA, shift_check
 from cdi_audit.decision import decide
 from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
 from cdi_audit.features.table import FeatureTable
@@ -44,10 +37,12 @@ from cdi_audit.result import (
     AuditResult,
     ControlModelResult,
     Controls,
+    DuplicateGroupInfo,
     Effect,
     ExtractionInfo,
     FeatureDiagnosticRow,
     ImageScore,
+    LeftOutImage,
     ModelInfo,
     NearDuplicateInfo,
     PowerEstimate,
@@ -56,6 +51,7 @@ from cdi_audit.result import (
     ShiftStatisticInfo,
     SkippedFileInfo,
 )
+from cdi_audit.screening import DuplicateGroup, NearDuplicate, ScreenedSets, reject_overlap, screen_near_duplicates
 from cdi_audit.sharding import ALL, Shard
 from cdi_audit.stats import TestName, TestOutcome
 
@@ -177,9 +173,11 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
         notes.append(f"{len(screened.removed_from_reference)} reference image(s) are near-duplicates of suspect "
                      "images (the same picture re-encoded, resized or edited) and were left out of the reference "
                      "set; they are listed under controls.near_duplicates.")
-    if screened.within_sets:
-        notes.append(f"{len(screened.within_sets)} pair(s) of near-duplicate images within a set (listed under "
-                     "controls.near_duplicates); each copy counts as one more image.")
+    if screened.groups:
+        left_out = sum(len(group.left_out) for group in screened.groups)
+        notes.append(f"{len(screened.groups)} group(s) of near-duplicate images within a set (the same picture "
+                     f"re-encoded, resized or cropped) count as one image each: {left_out} copies were left out "
+                     "of the test, as listed under controls.duplicate_groups.")
     return _Inputs(screened.suspect, screened.reference, screened, notes)
 
 
@@ -356,12 +354,22 @@ def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = 
 def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInfo:
     return NearDuplicateInfo(first_path=str(pair.first.record.path.resolve()), first_role=pair.first.role,
                              second_path=str(pair.second.record.path.resolve()), second_role=pair.second.role,
-                             distance=pair.distance, correlation=pair.correlation, removed=removed)
+                             distance=pair.distance, correlation=pair.correlation,
+                             framed_correlation=pair.framed_correlation, removed=removed)
 
 
 def near_duplicate_infos(screened: ScreenedSets) -> list[NearDuplicateInfo]:
+    left_out = {image.record.sha256 for group in screened.groups for image in group.left_out}
     return ([_near_duplicate_info(pair, True) for pair in screened.removed_from_reference]
-            + [_near_duplicate_info(pair, False) for pair in screened.within_sets])
+            + [_near_duplicate_info(pair, bool({pair.first.record.sha256, pair.second.record.sha256} & left_out))
+               for pair in screened.within_sets])
+
+
+def duplicate_group_info(group: DuplicateGroup) -> DuplicateGroupInfo:
+    return DuplicateGroupInfo(role=group.role, kept_path=str(group.kept.record.path.resolve()),
+                              kept_sha256=group.kept.record.sha256,
+                              left_out=[LeftOutImage(path=str(image.record.path.resolve()), sha256=image.record.sha256)
+                                        for image in group.left_out])
 
 
 def image_scores(suspect: ImageSet, reference: ImageSet, outcome: TestOutcome | None) -> list[ImageScore]:
@@ -436,6 +444,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
             shift_passed=shift.passed,
             shift_statistics=[ShiftStatisticInfo(**vars(item)) for item in shift.most_different],
             near_duplicates=near_duplicate_infos(inputs.screened),
+            duplicate_groups=[duplicate_group_info(group) for group in inputs.screened.groups],
             control_model=control_model,
         ),
         model=target.description,

@@ -2,7 +2,8 @@
 cache, p-values corrected for multiple testing together (protocol.md, Batch audits).
 
 A batch file lists audits as ``[[audit]]`` tables; a ``[defaults]`` table gives values every audit takes
-unless it sets its own. Relative paths are relative to the batch file's folder.
+unless it sets its own. Relative paths are relative to the batch file's folder. A file with mistakes (an
+unknown key, a missing or misspelt model path, a name used twice) is refused before any audit runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cdi_audit.console import StageProgress
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
 from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
 from cdi_audit.settings_checks import alpha_problem, permutations_problem
+from cdi_audit.targets.packaged import SHIPPED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,6 +118,25 @@ def _check_values(settings: AuditSettings, where: str) -> None:
         raise SettingsProblem(f"{where}: {error}") from None
 
 
+def _check_model_paths(settings: AuditSettings, where: str) -> None:
+    """Every model, control model and config path must exist (a config may instead name a shipped config):
+    a typo would otherwise fail its audit with exit 4 after the others ran. The image folders are left to
+    the audit: a missing one fails that audit alone (README, Many audits at once)."""
+    hint = "correct it in the batch file (relative paths start at its folder)"
+    for key, path in (("model", settings.model_path), ("control_model", settings.control_model)):
+        if path is not None and not Path(path).exists():
+            raise SettingsProblem(f"{where}: the {key} {path} does not exist; {hint}.")
+    for key, config in (("model_config", settings.model_config),
+                        ("control_model_config", settings.control_model_config)):
+        if config is None:
+            continue
+        if not Path(config).is_absolute() and str(config) not in SHIPPED:  # a bare name (see _resolve)
+            raise SettingsProblem(f"{where}: the {key} {str(config)!r} is neither an existing path nor a shipped "
+                                  f"config ({', '.join(SHIPPED)}); {hint}.")
+        if Path(config).is_absolute() and not Path(config).exists():
+            raise SettingsProblem(f"{where}: the {key} {config} does not exist; {hint}.")
+
+
 def read_batch_file(path: Path, machine: dict | None = None) -> list[BatchEntry]:
     """The audits of a batch file, each as complete settings. ``machine`` gives the settings that belong to
     the command line (device, dtype, batch sizes, cache, jobs); the file's ``[defaults]`` and each
@@ -135,7 +156,7 @@ def read_batch_file(path: Path, machine: dict | None = None) -> list[BatchEntry]
     folder = path.resolve().parent
     defaults = _entry_settings(document.get("defaults", {}), f"{path} [defaults]", folder)
     base = dict(machine or {})
-    entries, names = [], set()
+    entries, names, places = [], set(), []
     for index, table in enumerate(audits, start=1):
         name = str(table.get("name", f"audit-{index}"))
         where = f"{path} audit {index} ({name})"
@@ -153,6 +174,9 @@ def read_batch_file(path: Path, machine: dict | None = None) -> list[BatchEntry]
         settings = AuditSettings(**values)
         _check_values(settings, where)
         entries.append(BatchEntry(name, settings))
+        places.append(where)
+    for entry, where in zip(entries, places, strict=True):  # after the file's own mistakes, so those come first
+        _check_model_paths(entry.settings, where)
     return entries
 
 

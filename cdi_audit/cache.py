@@ -15,9 +15,12 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from cdi_audit.errors import InputProblem, SettingsProblem
 
 CHUNK_PATTERN = "chunk-*.npz"
 
@@ -39,9 +42,7 @@ class FeatureSection:
         """Every cached row: image sha256 -> feature vector (float64)."""
         rows: dict[str, np.ndarray] = {}
         for chunk in sorted(self.folder.glob(CHUNK_PATTERN)):
-            with np.load(chunk, allow_pickle=False) as data:
-                for image_hash, values in zip(data["hashes"], data["values"], strict=True):
-                    rows[str(image_hash)] = values
+            rows.update(_read_chunk(chunk))
         return rows
 
     def append(self, hashes: list[str], values: np.ndarray) -> None:
@@ -55,17 +56,42 @@ class FeatureSection:
         atomic_write(self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.npz", buffer.getvalue())
 
 
+def _read_chunk(chunk: Path) -> dict[str, np.ndarray]:
+    """One chunk's rows. Chunks are written whole (``atomic_write``), so a damaged one was truncated or
+    changed outside cdi-audit (a partial copy of the cache): name it, since deleting it only costs the
+    recomputation of its rows."""
+    try:
+        with np.load(chunk, allow_pickle=False) as data:
+            return {str(image_hash): values for image_hash, values in zip(data["hashes"], data["values"],
+                                                                           strict=True)}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
+        raise InputProblem(f"The cache chunk {chunk} cannot be read ({type(error).__name__}: damaged, perhaps "
+                           "copied only in part); delete it and its features are computed again.") from error
+
+
 class FeatureStore:
     """Feature sections under one cache root."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        _require_folder(self.root)
 
     def section(self, key: dict) -> FeatureSection:
         """The section for ``key``: a JSON-serialisable dict of everything that changes the values."""
         canonical = json.dumps(key, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
         return FeatureSection(self.root / "features" / digest, key)
+
+
+def _require_folder(root: Path) -> None:
+    """The cache root must be a folder or not yet exist (inside a folder): a file there would only fail when
+    the first chunk is written, after the model has run."""
+    for path in (root, *root.parents):
+        if path.is_dir():
+            return
+        if path.exists():
+            where = "is a file" if path == root else f"lies inside {path}, which is a file"
+            raise SettingsProblem(f"The cache folder {root} {where}, not a folder; give a folder for --cache-dir.")
 
 
 def atomic_write(path: Path, content: bytes) -> None:

@@ -6,10 +6,12 @@ progress bars are transient and switched off there, so logs stay clean.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +24,18 @@ from rich.progress import (
 from rich.text import Text
 
 Item = TypeVar("Item")
+# Characters that move the cursor, recolour the terminal or reorder text: C0 and C1 controls (newline,
+# carriage return, ESC, CSI) and the bidirectional overrides that can make "gnp.exe" read "exe.png".
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: object) -> str:
+    """A user-supplied string (a file name, a caption, a path, a message quoting them) as the console may
+    print it inside Rich markup: control characters written as visible escapes (so a newline in a file
+    name cannot print a fake verdict line, and an escape sequence never reaches the terminal), and Rich's
+    markup escaped (so '[red]x.png' keeps its brackets)."""
+    visible = _INVISIBLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(text))
+    return escape(visible)
 
 
 def stderr_console() -> Console:

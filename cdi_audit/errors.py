@@ -4,6 +4,7 @@ A failure must never look like a finding: these codes are disjoint from the
 verdict codes (0 no evidence, 1 evidence, 5 inconclusive).
 """
 
+import sys
 from enum import IntEnum
 
 
@@ -49,3 +50,22 @@ class SettingsProblem(AuditError):
 
 class AccessInsufficient(SettingsProblem):
     """The chosen features need more access to the model (e.g. gradients) than the target gives."""
+
+
+class OutputProblem(SettingsProblem):
+    """The output folder cannot hold the audit's files (a file in its place, no permission, a full disk)."""
+
+
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, CUDA's out-of-memory error, or the CPU allocator's failure (a RuntimeError).
+
+    Torch-free: torch's error class is looked up only when torch is already imported."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)

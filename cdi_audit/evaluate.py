@@ -24,7 +24,6 @@ from cdi_audit.audit import (
     timed,
 )
 from cdi_audit.console import StageProgress
-from cdi_audit.controls import reject_overlap
 from cdi_audit.evaluation import (
     EVALUATION_TESTS,
     Draw,
@@ -48,6 +47,7 @@ from cdi_audit.result import (
     ImagesNeededResult,
     SkippedFileInfo,
 )
+from cdi_audit.screening import reject_overlap
 from cdi_audit.stats import AnyTestName
 
 TEST_NOTES = {

@@ -8,6 +8,7 @@ Torch-free; one decode per image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from cdi_audit.images import open_image
 WORKING_SIDE = 256
 EDGE_THRESHOLD = 0.1  # Sobel magnitude on [0, 1] grey levels that counts as an edge
 HUE_BINS = 16
+# The grey thumbnail that light crops are matched on, and the trims (fraction of the side, per side) whose
+# combinations make an image's framings: a crop that trims up to 10% from any sides of a picture matches one of
+# its 81 framings (see ``framing_views``).
+THUMBNAIL_SIDE = 32
+FRAMING_TRIMS = (0.0, 0.05, 0.10)
 # The IJG (libjpeg) luminance quantisation table at quality 50, in zig-zag-free row order; JPEG quality
 # is estimated from how a file's table is scaled against it.
 IJG_LUMINANCE = np.array([
@@ -40,11 +46,13 @@ STATISTIC_NAMES = (
 @dataclass(frozen=True)
 class ImageDescription:
     """``statistics``: one value per ``STATISTIC_NAMES``; ``perceptual_hash``: 64 bits; ``layout``: the
-    8x8 grey thumbnail, centred and scaled to unit norm (both below)."""
+    8x8 grey thumbnail, centred and scaled to unit norm (both below); ``thumbnail``: the grey picture at
+    THUMBNAIL_SIDE x THUMBNAIL_SIDE in [0, 1] (float32), from which its framings are cut."""
 
     statistics: np.ndarray
     perceptual_hash: int
     layout: np.ndarray
+    thumbnail: np.ndarray
 
 
 def layout_vector(grey: np.ndarray) -> np.ndarray:
@@ -79,6 +87,40 @@ def perceptual_hash(grey: np.ndarray) -> int:
     low = fft.dctn(small, norm="ortho")[:8, :8].reshape(-1)
     bits = low > np.median(low[1:])
     return int(sum(1 << index for index, bit in enumerate(bits) if bit))
+
+
+def grey_thumbnail(grey: np.ndarray) -> np.ndarray:
+    """The picture as THUMBNAIL_SIDE x THUMBNAIL_SIDE box-averaged grey levels in [0, 1] (float32)."""
+    image = Image.fromarray(np.asarray(grey, dtype=np.float32), mode="F")
+    small = image.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32)
+
+
+@functools.cache
+def _framing_operators() -> np.ndarray:
+    """(len(FRAMING_TRIMS)**2, 8, THUMBNAIL_SIDE): each row-average operator that box-resizes the span left
+    after trimming (start, end) fractions off one axis to 8 cells (pixels weighted by their overlap)."""
+    side, operators = THUMBNAIL_SIDE, []
+    for start in FRAMING_TRIMS:
+        for end in FRAMING_TRIMS:
+            edges = np.linspace(start * side, side - end * side, 9)
+            pixels = np.arange(side)
+            overlap = (np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)).clip(0)
+            operators.append(overlap / overlap.sum(axis=1, keepdims=True))
+    return np.stack(operators).astype(np.float32)
+
+
+def framing_views(thumbnails: np.ndarray) -> np.ndarray:
+    """(n, K, 64) unit-norm, mean-removed 8x8 layouts of every framing of each (n, side, side) thumbnail:
+    the picture with each combination of FRAMING_TRIMS cut off its four sides (K = 81; view 0 is the whole
+    picture). A light crop of a picture correlates with one of the picture's framings as a re-encoded copy
+    correlates with the picture itself."""
+    operators = _framing_operators()
+    views = np.einsum("aij,njk,blk->nabil", operators, thumbnails, operators, optimize=True)
+    views = views.reshape(len(thumbnails), len(operators) ** 2, 64)
+    views -= views.mean(axis=2, keepdims=True)
+    norms = np.linalg.norm(views, axis=2, keepdims=True)
+    return np.divide(views, norms, out=np.zeros_like(views), where=norms > 0)
 
 
 def hamming(first: int, second: int) -> int:
@@ -120,4 +162,5 @@ def describe_image(path: Path) -> ImageDescription:
         power[radius > 0.25].sum() / total if total > 0 else 0.0,  # beyond half the Nyquist frequency
         *np.percentile(grey, [5, 50, 95]), _hue_entropy(hsv),
     ]
-    return ImageDescription(np.asarray(statistics, dtype=np.float64), perceptual_hash(grey), layout_vector(grey))
+    return ImageDescription(np.asarray(statistics, dtype=np.float64), perceptual_hash(grey), layout_vector(grey),
+                            grey_thumbnail(grey))

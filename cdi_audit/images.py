@@ -53,11 +53,15 @@ class SkippedFile:
 
 @dataclass
 class ImageSet:
-    """The readable, distinct images of one folder, and the files that were left out (with why)."""
+    """The readable, distinct images of one folder, the files that were skipped (with why), and the images
+    that were screened out."""
 
     root: Path
     records: list[ImageRecord]
     skipped: list[SkippedFile] = field(default_factory=list)
+    # Readable images of the folder that the audit left out (near-duplicates of another image): no error where
+    # a captions or labels file names them.
+    excluded: list[ImageRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -81,11 +85,66 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class UnknownPixelRange(ValueError):
+    """Pixel values whose brightness scale cannot be known, so no 8-bit rendering of them is right."""
+
+
+class FileUnreadable(Exception):
+    """The file's bytes cannot be read at all (permissions, I/O error), as opposed to not decoding."""
+
+
+# Single-channel integer modes holding up to 16 bits: Pillow gives "I;16*" for 16-bit PNG and TIFF files, and "I"
+# (32-bit) for older Pillow's 16-bit PNGs and for signed or 32-bit TIFFs, whose values are checked to fit 16 bits.
+_WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _from_grey(values: np.ndarray) -> Image.Image:
+    """An RGB image of 8-bit grey values (already rounded into [0, 255])."""
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+
+
+def _integer_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8-bit by dividing by 257 (65535 -> 255); Pillow's own conversion clips it to white."""
+    values = np.asarray(image).astype(np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise UnknownPixelRange(
+            f"integer pixel values from {low} to {high} do not fit 16 bits, so their brightness scale is unknown; "
+            "save the image as 8- or 16-bit"
+        )
+    return _from_grey(np.rint(values / 257.0))
+
+
+def _float_to_rgb(image: Image.Image) -> Image.Image:
+    """Float grey in [0, 1] to 8-bit by scaling by 255; Pillow's own conversion turns it black."""
+    values = np.asarray(image).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise UnknownPixelRange("float pixel values include NaN or infinity; save the image as 8- or 16-bit")
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        raise UnknownPixelRange(
+            f"float pixel values from {low:g} to {high:g} are outside [0, 1], so their brightness scale is unknown; "
+            "save the image as 8- or 16-bit"
+        )
+    return _from_grey(np.rint(values * 255.0))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any decoded mode, scaling wide grey modes that ``convert("RGB")`` would clip."""
+    if image.mode in _WIDE_INTEGER_MODES:
+        return _integer_to_rgb(image)
+    if image.mode == "F":
+        return _float_to_rgb(image)
+    return image.convert("RGB")
+
+
 def open_image(path: Path) -> Image.Image:
-    """Decode an image as upright RGB (EXIF orientation applied; first frame of an animation).
+    """Decode an image as upright 8-bit RGB (EXIF orientation applied; first frame of an animation).
 
     Pillow's decompression-bomb warning is raised as an error: a 200-megapixel
     "photo" in an audit folder is more likely an attack than a photograph.
+    16-bit and float greyscale are scaled to 8 bits; values whose scale cannot
+    be known raise ``UnknownPixelRange``.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -93,7 +152,7 @@ def open_image(path: Path) -> Image.Image:
             image.seek(0)
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+            return _to_rgb(upright)
 
 
 def _unreadable_reason(error: Exception) -> str:
@@ -101,7 +160,23 @@ def _unreadable_reason(error: Exception) -> str:
         return "not a readable image"
     if isinstance(error, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
         return "too many pixels (decompression-bomb guard)"
+    if isinstance(error, UnknownPixelRange):
+        return str(error)
+    if isinstance(error, FileUnreadable):
+        return f"cannot be read ({error})"
+    if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
+        return f"cannot be read ({type(error).__name__}: {error})"
     return f"cannot be decoded ({type(error).__name__}: {error})"
+
+
+def _checked_sha256(path: Path) -> str:
+    """The file's sha256 once it is known to decode; raises what makes it unusable (see ``_unreadable_reason``)."""
+    try:
+        digest = file_sha256(path)
+    except OSError as error:
+        raise FileUnreadable(f"{type(error).__name__}: {error}") from error
+    open_image(path)
+    return digest
 
 
 def discover_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
@@ -141,9 +216,8 @@ def scan_image_set(
     records: list[ImageRecord] = []
     first_path_of: dict[str, Path] = {}
     for path in track(candidates):
-        digest = file_sha256(path)
         try:
-            open_image(path)
+            digest = _checked_sha256(path)
         except Exception as error:  # Pillow raises many types for corrupt files.
             skipped.append(SkippedFile(str(path), _unreadable_reason(error)))
         else:

@@ -1,5 +1,5 @@
 """The manifest: every file an audit read, hashed, so anyone can later check that a report speaks of
-exactly these files (``cdi-audit verify``).
+exactly these files (``cdi-audit verify``), and the report itself, so that an edited report.json shows too.
 
 Torch-free: verifying a report needs neither the model nor a GPU.
 """
@@ -18,8 +18,13 @@ from pydantic import BaseModel
 from cdi_audit.images import file_sha256
 from cdi_audit.result import AuditResult
 
-MANIFEST_VERSION = "1"
-Role = Literal["suspect", "reference", "model", "control_model"]
+# 2: the report (report.json, path relative to the manifest's folder) is listed too. Version 1 manifests,
+# without it, still verify.
+MANIFEST_VERSION = "2"
+Role = Literal["suspect", "reference", "model", "control_model", "report"]
+# The roles of the audit's inputs; the set digest covers these only.
+INPUT_ROLES = frozenset({"suspect", "reference", "model", "control_model"})
+REPORT_NAME = "report.json"
 
 
 class ManifestEntry(BaseModel):
@@ -34,14 +39,16 @@ class ManifestEntry(BaseModel):
 class Manifest(BaseModel):
     schema_version: str = MANIFEST_VERSION
     created: str  # the audit's own time, so the manifest of one audit is always the same file
-    # sha256 over the sorted (role, file sha256) pairs: the same content gives the same digest wherever
-    # the files lie.
+    # sha256 over the sorted (role, file sha256) pairs of the inputs (images and model files, not the report):
+    # the same inputs give the same digest wherever the files lie, whatever the report says about them.
     digest: str
     files: list[ManifestEntry]
 
 
 def content_digest(entries: list[ManifestEntry]) -> str:
-    lines = sorted(f"{entry.role}\0{entry.sha256}\n" for entry in entries)
+    """The set digest of the inputs among ``entries``; the report entry is left out, so that the digest keeps
+    meaning "the same inputs" across re-renderings and versions of the manifest."""
+    lines = sorted(f"{entry.role}\0{entry.sha256}\n" for entry in entries if entry.role in INPUT_ROLES)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -53,9 +60,19 @@ def _dimensions(path: Path) -> tuple[int | None, int | None]:
         return None, None
 
 
+def report_entry(result: AuditResult) -> ManifestEntry:
+    """The report as the output folder holds it: the bytes ``report_json`` writes, by a path relative to the
+    manifest's folder (the two lie side by side, wherever the folder is moved)."""
+    from cdi_audit.report.files import report_json
+
+    content = report_json(result).encode()
+    return ManifestEntry(path=REPORT_NAME, role="report", sha256=hashlib.sha256(content).hexdigest(),
+                         size_bytes=len(content))
+
+
 def build_manifest(result: AuditResult) -> Manifest:
-    """The manifest of an audit: its images (hashes from the audit) and its model files (and the control
-    model's)."""
+    """The manifest of an audit: its images (hashes from the audit), its model files (and the control
+    model's), and the report.json written from ``result``."""
     entries = []
     for image in result.images:
         path = Path(image.path)
@@ -68,6 +85,7 @@ def build_manifest(result: AuditResult) -> Manifest:
     if control is not None:
         entries += [ManifestEntry(path=file.path, role="control_model", sha256=file.sha256,
                                   size_bytes=file.size_bytes) for file in control.model.files]
+    entries.append(report_entry(result))
     return Manifest(created=result.created, digest=content_digest(entries), files=entries)
 
 
@@ -82,12 +100,16 @@ class Verification:
         return not self.changed and not self.missing
 
 
-def verify_manifest(manifest: Manifest, on_progress: Callable[[int, int], None] | None = None) -> Verification:
+def verify_manifest(manifest: Manifest, on_progress: Callable[[int, int], None] | None = None,
+                    folder: Path | None = None) -> Verification:
     """Re-hash every file of ``manifest``: which still match, which changed, which are gone.
-    ``on_progress(done, total)`` reports progress."""
+    ``on_progress(done, total)`` reports progress. ``folder``: the manifest file's folder, against which
+    relative paths (the report's) resolve; None resolves them against the working directory."""
     outcome = Verification()
     for done, entry in enumerate(manifest.files, start=1):
         path = Path(entry.path)
+        if folder is not None and not path.is_absolute():
+            path = Path(folder) / path
         if not path.is_file():
             outcome.missing.append(entry)
         elif file_sha256(path) != entry.sha256:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: n_suspect and n_reference count groups of near-duplicates once
 Verdict = Literal["evidence", "no_evidence", "inconclusive"]
 
 
@@ -33,8 +33,10 @@ class ShiftStatisticInfo(BaseModel):
 
 class NearDuplicateInfo(BaseModel):
     """Two files of the same picture (perceptual-hash distance in bits of 64, correlation of their 8x8
-    layouts). Across the sets, the reference copy is removed from the audit (``removed``); within a set,
-    the pair is only reported."""
+    layouts, and the best correlation of one's framings, up to 10% trimmed off its sides, with the other's
+    layout: None when below the threshold). Across the sets, the reference copy is removed from the audit
+    (``removed``); within a set, the pair belongs to a group of ``Controls.duplicate_groups``, of which the audit
+    keeps one image (``removed`` then says whether either image of the pair was left out)."""
 
     first_path: str
     first_role: Literal["suspect", "reference"]
@@ -42,7 +44,24 @@ class NearDuplicateInfo(BaseModel):
     second_role: Literal["suspect", "reference"]
     distance: int
     correlation: float
+    framed_correlation: float | None = None
     removed: bool
+
+
+class LeftOutImage(BaseModel):
+    path: str
+    sha256: str
+
+
+class DuplicateGroupInfo(BaseModel):
+    """Near-duplicates within one set (re-encodes, resizes, light crops of one picture) are one unit of the
+    test: the audit kept one image (the most pixels, then the largest file, then the first by path) and left
+    out the others."""
+
+    role: Literal["suspect", "reference"]
+    kept_path: str
+    kept_sha256: str
+    left_out: list[LeftOutImage]
 
 
 class SampleSizeCurvePoint(BaseModel):
@@ -176,6 +195,7 @@ class Controls(BaseModel):
     shift_passed: bool | None = None
     shift_statistics: list[ShiftStatisticInfo] = []
     near_duplicates: list[NearDuplicateInfo] = []
+    duplicate_groups: list[DuplicateGroupInfo] = []
     control_model: ControlModelResult | None = None
 
 
@@ -203,6 +223,7 @@ class AuditResult(BaseModel):
     statistic: float | None
     permutations_requested: int | None
     permutations_run: int | None
+    # Units of the test: images, where a group of near-duplicates within a set counts once (Controls).
     n_suspect: int
     n_reference: int
     effect: Effect | None

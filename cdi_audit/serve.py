@@ -7,6 +7,7 @@ accepting connections meanwhile. See ``targets/endpoints.py`` for the protocol.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import threading
@@ -14,9 +15,17 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from PIL import Image
+
 from cdi_audit.targets.blackbox import LocalVariation, VariationRequest, decode_png, encode_png
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# A PNG of a few KB may declare a huge image, and decoding it costs time and memory in proportion to its
+# pixels (144 megapixels: seconds and hundreds of MB) before the model sees it; the size is in the header,
+# so larger images are refused before decoding. 4096 x 4096 is far above any model's resolution (8-bit RGB:
+# 48 MiB decoded).
+MAX_UPLOAD_SIDE = 4096
+MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIDE * MAX_UPLOAD_SIDE
 
 
 class VariationServer(ThreadingHTTPServer):
@@ -65,7 +74,9 @@ class VariationHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 < length <= MAX_BODY_BYTES:
             raise ValueError(f"send the image as a PNG body of at most {MAX_BODY_BYTES} bytes")
-        image = decode_png(self.rfile.read(length))
+        content = self.rfile.read(length)
+        check_declared_size(content)
+        image = decode_png(content)
         try:
             strength = float(query["strength"])
             seed = int(query["seed"])
@@ -85,6 +96,25 @@ class VariationHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         pass  # one line per call would bury the console; the caller counts calls
+
+
+def check_declared_size(content: bytes) -> None:
+    """Refuse an image whose header declares more than ``MAX_UPLOAD_PIXELS``, without decoding its pixels
+    (PIL reads the header only until ``load``); what is no image at all is left to ``decode_png`` to say."""
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # PIL's own, higher limit, met while reading the header
+        raise ValueError(_too_large(f"over {2 * Image.MAX_IMAGE_PIXELS} pixels")) from None
+    except (OSError, SyntaxError):
+        return
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise ValueError(_too_large(f"{width} x {height} pixels"))
+
+
+def _too_large(size: str) -> str:
+    return (f"the image declares {size}, and this server decodes at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE}; "
+            "send it at the model's resolution")
 
 
 def is_loopback(host: str) -> bool:

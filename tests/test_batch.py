@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from cdi_audit.audit import ModelPool
 from cdi_audit.batch import adjust_p_values, batch_exit_code, holm, read_batch_file, run_batch, with_correction
 from cdi_audit.cli import app
+from cdi_audit.errors import SettingsProblem
 from cdi_audit.result import AuditResult, BatchAudit
 
 OPTIONS = {"permutations": 200, "curve_resamples": 0}
+SAMPLE_MODEL = SAMPLE_DATA / "model"
 SAMPLE_AUDITS = (("published", "published", "unpublished"), ("other", "other", "unpublished"),
                  ("published-vs-other", "published", "other"))
 
@@ -154,6 +156,15 @@ def test_models_are_loaded_once_and_a_failed_audit_does_not_stop_the_others(imag
     ('[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "m"\npermutations = 50\n', "use at least 100"),
     ('[[audit]\n', "not valid TOML"),
     ('[defaults]\nmodel = "m"\n', "lists no audits"),
+    # Paths that do not exist, after the file's other mistakes; the image folders are each audit's own matter.
+    ('[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\nmodel = "m"\n', "audit 1 (x): the model "),
+    ('[defaults]\nmodel = "m"\n[[audit]]\nsuspect = "a"\nreference = "b"\n', "audit 1 (audit-1): the model "),
+    (f'[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\nmodel = "{SAMPLE_MODEL}"\n'
+     'control_model = "base"\n', "audit 1 (x): the control_model "),
+    (f'[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\nmodel = "{SAMPLE_MODEL}"\n'
+     'model_config = "configs/sd"\n', "audit 1 (x): the model_config "),
+    (f'[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\nmodel = "{SAMPLE_MODEL}"\n'
+     'model_config = "stable-diffusion-v3"\n', "'stable-diffusion-v3' is neither an existing path nor a shipped"),
 ])
 def test_batch_files_with_mistakes_are_refused_with_the_reason(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "audits.toml"
@@ -162,3 +173,24 @@ def test_batch_files_with_mistakes_are_refused_with_the_reason(tmp_path: Path, c
     assert result.exit_code == 2
     assert message in flat(result.stderr)
     assert run_cli("batch", str(tmp_path / "absent.toml")).exit_code == 3
+
+
+def test_a_misspelt_model_path_names_its_audit_and_path(tmp_path: Path) -> None:
+    model = str(SAMPLE_DATA / "model")
+    batch_file = write_batch(tmp_path / "audits.toml", [
+        {"name": "fine", "suspect": "a", "reference": "b", "model_config": "stable-diffusion-v2"},
+        {"name": "typo", "suspect": "a", "reference": "b", "model": "modles/house-style"},
+    ], {"model": model})
+    with pytest.raises(SettingsProblem) as raised:
+        read_batch_file(batch_file)
+    assert str(raised.value) == (
+        f"{batch_file} audit 2 (typo): the model {tmp_path.resolve() / 'modles/house-style'} does not exist; "
+        "correct it in the batch file (relative paths start at its folder).")
+    assert raised.value.exit_code == 2
+    # Missing image folders and shipped config names pass: each audit says so itself when it runs.
+    batch_file = write_batch(tmp_path / "audits.toml", [
+        {"name": "fine", "suspect": "a", "reference": "b", "model_config": "stable-diffusion-v2",
+         "control_model": model}], {"model": model})
+    [entry] = read_batch_file(batch_file)
+    assert entry.settings.model_path == SAMPLE_DATA / "model" and str(entry.settings.model_config) == \
+        "stable-diffusion-v2"

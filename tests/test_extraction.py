@@ -132,3 +132,34 @@ def test_half_precision_applies_to_forward_passes_but_not_to_inversions(tiny_mod
     assert not np.array_equal(reduced.values[:, loss], reference.values[:, loss])
     np.testing.assert_allclose(reduced.values[:, loss], reference.values[:, loss], rtol=0.05)
     assert cache_key(half, extractors[0], 0) != cache_key(full, extractors[0], 0)
+
+
+def test_a_truncated_cache_chunk_is_named_and_recomputed_once_deleted(target, records, tmp_path: Path) -> None:
+    from cdi_audit.errors import InputProblem
+    from cdi_audit.features.loss import DenoisingLoss
+
+    store = FeatureStore(tmp_path)
+    first, _ = extract_features(records[:4], target, [DenoisingLoss()], seed=0, batch_size=4, store=store)
+    [chunk] = tmp_path.rglob("chunk-*.npz")
+    chunk.write_bytes(chunk.read_bytes()[:-100])  # a partial copy of the cache
+    with pytest.raises(InputProblem) as raised:
+        extract_features(records[:4], target, [DenoisingLoss()], seed=0, batch_size=4, store=store)
+    assert str(raised.value) == (f"The cache chunk {chunk} cannot be read (BadZipFile: damaged, perhaps copied only "
+                                 "in part); delete it and its features are computed again.")
+    assert raised.value.exit_code == 3
+    chunk.unlink()
+    again, summary = extract_features(records[:4], target, [DenoisingLoss()], seed=0, batch_size=4, store=store)
+    assert summary.images_from_cache == 0 and summary.model_calls == 4 * 5
+    np.testing.assert_array_equal(again.values, first.values)
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_as_a_setting(tmp_path: Path) -> None:
+    from cdi_audit.errors import SettingsProblem
+
+    (tmp_path / "cache").write_text("not a folder")
+    for root, where in ((tmp_path / "cache", "is a file"),
+                        (tmp_path / "cache" / "inner", f"lies inside {tmp_path / 'cache'}, which is a file")):
+        with pytest.raises(SettingsProblem) as raised:
+            FeatureStore(root)
+        assert str(raised.value) == f"The cache folder {root} {where}, not a folder; give a folder for --cache-dir."
+    assert FeatureStore(tmp_path / "new" / "cache").root == tmp_path / "new" / "cache"  # made when first written

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import cdi_audit.images as images_module
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import open_image, scan_image_set, to_model_pixels
+from cdi_audit.images import SkippedFile, open_image, scan_image_set, to_model_pixels
 
 
 def test_discovery_is_recursive_and_lists_what_it_skips(tmp_path: Path) -> None:
@@ -82,3 +86,102 @@ def test_preprocessing_centre_crops_resizes_and_scales_to_minus_one_one() -> Non
     np.testing.assert_allclose(pixels, 1.0)
     grey = to_model_pixels(Image.new("RGB", (6, 6), (51, 102, 153)), size=6)
     np.testing.assert_allclose(grey[:, 0, 0], [51 / 127.5 - 1, 102 / 127.5 - 1, 153 / 127.5 - 1], rtol=1e-6)
+
+
+def _png_bytes(width: int, height: int, colour_type: int, rows: bytes) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit grey with alpha)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+# 0 -> 0, 128 * 257 -> 128, 65535 -> 255, and rounding either side of 10.5 * 257
+SIXTEEN_BIT = np.array([[0, 32896, 65535, 2698, 2699]], dtype=np.uint16)
+EIGHT_BIT = [0, 128, 255, 10, 11]
+
+
+@pytest.mark.parametrize("name", ["grey16.png", "grey16.tif"])
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_not_clipped(tmp_path: Path, name: str) -> None:
+    Image.fromarray(SIXTEEN_BIT).save(tmp_path / name)
+    assert Image.open(tmp_path / name).mode.startswith("I;16")
+    rgb = np.asarray(open_image(tmp_path / name))
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 5, 3)
+    assert rgb[0, :, 0].tolist() == EIGHT_BIT and (rgb == rgb[..., :1]).all()
+    mid_grey = tmp_path / ("mid" + name[6:])
+    Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16)).save(mid_grey)
+    assert np.asarray(open_image(mid_grey)).mean() == 128.0
+    np.testing.assert_allclose(to_model_pixels(open_image(mid_grey), 4), 128 / 127.5 - 1, atol=1e-6)
+
+
+def test_big_endian_and_32_bit_containers_of_16_bit_grey_are_scaled(tmp_path: Path) -> None:
+    Image.frombytes("I;16B", (5, 1), SIXTEEN_BIT.astype(">u2").tobytes()).save(tmp_path / "big_endian.tif")
+    Image.fromarray(SIXTEEN_BIT.astype(np.int32)).save(tmp_path / "as_int32.tif")
+    assert Image.open(tmp_path / "big_endian.tif").mode == "I;16B" and Image.open(tmp_path / "as_int32.tif").mode == "I"
+    for name in ("big_endian.tif", "as_int32.tif"):
+        assert np.asarray(open_image(tmp_path / name))[0, :, 1].tolist() == EIGHT_BIT
+
+
+def test_sixteen_bit_greyscale_with_alpha_is_scaled(tmp_path: Path) -> None:
+    rows = b"".join(b"\x00" + struct.pack(">HH", 32896, 65535) * 4 for _ in range(4))
+    (tmp_path / "grey_alpha16.png").write_bytes(_png_bytes(4, 4, 4, rows))
+    assert np.asarray(open_image(tmp_path / "grey_alpha16.png")).tolist() == [[[128, 128, 128]] * 4] * 4
+
+
+def test_float_tiffs_in_zero_one_are_scaled_by_255(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.25]], dtype=np.float32)).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    assert np.asarray(open_image(tmp_path / "float.tif"))[0, :, 2].tolist() == [0, 128, 255, 64]
+    assert len(scan_image_set(tmp_path, strict=True)) == 1
+
+
+def test_pixel_values_of_unknown_scale_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    Image.fromarray(np.full((4, 4), 3.0, dtype=np.float32)).save(tmp_path / "three.tif")
+    Image.fromarray(np.array([[0.5, np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
+    Image.fromarray(np.array([[0, 100000]], dtype=np.int32)).save(tmp_path / "wide.tif")
+    Image.fromarray(np.array([[-5, 7]], dtype=np.int32)).save(tmp_path / "negative.tif")
+    images = scan_image_set(tmp_path)
+    assert [record.path.name for record in images.records] == ["good.png"]
+    reasons = {Path(item.path).name: item.reason for item in images.skipped}
+    assert reasons["three.tif"] == ("float pixel values from 3 to 3 are outside [0, 1], so their brightness scale is "
+                                    "unknown; save the image as 8- or 16-bit")
+    assert reasons["nan.tif"].startswith("float pixel values include NaN or infinity")
+    assert reasons["wide.tif"].startswith("integer pixel values from 0 to 100000 do not fit 16 bits")
+    assert reasons["negative.tif"].startswith("integer pixel values from -5 to 7 do not fit 16 bits")
+    for name in ("nan.tif", "negative.tif"):  # the strict error names the first bad file in path order
+        (tmp_path / name).unlink()
+    with pytest.raises(InputProblem, match=r"three\.tif: float pixel values from 3 to 3 are outside \[0, 1\]"):
+        scan_image_set(tmp_path, strict=True)
+
+
+def test_a_file_that_cannot_be_read_is_skipped_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "fine.png")
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(tmp_path / "locked.png")
+    real_sha256 = images_module.file_sha256
+
+    def denying_sha256(path: Path) -> str:
+        if path.name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(images_module, "file_sha256", denying_sha256)
+    images = scan_image_set(tmp_path)
+    assert [record.path.name for record in images.records] == ["fine.png"]
+    assert images.skipped == [SkippedFile(str(tmp_path / "locked.png"),
+                                          f"cannot be read (PermissionError: [Errno 13] Permission denied: "
+                                          f"'{tmp_path / 'locked.png'}')")]
+    with pytest.raises(InputProblem, match=r"locked\.png: cannot be read \(PermissionError") as refused:
+        scan_image_set(tmp_path, strict=True)
+    assert refused.value.exit_code == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_a_file_without_read_permission_is_skipped(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "locked.png")
+    (tmp_path / "locked.png").chmod(0)
+    try:
+        images = scan_image_set(tmp_path)
+    finally:
+        (tmp_path / "locked.png").chmod(0o644)
+    assert len(images) == 0 and images.skipped[0].reason.startswith("cannot be read (PermissionError:")

@@ -80,3 +80,95 @@ def test_latent_pipelines_are_refused_in_this_version(tiny_model: Path, tmp_path
         {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
     with pytest.raises(ModelUnavailable, match="StableDiffusionPipeline"):
         load_target(copy, CPU)
+
+
+def edited_copy(tiny_model: Path, tmp_path: Path, config: str, **changes) -> tuple[Path, Path]:
+    """(a copy of the tiny model, the config file in it) with ``changes`` made to that config."""
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    path = copy / config
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return copy, path
+
+
+def assert_one_line(error: ModelUnavailable) -> str:
+    message = str(error)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+@pytest.mark.parametrize("sample_size", [0, -5, "abc", 40000, 4.5, None, True, [16, 0], [16, 5000]])
+def test_a_sample_size_that_makes_no_usable_image_is_refused_naming_the_field(
+    tiny_model: Path, tmp_path: Path, sample_size
+) -> None:
+    copy, config = edited_copy(tiny_model, tmp_path, "unet/config.json", sample_size=sample_size)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: sample_size is {sample_size!r}, which does not make an image side from 8 to 4096 pixels; "
+        "correct sample_size to the model's resolution.")
+
+
+def test_a_height_width_sample_size_gives_its_first_side(tiny_model: Path, tmp_path: Path) -> None:
+    copy, _ = edited_copy(tiny_model, tmp_path, "unet/config.json", sample_size=[16, 24])
+    assert load_target(copy, CPU).description.sample_size == 16
+
+
+@pytest.mark.parametrize("steps", [0, 1, "abc", 1000.0, 200_000])
+def test_a_number_of_training_timesteps_out_of_range_is_refused(tiny_model: Path, tmp_path: Path, steps) -> None:
+    copy, config = edited_copy(tiny_model, tmp_path, "scheduler/scheduler_config.json", num_train_timesteps=steps)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: num_train_timesteps is {steps!r}, not an integer from 2 to 100000; correct num_train_timesteps "
+        "to the steps the model was trained with.")
+
+
+def test_a_schedule_of_one_step_is_refused_after_the_scheduler_is_built(tiny_model: Path, tmp_path: Path) -> None:
+    copy, config = edited_copy(tiny_model, tmp_path, "scheduler/scheduler_config.json", trained_betas=[0.1])
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value).startswith(
+        f"{config}: the length of its schedule (alphas_cumprod) is 1, not an integer from 2 to 100000")
+
+
+def test_weights_that_do_not_fit_the_config_fail_at_first_use_in_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    copy, _ = edited_copy(tiny_model, tmp_path, "unet/config.json", block_out_channels=[16, 32, 64])
+    target = load_target(copy, CPU)  # the weights are read on first use
+    with pytest.raises(ModelUnavailable) as raised:
+        target.predict_noise(torch.zeros(1, 3, 16, 16), 10)
+    message = assert_one_line(raised.value)
+    cause = str(raised.value.__cause__)
+    assert message == (f"The unet weights in {copy} do not fit unet/config.json (down_blocks.2.resnets.0.conv1.weight "
+                       f"is [32, 32, 3, 3] in the weights but [64, 32, 3, 3] by the config, and "
+                       f"{cause.count('size mismatch for') - 1} more); use the config saved with these weights.")
+    assert len(str(raised.value.__cause__).splitlines()) > 50  # what the message used to embed whole
+
+
+def test_brief_keeps_the_first_line_of_a_library_error() -> None:
+    from cdi_audit.targets.loading import brief
+
+    assert brief(ValueError("bad value\nat line 2")) == "ValueError: bad value"
+    assert brief(KeyError()) == "KeyError"
+    long = brief(RuntimeError("x" * 500))
+    assert len(long) == 180 and long.endswith("x…")
+
+
+def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdi_audit.targets.loading import resolve_device
+
+    for name in ("mps", "meta", "lazy", "xla", "cpu:1", "cuda:-1", "gpu", ""):
+        with pytest.raises(ValueError) as raised:
+            resolve_device(name)
+        assert str(raised.value) == f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N (N the index of a GPU)."
+    assert resolve_device("cpu") == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == CPU
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert (resolve_device("auto"), resolve_device("cuda"), resolve_device("cuda:1")) == (
+        torch.device("cuda"), torch.device("cuda"), torch.device("cuda:1"))
+    with pytest.raises(ValueError) as raised:
+        resolve_device("cuda:2")
+    assert str(raised.value) == "there is no GPU 2: 2 visible (indices from 0); choose one of them or --device auto."

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cdi_audit.cli import app
 from cdi_audit.images import file_sha256
-from cdi_audit.manifest import Manifest, content_digest
+from cdi_audit.manifest import MANIFEST_VERSION, Manifest, content_digest, verify_manifest
 from cdi_audit.report.files import write_audit_files
 from cdi_audit.result import AuditResult, report_schema
 
@@ -42,15 +42,20 @@ def audit_folder(image_sets, tiny_model, tmp_path_factory: pytest.TempPathFactor
 def test_the_output_folder_holds_report_manifest_and_scores(audit_folder: Path, tiny_model: Path) -> None:
     result = AuditResult.model_validate_json((audit_folder / "report.json").read_text())
     manifest = Manifest.model_validate_json((audit_folder / "manifest.json").read_text())
-    images = [entry for entry in manifest.files if entry.role != "model"]
+    images = [entry for entry in manifest.files if entry.role in ("suspect", "reference")]
     model_files = [entry for entry in manifest.files if entry.role == "model"]
     assert len(images) == result.n_suspect + result.n_reference == 24
     assert sorted(Path(entry.path).name for entry in model_files) == [
         "config.json", "diffusion_pytorch_model.safetensors", "model_index.json", "scheduler_config.json"]
+    # The report is listed last, by its path relative to the manifest's folder.
+    assert [(entry.role, entry.path) for entry in manifest.files[len(images) + len(model_files):]] == [
+        ("report", "report.json")]
     for entry in manifest.files:
-        assert entry.sha256 == file_sha256(Path(entry.path)) and entry.size_bytes == Path(entry.path).stat().st_size
+        path = audit_folder / entry.path  # absolute paths stay as they are
+        assert entry.sha256 == file_sha256(path) and entry.size_bytes == path.stat().st_size
     assert {(entry.width, entry.height) for entry in images} == {(24, 20)}  # as conftest writes them
     assert manifest.digest == content_digest(manifest.files) and manifest.created == result.created
+    assert manifest.schema_version == MANIFEST_VERSION == "2"
     with (audit_folder / "scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["sha256"] for row in rows] == [image.sha256 for image in result.images]
@@ -83,8 +88,8 @@ def test_the_committed_schema_is_the_current_one() -> None:
 
 def test_verify_says_which_files_changed_or_went_missing(audit_folder: Path, tmp_path: Path) -> None:
     code, stdout, stderr = run("verify", audit_folder, "--json")
-    assert code == 0 and json.loads(stdout)["verified"] and json.loads(stdout)["matched"] == 28
-    assert "VERIFIED 28 of 28 files match" in " ".join(stderr.split())
+    assert code == 0 and json.loads(stdout)["verified"] and json.loads(stdout)["matched"] == 29
+    assert "VERIFIED 29 of 29 files match" in " ".join(stderr.split())
     # Work on a copy of the manifest that points at copies of two images.
     manifest = Manifest.model_validate_json((audit_folder / "manifest.json").read_text())
     changed, missing = (tmp_path / "changed.png", tmp_path / "missing.png")
@@ -92,13 +97,54 @@ def test_verify_says_which_files_changed_or_went_missing(audit_folder: Path, tmp
     shutil.copy(manifest.files[1].path, missing)
     manifest.files[0].path, manifest.files[1].path = str(changed), str(missing)
     (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
+    shutil.copy(audit_folder / "report.json", tmp_path / "report.json")  # found beside the manifest
     changed.write_bytes(changed.read_bytes() + b"\0")
     missing.unlink()
     code, stdout, stderr = run("verify", tmp_path, "--json")
     payload = json.loads(stdout)
     assert code == 3 and not payload["verified"]
-    assert (payload["changed"], payload["missing"], payload["matched"]) == ([str(changed)], [str(missing)], 26)
+    assert (payload["changed"], payload["missing"], payload["matched"]) == ([str(changed)], [str(missing)], 27)
     assert f"changed suspect {changed}" in " ".join(stderr.split())
+
+
+def test_verify_finds_an_edited_report_and_keeps_the_inputs_digest(audit_folder: Path, tmp_path: Path) -> None:
+    for name in ("report.json", "manifest.json"):  # the image and model paths in the manifest are absolute
+        shutil.copy(audit_folder / name, tmp_path / name)
+    report = bytearray((tmp_path / "report.json").read_bytes())
+    position = report.index(b'"p_value": ') + len(b'"p_value": ')
+    report[position] = ord("9") if report[position] != ord("9") else ord("8")  # one byte of the p-value
+    (tmp_path / "report.json").write_bytes(bytes(report))
+    manifest = Manifest.model_validate_json((tmp_path / "manifest.json").read_text())
+    code, stdout, stderr = run("verify", tmp_path, "--json")
+    payload = json.loads(stdout)
+    assert code == 3 and not payload["verified"]
+    assert (payload["changed"], payload["missing"], payload["matched"]) == (["report.json"], [], 28)
+    assert "changed report report.json" in " ".join(stderr.split())
+    # The set digest speaks of the inputs only: the same as before the report entry existed.
+    inputs = [entry for entry in manifest.files if entry.role != "report"]
+    assert payload["digest"] == manifest.digest == content_digest(inputs)
+    outcome = verify_manifest(manifest, folder=tmp_path)
+    assert [entry.role for entry in outcome.changed] == ["report"] and len(outcome.matched) == 28
+
+
+def test_a_version_1_manifest_without_the_report_still_verifies(audit_folder: Path, tmp_path: Path) -> None:
+    manifest = Manifest.model_validate_json((audit_folder / "manifest.json").read_text())
+    old = manifest.model_copy(update={"schema_version": "1",
+                                      "files": [entry for entry in manifest.files if entry.role != "report"]})
+    (tmp_path / "manifest.json").write_text(old.model_dump_json(indent=2))
+    code, stdout, _ = run("verify", tmp_path, "--json")
+    payload = json.loads(stdout)
+    assert code == 0 and payload["verified"] and payload["matched"] == 28 and payload["digest"] == manifest.digest
+
+
+def test_report_rebuilds_a_missing_manifest_with_the_report_in_it(audit_folder: Path, tmp_path: Path) -> None:
+    shutil.copy(audit_folder / "report.json", tmp_path / "report.json")
+    code, _, stderr = run("report", tmp_path, "--html")
+    assert code == 0, stderr
+    assert (tmp_path / "manifest.json").read_bytes() == (audit_folder / "manifest.json").read_bytes()
+    rebuilt = Manifest.model_validate_json((tmp_path / "manifest.json").read_text())
+    outcome = verify_manifest(rebuilt, folder=tmp_path)
+    assert outcome.all_match and len(outcome.matched) == 29
 
 
 def test_verify_refuses_what_is_not_a_manifest(tmp_path: Path) -> None:

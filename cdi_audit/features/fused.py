@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cdi_audit.errors import ModelUnavailable
+from cdi_audit.errors import ModelUnavailable, is_out_of_memory
 from cdi_audit.features.base import Forward, Plan
 from cdi_audit.targets.base import Target
 
@@ -40,12 +40,6 @@ def run_alone(plan: Plan, target: Target) -> torch.Tensor:
             requests = plan.send([target.predict_noise(r.z, r.t, r.condition) for r in requests])
     except StopIteration as finished:
         return finished.value
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's out-of-memory error, or the CPU allocator's failure (a plain RuntimeError)."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 @dataclass
@@ -93,7 +87,7 @@ class ForwardBatcher:
             try:
                 parts.append(self.target.predict_noise(z[rows], timesteps[rows],
                                                        None if condition is None else condition[rows]))
-            except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+            except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(error):
                     raise
                 self._back_off(error)

@@ -29,6 +29,7 @@ def write_file(path: Path, content: str | bytes) -> Path:
 
 
 def report_json(result: AuditResult) -> str:
+    """report.json's text; the manifest hashes exactly these bytes (``manifest.report_entry``)."""
     return result.model_dump_json(indent=2) + "\n"
 
 

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,17 @@ DIFFUSERS_MODELS = frozenset({"UNet2DModel", "UNet2DConditionModel", "DiTTransfo
                               "VQModel"})
 TEXT_ENCODERS = frozenset({"CLIPTextModel"})
 TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
+# A schedule shorter than 2 steps has no noising to measure; one beyond 100,000 is no trained model's.
+MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS = 2, 100_000
+# The side of the square images the model is fed. 4096 x 4096 RGB in float32 is 192 MiB per image, 6 GiB
+# per batch of 32 (and more in activations): a config asking more is a mistake, not a model we can audit.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 4096
+# A library's error embedded in ours is cut to its gist: some span hundreds of lines (one per mismatched
+# weight).
+MAX_ERROR_CHARS = 180
+# One line of torch's load_state_dict error per weight whose shape differs from the model the config builds.
+SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                           r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
 # Read by huggingface_hub when diffusers is first imported (below, lazily): never reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -72,11 +84,23 @@ def model_fingerprint(root: Path, files: list[FileDigest] | None = None) -> str:
     return digest.hexdigest()
 
 
+def brief(error: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """``error`` as one line for a message of ours: its type and first line (with the next one when the first
+    only announces it, as torch's "Error(s) in loading state_dict for X:"), at most ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ModelUnavailable(f"{path} is not a readable JSON config ({error}).") from error
+        raise ModelUnavailable(f"{path} is not a readable JSON config ({brief(error)}).") from error
+    if not isinstance(config, dict):
+        raise ModelUnavailable(f"{path} is not a JSON config: it holds a {type(config).__name__}, not an object.")
+    return config
 
 
 def _refuse_path(root: Path, config: Path | None) -> None:
@@ -94,7 +118,7 @@ def _refuse_path(root: Path, config: Path | None) -> None:
         try:
             family = checkpoint_family(root)
         except Exception as error:  # safetensors raises its own error types for a damaged header
-            raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({error}). "
+            raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({brief(error)}). "
                                    f"Expected {EXPECTED_LAYOUT}.") from error
         if config is None and family == "sd2":
             raise ModelUnavailable(
@@ -195,7 +219,10 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
     """alphas_cumprod and prediction type from the model's own scheduler config (never rebuilt by hand)."""
     import diffusers
 
-    config = _read_json(root / "scheduler" / "scheduler_config.json")
+    config_path = root / "scheduler" / "scheduler_config.json"
+    config = _read_json(config_path)
+    if "num_train_timesteps" in config:  # absent: the scheduler's default
+        _check_timesteps(config["num_train_timesteps"], config_path)
     class_name = config.get("_class_name", "")
     scheduler_class = getattr(diffusers, class_name, None) if class_name.endswith("Scheduler") else None
     if scheduler_class is None:
@@ -203,16 +230,25 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
     try:
         scheduler = scheduler_class.from_pretrained(root, subfolder="scheduler", local_files_only=True)
     except Exception as error:
-        raise ModelUnavailable(f"The scheduler in {root} cannot be loaded ({error}).") from error
+        raise ModelUnavailable(f"The scheduler in {root} cannot be loaded ({brief(error)}).") from error
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
         raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule.")
+    _check_timesteps(len(alphas_cumprod), config_path, "the length of its schedule (alphas_cumprod)")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ModelUnavailable(
             f"The scheduler in {root} predicts {prediction_type!r}; expected one of {', '.join(PREDICTION_TYPES)}."
         )
     return torch.as_tensor(alphas_cumprod), prediction_type
+
+
+def _check_timesteps(value: object, config_path: Path, field: str = "num_train_timesteps") -> None:
+    """The number of training timesteps must be an integer in [MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_TRAIN_TIMESTEPS <= value <= MAX_TRAIN_TIMESTEPS:
+        raise ModelUnavailable(f"{config_path}: {field} is {value!r}, not an integer from {MIN_TRAIN_TIMESTEPS} to "
+                               f"{MAX_TRAIN_TIMESTEPS}; correct num_train_timesteps to the steps the model was "
+                               "trained with.")
 
 
 def _load_model(root: Path, part: str) -> DeferredModule:
@@ -231,10 +267,21 @@ def _load_model(root: Path, part: str) -> DeferredModule:
             return model_class.from_pretrained(root, subfolder=part, local_files_only=True, use_safetensors=True,
                                                low_cpu_mem_usage=False)
         except Exception as error:
-            raise ModelUnavailable(f"The {part} in {root} cannot be loaded ({type(error).__name__}: {error})."
-                                   ) from error
+            mismatches = SIZE_MISMATCH.findall(str(error))
+            if mismatches:
+                raise ModelUnavailable(f"The {part} weights in {root} do not fit {part}/config.json "
+                                       f"({_mismatch_summary(mismatches)}); use the config saved with these weights."
+                                       ) from error
+            raise ModelUnavailable(f"The {part} in {root} cannot be loaded ({brief(error)}).") from error
 
     return DeferredModule(saved["_class_name"], FrozenDict({**defaults, **saved}), load)
+
+
+def _mismatch_summary(mismatches: list[tuple[str, str, str]]) -> str:
+    """The first weight whose shape differs, and how many more do."""
+    name, saved, built = mismatches[0]
+    more = f", and {len(mismatches) - 1} more" if len(mismatches) > 1 else ""
+    return f"{name} is {saved} in the weights but {built} by the config{more}"
 
 
 def _load_text_components(root: Path):
@@ -248,25 +295,39 @@ def _load_text_components(root: Path):
         try:
             return CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
         except Exception as error:
-            raise ModelUnavailable(f"The text encoder in {root} cannot be loaded "
-                                   f"({type(error).__name__}: {error}).") from error
+            raise ModelUnavailable(f"The text encoder in {root} cannot be loaded ({brief(error)}).") from error
 
     try:
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
     except Exception as error:
-        raise ModelUnavailable(f"The tokenizer in {root} cannot be loaded "
-                               f"({type(error).__name__}: {error}).") from error
+        raise ModelUnavailable(f"The tokenizer in {root} cannot be loaded ({brief(error)}).") from error
     return DeferredModule("CLIPTextModel", None, load_encoder), tokenizer
 
 
-def _image_size(denoiser, autoencoder) -> int:
-    """The resolution images are fed at: the denoiser's sample size times the autoencoder's downscaling."""
-    sample_size = denoiser.config.sample_size
-    if isinstance(sample_size, (list, tuple)):
-        sample_size = sample_size[0]
-    if autoencoder is None:
-        return int(sample_size)
-    return int(sample_size) * 2 ** (len(autoencoder.config.block_out_channels) - 1)
+def _image_size(denoiser, autoencoder, folder: Path, layout: Layout) -> int:
+    """The resolution images are fed at: the denoiser's sample size (the first of a (height, width) pair)
+    times the autoencoder's downscaling. Every side must make an image from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE
+    pixels; ``folder`` holds the configs, named when one is wrong."""
+    config_path = folder / layout.denoiser / "config.json"
+    sample_size = denoiser.config.get("sample_size")
+    sides = list(sample_size) if isinstance(sample_size, (list, tuple)) and sample_size else [sample_size]
+    scale = 1 if autoencoder is None else _downscaling(autoencoder, folder / str(layout.autoencoder) / "config.json")
+    for side in sides:
+        if isinstance(side, bool) or not isinstance(side, int) or not MIN_IMAGE_SIDE <= side * scale <= MAX_IMAGE_SIDE:
+            latent = f" (latent: times {scale}, the autoencoder's downscaling)" if scale > 1 else ""
+            raise ModelUnavailable(
+                f"{config_path}: sample_size is {sample_size!r}{latent}, which does not make an image side from "
+                f"{MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels; correct sample_size to the model's resolution.")
+    return sides[0] * scale
+
+
+def _downscaling(autoencoder, config_path: Path) -> int:
+    """2 ** (number of the autoencoder's blocks - 1): the factor from a latent side to an image side."""
+    channels = autoencoder.config.get("block_out_channels")
+    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8:
+        raise ModelUnavailable(f"{config_path}: block_out_channels is {channels!r}, not a list of 1 to 8 channel "
+                               "counts; correct it to the autoencoder's.")
+    return 2 ** (len(channels) - 1)
 
 
 def _quiet(library) -> None:
@@ -300,7 +361,7 @@ def _load_single_file(checkpoint: Path, config: Path) -> dict:
         )
     except Exception as error:
         raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
-                               f"({type(error).__name__}: {error}).") from error
+                               f"({brief(error)}).") from error
     return {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder", "tokenizer")}
 
 
@@ -328,6 +389,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
             if config is not None and Path(config).exists():
                 files += config_files  # the user's own configs are inputs too; shipped ones are in the package
         denoiser, autoencoder = components["unet"], components["vae"]
+        config_folder = configs
     else:
         layout = _check_folder(root)
         alphas_cumprod, prediction_type = _load_schedule(root)
@@ -335,11 +397,12 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         fingerprint = model_fingerprint(root, files)
         denoiser = _load_model(root, layout.denoiser)
         autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
+        config_folder = root
     description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=fingerprint,
         family=layout.family + (" (single file)" if root.is_file() else ""),
-        sample_size=_image_size(denoiser, autoencoder),
+        sample_size=_image_size(denoiser, autoencoder, config_folder, layout),
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
         device=str(device),
@@ -374,10 +437,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when a GPU is present, else the CPU; an explicit choice must exist."""
+    """``auto`` is CUDA when a GPU is present, else the CPU; otherwise ``cpu``, ``cuda`` or ``cuda:N`` for a GPU
+    that exists. Other torch devices (mps, meta, ...) are refused here: the audit's code paths are tested on
+    these only, and a device without storage (meta) would fail only at the first forward pass."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N (N the index of a GPU).")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but no GPU is visible; use --device cpu or --device auto.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"there is no GPU {device.index}: {torch.cuda.device_count()} visible (indices from 0); "
+                         "choose one of them or --device auto.")
     return device

@@ -1,0 +1,183 @@
+"""The Typer app and the one rule of its exit codes: only a completed audit exits 0 or 1.
+
+Exit codes (a CI job can branch on them): 0 no evidence, 1 evidence, 2 usage
+error, 3 input problem, 4 model cannot be loaded or run (out of memory
+included), 5 inconclusive, 70 internal error (a bug; never a finding), 130
+interrupted. Every command's whole body, writing its output files included, runs
+inside ``guarded``, which maps every failure to one of 2-5, 70 or 130 with one
+sentence; ``main`` catches what escapes even that (an option callback, Typer
+itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from cdi_audit import __version__
+from cdi_audit.console import StageProgress, shown, stderr_console
+from cdi_audit.errors import AuditError, ExitCode, OutputProblem, is_out_of_memory
+
+INTERNAL_ERROR = 70
+INTERRUPTED = 130
+OUT_OF_MEMORY = ("Ran out of memory ({kind}); use a smaller --batch-size (and --max-batch-grad), fewer images "
+                 "at a time, or a machine with more memory.")
+Result = TypeVar("Result")
+# What a command raises to end itself with a chosen code (its verdict, or a usage error Typer prints itself).
+_USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+OWN_EXITS = (typer.Exit, typer.Abort, _USAGE_ERROR)
+
+app = typer.Typer(
+    help="Test whether a diffusion model was trained on your images (CDI dataset inference).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdi-audit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Test whether a diffusion model was trained on your images (CDI dataset inference).
+
+    Exit codes: 0 no evidence, 1 evidence, 2 usage error, 3 input problem,
+    4 model cannot be loaded or run, 5 inconclusive, 70 internal error.
+    """
+
+
+def fail(console: Console, code: int, message: str, json_output: bool = False) -> NoReturn:
+    """Say what went wrong in one line (and as JSON on stdout with --json), and exit with ``code``."""
+    console.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
+    if json_output:
+        typer.echo(json.dumps({"error": {"exit_code": int(code), "message": message}}))
+    raise typer.Exit(int(code))
+
+
+def _failure(error: BaseException) -> tuple[int, str]:
+    """The exit code and the sentence for an exception that ended a command."""
+    if isinstance(error, AuditError):
+        return error.exit_code, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED, ("Interrupted; features extracted so far (and completed endpoint calls) are cached, "
+                             "and a re-run resumes.")
+    if is_out_of_memory(error):
+        return ExitCode.MODEL_UNAVAILABLE, OUT_OF_MEMORY.format(kind=type(error).__name__)
+    first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return INTERNAL_ERROR, (f"Internal error ({type(error).__name__}: {first_line}); please report it, with the "
+                            "output of --debug.")
+
+
+def guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command's whole body under the exit-code rule: a verdict is only ever the command's own
+    ``typer.Exit``; anything else becomes 2-5, 70 or 130 with one sentence (a traceback only with --debug).
+
+    Out of memory, the traceback (which holds the frames, and so the arrays, that filled memory) is
+    dropped before anything is printed, so that reporting the failure cannot fail again."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        json_output, debug = bool(kwargs.get("json_output", False)), bool(kwargs.get("debug", False))
+        try:
+            command(*args, **kwargs)
+            return
+        except OWN_EXITS:
+            raise
+        except BaseException as error:  # noqa: B036 - the rule covers every failure, interrupts included
+            if isinstance(error, SystemExit):
+                raise
+            code, message = _failure(error)
+            if debug and code != ExitCode.MODEL_UNAVAILABLE:
+                stderr_console().print_exception(show_locals=False)
+            traceback.clear_frames(error.__traceback__)
+            del error
+        gc.collect()
+        fail(stderr_console(), code, message, json_output)
+
+    return run
+
+
+def run_stage(stage: Callable[[StageProgress], Result], console: Console) -> Result:
+    """Run a long stage with its progress bars (errors are ``guarded``'s)."""
+    with StageProgress(console) as progress:
+        return stage(progress)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def prepare_out(out: Path | None, inputs: Iterable[tuple[str, Path | None]] = ()) -> None:
+    """Check the output folder before any model work: not a file, not inside an input folder (whose next
+    scan would read the report's own figures as images), and writable (created when missing). Raises
+    ``OutputProblem`` (exit 2) saying which."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise OutputProblem(f"--out {out} is a file; give a folder for the audit's files.")
+    resolved = out.resolve()
+    for role, folder in inputs:
+        if folder is not None and folder.is_dir() and _inside(resolved, folder.resolve()):
+            raise OutputProblem(f"--out {out} lies inside the {role} folder {folder}, whose next scan would count "
+                                "the report's figures as images; choose a folder outside the image folders.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OutputProblem(f"Cannot write into --out {out} ({error.strerror or type(error).__name__}); choose "
+                            "a folder you may write to.") from None
+
+
+def write_outputs(write: Callable[[], list[Path]], out: Path, console: Console, finished: str) -> None:
+    """Write a finished command's files and list them; a failure to write says that the work itself
+    finished (``finished``: e.g. the verdict) but exits 2, never with a verdict's code."""
+    try:
+        paths = write()
+    except OSError as error:
+        raise OutputProblem(f"{finished}, but its files could not be written to {out} "
+                            f"({error.strerror or type(error).__name__}); free space or choose another --out, "
+                            "then re-run (the features are cached).") from None
+    for path in paths:
+        console.print(f"[dim]wrote {shown(path)}[/]")
+
+
+def check_cache_dir(value: Path | None) -> Path | None:
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file; give a folder for the feature cache.")
+    return value
+
+
+def main() -> None:
+    """The console script: the app, with a last handler for anything that escapes a command's own."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as error:  # noqa: B036 - never let Python's own exit code 1 ("evidence") through
+        code, message = _failure(error)
+        traceback.clear_frames(error.__traceback__)
+        del error
+        gc.collect()
+        try:
+            stderr_console().print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
+        finally:
+            sys.exit(int(code))

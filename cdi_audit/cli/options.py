@@ -1,0 +1,209 @@
+"""Options shared by the commands, declared once: their types, help texts, checks and environment variables."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cdi_audit.cli.app import check_cache_dir
+from cdi_audit.settings_checks import alpha_problem, permutations_problem
+
+DEFAULT_JOBS = min(8, os.cpu_count() or 1)
+# sklearn and numpy take seeds below 2**32; a larger one would fail deep inside the statistics.
+MAX_SEED = 2**32 - 1
+FEATURES_HELP = (
+    "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
+    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian; 14 columns, 29 model calls "
+    "per image); 'full' (white-box: fast + gradient_masking, noise_optim; 26 columns, about 57 model calls and 18 "
+    "backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, 3 on "
+    "latent models)."
+)
+ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
+
+
+class AccessChoice(str, Enum):
+    auto = "auto"
+    blackbox = "blackbox"
+
+
+class FamilyChoice(str, Enum):
+    pixel = "pixel"
+    latent = "latent"
+
+
+class ConditioningChoice(str, Enum):
+    none = "none"
+    text = "text"
+    label = "class"
+
+
+class TestChoice(str, Enum):
+    permutation = "permutation"
+    split = "split"
+
+
+def check_alpha(value: float) -> float:
+    problem = alpha_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
+def check_features(value: str) -> str:
+    from cdi_audit.features.registry import resolve_extractors
+
+    try:
+        resolve_extractors(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def report_formats_of(value: str | None) -> tuple[str, ...]:
+    """'pdf,html' -> ("pdf", "html"); 'none' -> (); None (not given) -> both."""
+    if value is None:
+        from cdi_audit.report.files import REPORT_FORMATS
+
+        return REPORT_FORMATS
+    names = tuple(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in ("pdf", "html", "none")]
+    if unknown or not names or ("none" in names and len(names) > 1):
+        raise typer.BadParameter(f"choose pdf, html, both as 'pdf,html', or none (got {value!r}).")
+    return tuple(name for name in names if name != "none")
+
+
+def check_report_formats(value: str | None) -> str | None:
+    report_formats_of(value)
+    return value
+
+
+def require_out_for_reports(report_formats: str | None, out: Path | None) -> None:
+    if report_formats is not None and out is None:
+        raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
+
+
+def check_device(value: str) -> str:
+    from cdi_audit.targets.loading import resolve_device
+
+    try:
+        resolve_device(value)
+    except (RuntimeError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def check_dtype(value: str) -> str:
+    if value not in ("auto", "float32", "bfloat16", "float16"):
+        raise typer.BadParameter("choose auto, float32, bfloat16 or float16.")
+    return value
+
+
+ModelOption = Annotated[Path | None, typer.Option(
+    "--model", "-m", metavar="PATH", show_default=False,
+    help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
+         "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline; or a Stable Diffusion single-file "
+         ".safetensors checkpoint with --model-config. Not needed with --endpoint or --endpoint-cmd.")]
+AccessOption = Annotated[AccessChoice, typer.Option(
+    rich_help_panel=ENDPOINT_PANEL,
+    help="'auto': use all a local model gives (weights, noise predictions); 'blackbox': use it only through "
+         "image-to-image variations, as an endpoint would serve it.")]
+EndpointOption = Annotated[str | None, typer.Option(
+    metavar="URL", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Audit a model behind an HTTP endpoint speaking the cdi-audit-variation/1 protocol (see the README; "
+         "'cdi-audit serve' is one). Completed calls are stored, so an interrupted audit resumes without "
+         "repeating them.")]
+EndpointCommandOption = Annotated[str | None, typer.Option(
+    metavar="TEMPLATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Audit a model through a program, e.g. 'python vary.py {input} {output} {strength} {seed}': it reads "
+         "the PNG {input} and writes the varied PNG {output}; {prompt} and {class_label} are also filled in. "
+         "Run without a shell.")]
+HeaderOption = Annotated[list[str] | None, typer.Option(
+    metavar="'NAME: VALUE'", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="HTTP header for every call (repeatable). Write secrets as ${ENV_VAR}, e.g. --header 'Authorization: "
+         "Bearer ${API_KEY}' in single quotes: the value is read from the environment and never shown or saved.")]
+EndpointTimeoutOption = Annotated[float, typer.Option(
+    min=0.1, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL, help="Time limit of one call.")]
+RetriesOption = Annotated[int, typer.Option(
+    min=0, metavar="N", rich_help_panel=ENDPOINT_PANEL,
+    help="Retries of a failed call (network error, timeout, HTTP 429 or 5xx, an answer that is not an image) "
+         "before the audit stops with exit code 4.")]
+RetryBackoffOption = Annotated[float, typer.Option(
+    min=0.0, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL,
+    help="Wait before the first retry; it doubles with each next one (up to 60 s). Retry-After is honoured.")]
+MaxRpsOption = Annotated[float | None, typer.Option(
+    min=0.001, metavar="RATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="At most this many calls per second (default: no limit).")]
+ImageSizeOption = Annotated[int | None, typer.Option(
+    min=8, metavar="PIXELS", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Resolution the endpoint's model works at; needed when the endpoint does not describe itself (GET).")]
+EndpointFamilyOption = Annotated[FamilyChoice | None, typer.Option(
+    show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Whether the endpoint's model is a latent model (its variations are then compared with its own "
+         "reconstruction of each image, a call at strength 0) or a pixel model; default: what the endpoint "
+         "says, else latent.")]
+EndpointConditioningOption = Annotated[ConditioningChoice | None, typer.Option(
+    show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="What the endpoint's model is conditioned on: captions are sent as the prompt ('text'), class ids as "
+         "class_label ('class'); default: what the endpoint says, else none.")]
+ModelConfigOption = Annotated[Path | None, typer.Option(
+    metavar="DIR|NAME", show_default=False,
+    help="For a single-file Stable Diffusion checkpoint (.safetensors) that is not SD 1.x: a shipped config "
+         "('stable-diffusion-v2' for 768 px v-prediction, 'stable-diffusion-v2-base' for 512 px epsilon) or a "
+         "pipeline folder of the same architecture holding its configs and tokenizer (weights not needed); "
+         "nothing is looked up online.")]
+AlphaOption = Annotated[float, typer.Option(
+    callback=check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
+SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, metavar="INT",
+                                         help="Seed for noise draws, folds and permutations.")]
+DeviceOption = Annotated[str, typer.Option(
+    envvar="CDI_AUDIT_DEVICE", callback=check_device, metavar="DEVICE",
+    help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")]
+DtypeOption = Annotated[str, typer.Option(
+    envvar="CDI_AUDIT_DTYPE", callback=check_dtype, metavar="DTYPE",
+    help="Precision of forward passes: 'auto' (bfloat16 or float16 on CUDA, float32 on CPU), 'float32', "
+         "'bfloat16' or 'float16'. DDIM inversions always run in float32.")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")]
+CompileOption = Annotated[bool, typer.Option(
+    "--compile", help="Run the network through torch.compile: worth it for long GPU runs; the first batches wait "
+                      "for the compilation (a minute or more), and features move only by float rounding.")]
+MaxBatchGradOption = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
+CacheDirOption = Annotated[Path | None, typer.Option(
+    envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False, callback=check_cache_dir,
+    help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features.")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print the result as one JSON object on stdout (nothing else goes to stdout).")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")]
+JobsOption = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Worker processes for the statistics (default: one per CPU core, at most 8).")]
+CaptionOption = Annotated[str | None, typer.Option(
+    metavar="TEXT", show_default=False,
+    help="One caption for every image (text-to-image models). Otherwise captions come from NAME.txt beside "
+         "each image or a captions.csv / captions.jsonl in the folder; images without one get the empty caption.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+
+
+def require_reachable(permutations: int, threshold: float, what: str) -> None:
+    problem = permutations_problem(permutations, threshold, what)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--permutations")
+
+
+def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: str | None,
+                       access: AccessChoice) -> None:
+    given = [name for name, value in (("--model", model), ("--endpoint", endpoint), ("--endpoint-cmd", endpoint_cmd))
+             if value is not None]
+    if len(given) != 1:
+        raise typer.BadParameter(
+            "give the suspect model as exactly one of --model PATH, --endpoint URL or --endpoint-cmd TEMPLATE"
+            + (f" (got {' and '.join(given)})" if given else ""), param_hint="--model")
+    if access is AccessChoice.blackbox and model is None:
+        raise typer.BadParameter("--access blackbox is for a local --model; an endpoint gives black-box access "
+                                 "anyway", param_hint="--access")
+
