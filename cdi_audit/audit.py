@@ -51,7 +51,14 @@ from cdi_audit.result import (
     ShiftStatisticInfo,
     SkippedFileInfo,
 )
-from cdi_audit.screening import DuplicateGroup, NearDuplicate, ScreenedSets, reject_overlap, screen_near_duplicates
+from cdi_audit.screening import (
+    DuplicateGroup,
+    NearDuplicate,
+    Screen,
+    ScreenedSets,
+    reject_overlap,
+    screen_near_duplicates,
+)
 from cdi_audit.sharding import ALL, Shard
 from cdi_audit.stats import TestName, TestOutcome
 
@@ -169,15 +176,15 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
     require_enough(screened.suspect, "suspect")
     require_enough(screened.reference, "reference")
     notes = _size_warnings(screened.suspect, screened.reference)
-    if screened.removed_from_reference:
-        notes.append(f"{len(screened.removed_from_reference)} reference image(s) are near-duplicates of suspect "
+    screen = screened.screen
+    if screen.removed_from_reference:
+        notes.append(f"{len(screen.removed_from_reference)} reference image(s) are near-duplicates of suspect "
                      "images (the same picture re-encoded, resized or edited) and were left out of the reference "
                      "set; they are listed under controls.near_duplicates.")
-    if screened.groups:
-        left_out = sum(len(group.left_out) for group in screened.groups)
-        notes.append(f"{len(screened.groups)} group(s) of near-duplicate images within a set (the same picture "
-                     f"re-encoded, resized or cropped) count as one image each: {left_out} copies were left out "
-                     "of the test, as listed under controls.duplicate_groups.")
+    if screen.groups:
+        notes.append(f"{len(screen.groups)} group(s) of near-duplicate images within a set (the same picture "
+                     f"re-encoded, resized or cropped) count as one image each: {len(screen.left_out)} copies were "
+                     "left out of the test, as listed under controls.duplicate_groups.")
     return _Inputs(screened.suspect, screened.reference, screened, notes)
 
 
@@ -358,11 +365,11 @@ def _near_duplicate_info(pair: NearDuplicate, removed: bool) -> NearDuplicateInf
                              framed_correlation=pair.framed_correlation, removed=removed)
 
 
-def near_duplicate_infos(screened: ScreenedSets) -> list[NearDuplicateInfo]:
-    left_out = {image.record.sha256 for group in screened.groups for image in group.left_out}
-    return ([_near_duplicate_info(pair, True) for pair in screened.removed_from_reference]
+def near_duplicate_infos(screen: Screen) -> list[NearDuplicateInfo]:
+    left_out = {image.record.sha256 for image in screen.left_out}
+    return ([_near_duplicate_info(pair, True) for pair in screen.removed_from_reference]
             + [_near_duplicate_info(pair, bool({pair.first.record.sha256, pair.second.record.sha256} & left_out))
-               for pair in screened.within_sets])
+               for pair in screen.within_sets])
 
 
 def duplicate_group_info(group: DuplicateGroup) -> DuplicateGroupInfo:
@@ -393,7 +400,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
     with timed(timings, "scan"):
         inputs = gather_images(settings, progress)
     with timed(timings, "shift_check"):
-        shift = shift_check(inputs.screened.suspect_described, inputs.screened.reference_described,
+        shift = shift_check(inputs.screened.screen.suspect, inputs.screened.screen.reference,
                             settings.shift_alpha, settings.seed, settings.permutations, settings.n_jobs,
                             progress.counter("shift check (image statistics)"))
     extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings, models=models)
@@ -443,8 +450,8 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
             shift_alpha=shift.alpha,
             shift_passed=shift.passed,
             shift_statistics=[ShiftStatisticInfo(**vars(item)) for item in shift.most_different],
-            near_duplicates=near_duplicate_infos(inputs.screened),
-            duplicate_groups=[duplicate_group_info(group) for group in inputs.screened.groups],
+            near_duplicates=near_duplicate_infos(inputs.screened.screen),
+            duplicate_groups=[duplicate_group_info(group) for group in inputs.screened.screen.groups],
             control_model=control_model,
         ),
         model=target.description,

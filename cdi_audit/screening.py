@@ -14,7 +14,7 @@ no unpublished image at all and is removed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -66,10 +66,11 @@ class DescribedImage:
     description: ImageDescription
 
     @property
-    def pixels(self) -> float:
-        names = STATISTIC_NAMES
+    def pixels(self) -> int:
+        """Width times height of the file (the statistics hold their logarithms)."""
         statistics = self.description.statistics
-        return float(np.exp(statistics[names.index("log_width")] + statistics[names.index("log_height")]))
+        logs = statistics[STATISTIC_NAMES.index("log_width")] + statistics[STATISTIC_NAMES.index("log_height")]
+        return round(float(np.exp(logs)))
 
 
 def describe_images(images: ImageSet, role: str,
@@ -111,9 +112,10 @@ def _framed_correlations(first: list[DescribedImage], second: list[DescribedImag
 
     def note(i: int, j: int, value: float) -> None:
         if within:
+            if i == j:
+                return  # every picture is a framing of itself
             i, j = min(i, j), max(i, j)
-        if i != j:
-            found.setdefault(i, {})[j] = max(value, found.get(i, {}).get(j, -1.0))
+        found.setdefault(i, {})[j] = max(value, found.get(i, {}).get(j, -1.0))
 
     for i, j, value in _framed_matches(first, second):
         note(i, j, value)
@@ -155,7 +157,7 @@ class DuplicateGroup:
     left_out: tuple[DescribedImage, ...]
 
 
-def _keep_first(image: DescribedImage) -> tuple[float, int, str]:
+def _keep_first(image: DescribedImage) -> tuple[int, int, str]:
     """Sort key: the image with the most pixels, then the largest file, then the first by path is kept
     (the best copy, where one is a re-encode, resize or crop of another)."""
     return (-image.pixels, -image.record.path.stat().st_size, str(image.record.path))
@@ -186,46 +188,54 @@ def duplicate_groups(images: list[DescribedImage], pairs: list[NearDuplicate]) -
 
 
 @dataclass(frozen=True)
+class Screen:
+    """What the screen keeps of two described sets: the units of the test."""
+
+    suspect: list[DescribedImage]
+    reference: list[DescribedImage]
+    removed_from_reference: list[NearDuplicate]  # (suspect image, its copy in the reference set)
+    within_sets: list[NearDuplicate]
+    groups: list[DuplicateGroup]
+
+    @property
+    def left_out(self) -> list[DescribedImage]:
+        return [image for group in self.groups for image in group.left_out]
+
+
+def screen(suspect: list[DescribedImage], reference: list[DescribedImage]) -> Screen:
+    """Drop reference images that are near-duplicates of a suspect image (a copy of a published picture is
+    not an unpublished one); keep one image of each group of near-duplicates within a set."""
+    first_pair_of_copy: dict[str, NearDuplicate] = {}
+    for pair in near_duplicates(suspect, reference):
+        first_pair_of_copy.setdefault(pair.second.record.sha256, pair)
+    remaining = [image for image in reference if image.record.sha256 not in first_pair_of_copy]
+    suspect_pairs, reference_pairs = near_duplicates(suspect), near_duplicates(remaining)
+    groups = duplicate_groups(suspect, suspect_pairs) + duplicate_groups(remaining, reference_pairs)
+    left_out = {id(image) for group in groups for image in group.left_out}
+    return Screen([image for image in suspect if id(image) not in left_out],
+                  [image for image in remaining if id(image) not in left_out],
+                  list(first_pair_of_copy.values()), suspect_pairs + reference_pairs, groups)
+
+
+@dataclass(frozen=True)
 class ScreenedSets:
-    """The sets after the screen (one image per group of near-duplicates, no reference copy of a suspect
-    picture), with every kept image described once."""
+    """The image sets after the screen (their left-out images kept as ``excluded``, so that captions or labels
+    naming them are still recognised), and the screen itself."""
 
     suspect: ImageSet
     reference: ImageSet
-    suspect_described: list[DescribedImage]
-    reference_described: list[DescribedImage]
-    removed_from_reference: list[NearDuplicate]  # (suspect image, its copy in the reference set)
-    within_sets: list[NearDuplicate]
-    groups: list[DuplicateGroup] = field(default_factory=list)
-
-
-def _one_per_group(images: ImageSet, described: list[DescribedImage], groups: list[DuplicateGroup],
-                   removed: list[ImageRecord]) -> tuple[ImageSet, list[DescribedImage]]:
-    """The set without the left-out images (and without ``removed``), which it keeps as ``excluded``: their
-    captions or labels are then still recognised."""
-    left_out = {id(image) for group in groups for image in group.left_out}
-    kept = [image for image in described if id(image) not in left_out]
-    excluded = [*images.excluded, *removed, *(image.record for group in groups for image in group.left_out)]
-    return ImageSet(images.root, [image.record for image in kept], images.skipped, excluded), kept
+    screen: Screen
 
 
 def screen_near_duplicates(suspect: ImageSet, reference: ImageSet,
                            track: Callable[[list[ImageRecord]], Iterable[ImageRecord]] = iter) -> ScreenedSets:
-    """Describe every image; drop reference images that are near-duplicates of a suspect image (a copy of a
-    published picture is not an unpublished one); keep one image of each group of near-duplicates within a
-    set."""
-    suspect_described = describe_images(suspect, "suspect", track)
-    reference_described = describe_images(reference, "reference", track)
-    first_pair_of_copy: dict[str, NearDuplicate] = {}
-    for pair in near_duplicates(suspect_described, reference_described):
-        first_pair_of_copy.setdefault(pair.second.record.sha256, pair)
-    remaining = [image for image in reference_described if image.record.sha256 not in first_pair_of_copy]
-    copies = [image.record for image in reference_described if image.record.sha256 in first_pair_of_copy]
-    suspect_pairs, reference_pairs = near_duplicates(suspect_described), near_duplicates(remaining)
-    suspect_groups = duplicate_groups(suspect_described, suspect_pairs)
-    reference_groups = duplicate_groups(remaining, reference_pairs)
-    kept_suspect, suspect_kept = _one_per_group(suspect, suspect_described, suspect_groups, [])
-    kept_reference, reference_kept = _one_per_group(reference, remaining, reference_groups, copies)
-    return ScreenedSets(kept_suspect, kept_reference, suspect_kept, reference_kept,
-                        list(first_pair_of_copy.values()), suspect_pairs + reference_pairs,
-                        suspect_groups + reference_groups)
+    """Describe every image once and ``screen`` the sets."""
+    result = screen(describe_images(suspect, "suspect", track), describe_images(reference, "reference", track))
+
+    def kept(images: ImageSet, described: list[DescribedImage]) -> ImageSet:
+        keys = {image.record.sha256 for image in described}
+        excluded = [record for record in images.records if record.sha256 not in keys]
+        return replace(images, records=[record for record in images.records if record.sha256 in keys],
+                       excluded=[*images.excluded, *excluded])
+
+    return ScreenedSets(kept(suspect, result.suspect), kept(reference, result.reference), result)

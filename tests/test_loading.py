@@ -172,3 +172,21 @@ def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.Mon
     with pytest.raises(ValueError) as raised:
         resolve_device("cuda:2")
     assert str(raised.value) == "there is no GPU 2: 2 visible (indices from 0); choose one of them or --device auto."
+
+
+def test_a_latent_sample_size_is_bounded_after_the_autoencoders_downscaling(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cdi_audit.targets.loading import Layout, _image_size
+
+    layout = Layout("latent UNet2DModel (LDM)", "unet", "vae")
+    vae = SimpleNamespace(config={"block_out_channels": [8, 8, 8, 8]})  # downscales by 8
+    assert _image_size(SimpleNamespace(config={"sample_size": [64, 48]}), vae, tmp_path, layout) == 512
+    with pytest.raises(ModelUnavailable) as raised:  # 64 x 8 is fine, 600 x 8 = 4800 is not
+        _image_size(SimpleNamespace(config={"sample_size": [64, 600]}), vae, tmp_path, layout)
+    assert assert_one_line(raised.value) == (
+        f"{tmp_path / 'unet' / 'config.json'}: sample_size is [64, 600] (latent: times 8, the autoencoder's "
+        "downscaling), which does not make an image side from 8 to 4096 pixels; correct sample_size to the model's "
+        "resolution.")
+    with pytest.raises(ModelUnavailable, match=r"vae/config.json: block_out_channels is None"):
+        _image_size(SimpleNamespace(config={"sample_size": 64}), SimpleNamespace(config={}), tmp_path, layout)

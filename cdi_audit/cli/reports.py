@@ -103,7 +103,8 @@ def verify(
     console = stderr_console()
     path = folder / "manifest.json" if folder.is_dir() else folder
     manifest = read_saved(Manifest, path, "manifest", "give the folder an audit wrote with --out")
-    outcome = run_stage(lambda progress: verify_manifest(manifest, progress.counter("re-hashing files")), console)
+    outcome = run_stage(lambda progress: verify_manifest(manifest, progress.counter("re-hashing files"), path.parent),
+                        console)
     for label, entries in (("changed", outcome.changed), ("missing", outcome.missing)):
         for entry in entries:
             console.print(f"[bold red]{label}[/] {entry.role} {shown(entry.path)}")

@@ -15,7 +15,7 @@ from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.manifest import Manifest
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
-from cdi_audit.result import CORRECTION_NAMES, AuditResult, ControlModelResult, ModelInfo
+from cdi_audit.result import CORRECTION_NAMES, AuditResult, ControlModelResult, Controls, ModelInfo
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
 # The verdict banner's colour in the HTML and PDF (red, green, amber).
@@ -101,6 +101,14 @@ class ReportFigures:
         named = {"sample_size_curve.png": self.sample_size, "score_histograms.png": self.score_histograms,
                  "thumbnails.png": self.thumbnails}
         return {name: png for name, png in named.items() if png is not None}
+
+
+def near_duplicates_text(control: Controls) -> str:
+    """Copies of suspect pictures removed from the reference set, and groups within a set kept once."""
+    removed = sum(item.first_role != item.second_role for item in control.near_duplicates)
+    left_out = sum(len(group.left_out) for group in control.duplicate_groups)
+    return (f"{removed} removed from the reference set, {len(control.duplicate_groups)} group(s) within a set, "
+            f"{left_out} copies left out (one image per group is tested)")
 
 
 def p_text(p: float) -> str:
@@ -291,10 +299,7 @@ def controls_section(result: AuditResult) -> Section:
                                       "The same test on a model known not to have seen the suspect images: for "
                                       "evidence, the suspect model's AUC must be larger beyond chance (the "
                                       "interval's lower end above 0)."))
-    removed = [item for item in controls.near_duplicates if item.removed]
-    rows.append(("near-duplicates", f"{len(removed)} reference image(s) removed as copies of suspect images; "
-                                    f"{len(controls.near_duplicates) - len(removed)} pair(s) within a set "
-                                    "(perceptual hash)"))
+    rows.append(("near-duplicates", near_duplicates_text(controls) + " (perceptual hash, layout and framings)"))
     skipped = f"{len(result.skipped_files)} unreadable or non-image files skipped" if result.skipped_files \
         else "none"
     rows.append(("skipped files", skipped))
@@ -306,11 +311,13 @@ def controls_section(result: AuditResult) -> Section:
                   for item in controls.shift_statistics), (2, 1, 1, 1), monospace=(1, 2, 3))]
     if controls.near_duplicates:
         blocks += [Subheading("Near-duplicates"), Table(
-            ("file", "copy", "pHash bits", "layout correlation", "removed"),
+            ("file", "copy", "pHash bits", "layout correlation", "framing correlation", "left out"),
             tuple((_display_path(item.first_path, result), _display_path(item.second_path, result),
-                   str(item.distance), f"{item.correlation:.3f}", "yes" if item.removed else "no")
+                   str(item.distance), f"{item.correlation:.3f}",
+                   "" if item.framed_correlation is None else f"{item.framed_correlation:.3f}",
+                   "yes" if item.removed else "no")
                   for item in controls.near_duplicates),
-            (3, 3, 0.8, 1, 0.8), small=True)]
+            (3, 3, 0.8, 1, 1, 0.8), small=True)]
     if result.skipped_files:
         blocks.append(Table(("set", "file", "reason"),
                             tuple((item.image_set, item.path, item.reason) for item in result.skipped_files),

@@ -7,7 +7,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cdi_audit.report.content import ACCESS_LABELS, VERDICT_LABELS, control_model_numbers, control_model_status
+from cdi_audit.report.content import (
+    ACCESS_LABELS,
+    VERDICT_LABELS,
+    control_model_numbers,
+    control_model_status,
+    near_duplicates_text,
+)
 from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchResult
 
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
@@ -55,9 +61,7 @@ def summary_table(result: AuditResult) -> Table:
         status = control_model_status(control.control_model, result.alpha)
         table.add_row("control model", f"{control_model_numbers(control.control_model, result)}  ({status})")
     if control.near_duplicates:
-        removed = sum(item.removed for item in control.near_duplicates)
-        table.add_row("near-duplicates", f"{removed} removed from the reference set, "
-                                         f"{len(control.near_duplicates) - removed} pair(s) within a set")
+        table.add_row("near-duplicates", near_duplicates_text(control))
     curve = result.sample_size_curve
     if curve is not None and curve.points:
         reached = [point.n for point in curve.points if point.median_p < result.alpha]
