@@ -471,7 +471,9 @@ def test_cdi_audit_serve_answers_the_protocol_on_loopback(tmp_path: Path) -> Non
         stderr = server.communicate(timeout=30)[1].decode()
     assert info == {"protocol": "cdi-audit-variation/1", "sample_size": 32, "family": "pixel", "conditioning": "none"}
     local = LocalVariation(load_target(SAMPLE_DATA / "model", torch.device("cpu")), batch_size=1)
-    assert np.array_equal(varied, local.vary(VariationRequest(image, 0.2, 5)))
+    # Another process with other threads: float rounding may move a pixel by one 8-bit level.
+    difference = np.abs(varied.astype(int) - local.vary(VariationRequest(image, 0.2, 5)).astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
     assert refused.value.code == 400 and b"strength must lie in [0, 1)" in refusal
     assert url in stderr.replace("\n", "")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

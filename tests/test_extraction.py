@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from feature_checks import FLOAT32_ATOL, FLOAT32_RTOL
 
 from cdi_audit.cache import FeatureStore
 from cdi_audit.extraction import extract_features
@@ -56,11 +57,15 @@ def test_gradient_features_do_not_depend_on_batch_or_micro_batch_size(target, re
     assert summary.model_calls >= 5 * (20 + 2)
 
 
-def test_neighbours_in_an_equal_sized_batch_leave_an_image_bit_identical(target, records) -> None:
+def test_neighbours_in_an_equal_sized_batch_leave_an_image_unchanged(target, records) -> None:
+    """Other neighbours in a batch of the same shape: the image's own noise and features, to float32 rounding
+    (kernels choose their summation order by shape, which some CPUs split by content too)."""
     extractors = resolve_extractors("loss,pia")
     first, _ = extract_features(records[0:1] + records[1:4], target, extractors, 0, 4)
     second, _ = extract_features(records[0:1] + records[8:11], target, extractors, 0, 4)
-    np.testing.assert_array_equal(first.rows(first.keys[:1]), second.rows(first.keys[:1]))
+    np.testing.assert_allclose(first.rows(first.keys[:1]), second.rows(first.keys[:1]), rtol=FLOAT32_RTOL,
+                               atol=FLOAT32_ATOL)
+    assert not np.allclose(first.rows(first.keys[1:2]), second.rows(second.keys[1:2]))
 
 
 def test_a_different_seed_draws_different_noise(target, records) -> None:

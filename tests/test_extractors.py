@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from feature_checks import FLOAT32_ATOL, FLOAT32_RTOL
 
 from cdi_audit.errors import AccessInsufficient, ExitCode
 from cdi_audit.features.base import LatentBatch, NoiseSource
@@ -213,7 +214,8 @@ def test_noise_optimisation_of_an_image_ignores_its_batch(batch: LatentBatch) ->
     with torch.enable_grad():
         together = NoiseOptimisation().extract(target, batch, noise)
         alone = NoiseOptimisation().extract(target, LatentBatch(batch.z0[1:2], batch.hashes[1:2]), noise)
-    np.testing.assert_array_equal(together[1:2].numpy(), alone.numpy())
+    # Another batch shape: the same optimisation, to float32 rounding.
+    np.testing.assert_allclose(together[1:2].numpy(), alone.numpy(), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
 
 
 def test_full_preset_has_twenty_six_columns() -> None:
