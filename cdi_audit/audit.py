@@ -25,7 +25,7 @@ from cdi_audit.controls import DEFAULT_SHIFT_ALPHA, shift_check
 from cdi_audit.decision import decide
 from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.images import ImageSet, scan_image_set
+from cdi_audit.images import ImageSet, scan_image_set, small_images_note
 from cdi_audit.power import (
     CURVE_TEST,
     DEFAULT_CURVE_RESAMPLES,
@@ -285,6 +285,9 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
         notes.extend(note for note in set_notes if note not in notes)
     store = FeatureStore(store_root) if store_root is not None else None
     records = [record for images in conditioned for record in images.records]
+    small = small_images_note(records, target.sample_size)
+    if small is not None:
+        notes.append(small)
     with timed(timings, role + "extract"):
         table, summary = extract_features(
             records, target, extractors, settings.seed, settings.batch_size, store,

@@ -252,3 +252,24 @@ def to_model_pixels(image: Image.Image, size: int) -> np.ndarray:
 def load_model_pixels(records: list[ImageRecord], size: int) -> np.ndarray:
     """Pixels of a batch of images, (B, 3, size, size) float32 in [-1, 1]."""
     return np.stack([to_model_pixels(open_image(record.path), size) for record in records])
+
+
+# Images whose shorter side is below this share of the model's resolution are upscaled so much that their
+# features measure the blur of the upscaling as much as the model's familiarity with them.
+SMALL_IMAGE_SHARE = 0.5
+
+
+def small_images_note(records: list[ImageRecord], resolution: int) -> str | None:
+    """A warning for the report when images are far smaller than the model's ``resolution`` (read from the
+    file headers only), else None."""
+    small = []
+    for record in records:
+        with Image.open(record.path) as image:
+            if min(image.size) < SMALL_IMAGE_SHARE * resolution:
+                small.append(record)
+    if not small:
+        return None
+    return (f"{len(small)} of {len(records)} images (e.g. {small[0].path.name}) are smaller than half the "
+            f"model's resolution of {resolution} px, so they are upscaled before the model sees them; their "
+            "features then measure the upscaling's blur as much as the model, and a result on them is weaker.")
+

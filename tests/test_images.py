@@ -185,3 +185,14 @@ def test_a_file_without_read_permission_is_skipped(tmp_path: Path) -> None:
     finally:
         (tmp_path / "locked.png").chmod(0o644)
     assert len(images) == 0 and images.skipped[0].reason.startswith("cannot be read (PermissionError:")
+
+
+def test_images_far_smaller_than_the_model_resolution_are_warned_about(tmp_path: Path) -> None:
+    from cdi_audit.images import small_images_note
+
+    Image.new("RGB", (40, 15), (9, 9, 9)).save(tmp_path / "thin.png")  # shorter side 15 < 32 / 2
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "half.png")  # exactly half: not far smaller
+    records = scan_image_set(tmp_path).records
+    note = small_images_note(records, 32)
+    assert note is not None and note.startswith("1 of 2 images (e.g. thin.png) are smaller than half")
+    assert small_images_note(records, 30) is None

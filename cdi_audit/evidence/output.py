@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdi_audit.cache import atomic_write
+from cdi_audit.console import shown
 from cdi_audit.evidence.search import SearchResult
 from cdi_audit.evidence.summary import EVIDENCE_FILE, GALLERY_FILE
 from cdi_audit.images import open_image, to_model_pixels
@@ -76,7 +77,7 @@ def write_outputs(result: SearchResult, out: Path, alpha: float) -> list[Path]:
 
 def print_summary(result: SearchResult, alpha: float, console: Console) -> None:
     table = Table(show_header=False, box=None)
-    table.add_row("model", f"{result.model.path} ({result.model.family})")
+    table.add_row("model", f"{shown(result.model.path)} ({result.model.family})")
     table.add_row("generations", f"{result.pool_size} in the pool, {result.guided_size} guided towards "
                                  f"{result.kept_clusters} of {result.clusters} clusters; {result.model_calls} model "
                                  f"calls, {result.seconds:.1f} s")
@@ -92,7 +93,7 @@ def print_summary(result: SearchResult, alpha: float, console: Console) -> None:
         table.add_row("Fisher exact test", f"p = {share.p_value:.3g} (one-sided, suspect > reference; alpha "
                                            f"{alpha})")
     for note in result.notes:
-        table.add_row("note", note)
+        table.add_row("note", shown(note))
     console.print(table)
     if share is not None and share.p_value < alpha:
         console.print("[bold]NEAR-COPIES[/]  The model generates near-copies of the suspect images more often "

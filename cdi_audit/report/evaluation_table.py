@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from cdi_audit.console import shown
 from cdi_audit.report.terminal import interval_text
 from cdi_audit.result import EvaluationResult
 
@@ -53,6 +54,6 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
         f"FPR: share of null draws (non-members vs non-members) with p < {result.alpha:g}.[/]"
     )
     for test, note in result.test_notes.items():
-        console.print(f"[dim]{SHORT_TEST_NAMES[test]}: {note}[/]")
+        console.print(f"[dim]{SHORT_TEST_NAMES[test]}: {shown(note)}[/]")
     for warning in result.warnings:
-        console.print(f"[yellow]warning[/] {warning}")
+        console.print(f"[yellow]warning[/] {shown(warning)}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from cdi_audit.console import shown
 from cdi_audit.report.content import (
     ACCESS_LABELS,
     VERDICT_LABELS,
@@ -59,7 +60,7 @@ def summary_table(result: AuditResult) -> Table:
         table.add_row("shift check", shift_text(result))
     if control.control_model is not None:
         status = control_model_status(control.control_model, result.alpha)
-        table.add_row("control model", f"{control_model_numbers(control.control_model, result)}  ({status})")
+        table.add_row("control model", f"{shown(control_model_numbers(control.control_model, result))}  ({status})")
     if control.near_duplicates:
         table.add_row("near-duplicates", near_duplicates_text(control))
     curve = result.sample_size_curve
@@ -82,10 +83,10 @@ def summary_table(result: AuditResult) -> Table:
                   (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
     model = result.model
     if model.endpoint is not None:
-        table.add_row("model", f"{model.endpoint}  ({model.family}; id {model.fingerprint[:12]}…)")
+        table.add_row("model", f"{shown(model.endpoint)}  ({model.family}; id {model.fingerprint[:12]}…)")
     else:
-        table.add_row("model", f"{model.path}  ({model.family}; sha256 {model.fingerprint[:12]}…; {model.device}, "
-                               f"{model.dtype})")
+        table.add_row("model", f"{shown(model.path)}  ({model.family}; sha256 {model.fingerprint[:12]}…; "
+                               f"{model.device}, {model.dtype})")
     table.add_row("access", ACCESS_LABELS.get(model.access, model.access))
     extraction = result.extraction
     calls = "image-to-image calls" if model.access == "black" else "model calls"
@@ -97,15 +98,16 @@ def summary_table(result: AuditResult) -> Table:
 
 
 def print_summary(result: AuditResult, console: Console) -> None:
-    console.print(f"\n[{VERDICT_STYLES[result.verdict]}]{VERDICT_LABELS[result.verdict]}[/]  {result.verdict_reason}")
+    label = f"[{VERDICT_STYLES[result.verdict]}]{VERDICT_LABELS[result.verdict]}[/]"
+    console.print(f"\n{label}  {shown(result.verdict_reason)}")
     console.print(summary_table(result))
-    shown = 10
-    for skipped in result.skipped_files[:shown]:
-        console.print(f"[dim]skipped[/] {skipped.path}: {skipped.reason}")
-    if len(result.skipped_files) > shown:
-        console.print(f"[dim]... and {len(result.skipped_files) - shown} more skipped files (see the JSON report)[/]")
+    listed = 10
+    for skipped in result.skipped_files[:listed]:
+        console.print(f"[dim]skipped[/] {shown(skipped.path)}: {shown(skipped.reason)}")
+    if len(result.skipped_files) > listed:
+        console.print(f"[dim]... and {len(result.skipped_files) - listed} more skipped files (see the JSON report)[/]")
     for warning in result.warnings:
-        console.print(f"[yellow]warning[/] {warning}")
+        console.print(f"[yellow]warning[/] {shown(warning)}")
 
 
 def _p(value: float | None) -> str:
@@ -122,14 +124,14 @@ def print_batch_summary(batch: BatchResult, console: Console) -> None:
     for audit in batch.audits:
         result = audit.result
         if result is None:
-            table.add_row(audit.name, f"[bold red]ERROR (exit {audit.exit_code})[/]", "", "", "", "")
+            table.add_row(shown(audit.name), f"[bold red]ERROR (exit {audit.exit_code})[/]", "", "", "", "")
             continue
         model = result.model.endpoint or Path(result.model.path).name
-        table.add_row(audit.name, f"[{VERDICT_STYLES[audit.verdict]}]{VERDICT_LABELS[audit.verdict]}[/]",
+        table.add_row(shown(audit.name), f"[{VERDICT_STYLES[audit.verdict]}]{VERDICT_LABELS[audit.verdict]}[/]",
                       _p(audit.p_value), _p(audit.adjusted_p_value), f"{result.n_suspect} vs {result.n_reference}",
-                      model)
+                      shown(model))
     console.print(table)
     for audit in batch.audits:
         if audit.error is not None:
-            console.print(f"[bold red]error[/] {audit.name}: {audit.error}")
+            console.print(f"[bold red]error[/] {shown(audit.name)}: {shown(audit.error)}")
     console.print(f"exit code {batch.exit_code}")
