@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_images
+from conftest import SAMPLE_DATA, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
