@@ -347,7 +347,7 @@ from cdi_audit.cli import main
 def exhaust(*args, **kwargs):
     held = []  # stays referenced from the traceback's frame until the handler drops it
     while True:
-        held.append(np.ones(64 * 1024 * 1024))
+        held.append(np.empty(64 * 1024 * 1024))  # address space, not pages: fills the limit at once
 
 cdi_audit.audit.shift_check = exhaust
 resource.setrlimit(resource.RLIMIT_AS, (6 * 1024**3, 6 * 1024**3))
