@@ -99,13 +99,11 @@ def guarded(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
             return
-        except OWN_EXITS:
+        except (*OWN_EXITS, SystemExit):
             raise
         except BaseException as error:  # noqa: B036 - the rule covers every failure, interrupts included
-            if isinstance(error, SystemExit):
-                raise
             code, message = _failure(error)
-            if debug and code != ExitCode.MODEL_UNAVAILABLE:
+            if debug and not is_out_of_memory(error):
                 stderr_console().print_exception(show_locals=False)
             traceback.clear_frames(error.__traceback__)
             del error
@@ -127,8 +125,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def prepare_out(out: Path | None, inputs: Iterable[tuple[str, Path | None]] = ()) -> None:
     """Check the output folder before any model work: not a file, not inside an input folder (whose next
-    scan would read the report's own figures as images), and writable (created when missing). Raises
-    ``OutputProblem`` (exit 2) saying which."""
+    scan would read the report's own figures as images), and writable (created when missing). ``inputs``:
+    (what the folder is, e.g. "the suspect folder", folder). Raises ``OutputProblem`` (exit 2) saying which."""
     if out is None:
         return
     if out.exists() and not out.is_dir():
@@ -136,7 +134,7 @@ def prepare_out(out: Path | None, inputs: Iterable[tuple[str, Path | None]] = ()
     resolved = out.resolve()
     for role, folder in inputs:
         if folder is not None and folder.is_dir() and _inside(resolved, folder.resolve()):
-            raise OutputProblem(f"--out {out} lies inside the {role} folder {folder}, whose next scan would count "
+            raise OutputProblem(f"--out {out} lies inside {role} {folder}, whose next scan would count "
                                 "the report's figures as images; choose a folder outside the image folders.")
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def batch(
                    max_batch_grad=max_batch_grad,
                    cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs)
     entries = read_batch_file(batch_file, machine)
-    prepare_out(out, [(f"{role} folder of audit {entry.name}:", folder) for entry in entries
+    prepare_out(out, [(f"the {role} folder of audit {entry.name}", folder) for entry in entries
                       for role, folder in (("suspect", entry.settings.suspect_dir),
                                            ("reference", entry.settings.reference_dir))])
 

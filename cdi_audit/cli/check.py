@@ -138,7 +138,7 @@ def check(
                                  param_hint="--control-model-config")
     require_out_for_reports(report_formats, out)
     formats = report_formats_of(report_formats)
-    prepare_out(out, [("suspect", suspect_dir), ("reference", reference)])
+    prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
     endpoint_settings = None if model is not None else EndpointSettings(
         url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
         backoff=retry_backoff, max_rps=max_rps, image_size=image_size,

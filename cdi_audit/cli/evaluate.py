@@ -101,7 +101,7 @@ def evaluate(
     if "permutation" in tests:
         require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
     console = stderr_console()
-    prepare_out(out, [("members", members), ("non-members", nonmembers)])
+    prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     settings = EvaluationSettings(
         members_dir=members, nonmembers_dir=nonmembers, model_path=model, model_config=model_config,
         access=access.value, features=features, repeats=repeats,

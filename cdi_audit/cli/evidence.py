@@ -77,7 +77,7 @@ def extract_evidence(
 
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
-    prepare_out(out, [("suspect", suspect_dir), ("reference", reference)])
+    prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
     settings = SearchSettings(model_path=model, model_config=model_config, suspect_dir=suspect_dir,
                               reference_dir=reference, budget=budget, seed=seed, steps=steps,
                               guidance_scale=guidance_scale, threshold=threshold, device=device, dtype=dtype,
