@@ -399,6 +399,7 @@ class RecordingVariation(LocalVariation):
         return super().vary(request)
 
 
+@pytest.mark.slow
 def test_a_text_to_image_model_behind_an_endpoint_gives_evidence_for_its_members(
         trained_text_to_image: Path, tmp_path: Path) -> None:
     root = trained_text_to_image

@@ -210,6 +210,7 @@ def flat(text: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
+@pytest.mark.slow
 def test_the_sample_audit_with_a_clean_base_model_as_control_is_still_evidence(
     base_model: Path, cache: Path, tmp_path: Path
 ) -> None:
@@ -236,6 +237,7 @@ def test_the_sample_audit_with_a_clean_base_model_as_control_is_still_evidence(
     assert "Control model" in pdf and control["model"]["fingerprint"] in pdf
 
 
+@pytest.mark.slow
 def test_a_control_that_saw_the_images_is_reported(base_model: Path, cache: Path) -> None:
     """Roles swapped: the 'control' is the sample model, which was trained on the suspect images. The
     suspect model finds nothing, and the verdict says the control does."""

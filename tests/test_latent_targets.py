@@ -159,6 +159,7 @@ def audit_text_to_image(root: Path, suspect: str, *options: str) -> tuple[int, d
     return result.exit_code, json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_trained_text_to_image_model_gives_evidence_for_its_members(trained_text_to_image: Path) -> None:
     code, result = audit_text_to_image(trained_text_to_image, "members")
     assert (code, result["verdict"]) == (1, "evidence")
@@ -171,6 +172,7 @@ def test_a_trained_text_to_image_model_gives_evidence_for_its_members(trained_te
     assert code == 1 and clid_only["p_value"] < 0.01 and len(clid_only["features"]) == 5
 
 
+@pytest.mark.slow
 def test_a_trained_text_to_image_model_gives_no_evidence_for_images_it_never_saw(trained_text_to_image: Path) -> None:
     code, result = audit_text_to_image(trained_text_to_image, "other")
     assert (code, result["verdict"]) == (0, "no_evidence")
@@ -238,6 +240,7 @@ def test_a_single_file_checkpoint_loads_offline_with_its_configs(pipelines, tmp_
         load_target(pipelines["sd"], CPU, config=config)
 
 
+@pytest.mark.slow
 def test_a_single_file_audit_equals_the_folder_audit(trained_text_to_image: Path, tmp_path: Path) -> None:
     checkpoint, config = single_file_from(trained_text_to_image / "model", tmp_path)
     _, folder = audit_text_to_image(trained_text_to_image, "members")

@@ -96,6 +96,7 @@ def one_thread() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_shards_run_as_parallel_processes_on_one_cache(image_sets, tiny_model: Path, tmp_path: Path) -> None:
     suspect, reference = image_sets
     processes = [subprocess.Popen(command("extract", str(suspect), str(reference), "--model", str(tiny_model),
@@ -127,6 +128,7 @@ def test_shards_run_as_parallel_processes_on_one_cache(image_sets, tiny_model: P
     np.testing.assert_allclose(*scores, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_to_the_same_result(sample_audit, tmp_path: Path) -> None:
     """SIGKILL mid-extraction (batches of 4, so chunks land often), then the full audit: it computes only
     what is missing and gives the uninterrupted audit's p-value and scores."""

@@ -58,13 +58,15 @@ def test_outputs_cache_and_determinism(trained_tiny_model, tmp_path: Path) -> No
     assert again["images"] == first["images"] and again_code == code
 
 
-def test_a_conditional_model_or_a_tiny_budget_is_refused(trained_tiny_model, trained_text_to_image,
-                                                         tmp_path: Path) -> None:
+def test_a_conditional_model_or_a_tiny_budget_is_refused(trained_tiny_model, tmp_path: Path) -> None:
+    from tiny_pipelines import save_tiny_stable_diffusion
+
     model, members, _ = trained_tiny_model
     code, payload, _ = search(str(members), "--model", str(model), "--budget", "4")
     assert code == 2
-    code, payload, _ = search(str(members), "--model", str(trained_text_to_image / "model"), "--budget", "8",
-                              "--cache-dir", str(tmp_path))
+    text_model = save_tiny_stable_diffusion(tmp_path / "sd")
+    code, payload, _ = search(str(members), "--model", str(text_model), "--budget", "8",
+                              "--cache-dir", str(tmp_path / "cache"))
     assert code == 2 and "text-conditional" in payload["error"]["message"]
     code, payload, _ = search(str(members), "--model", str(model), "--budget", "8", "--steps", "2",
                               "--cache-dir", str(tmp_path))
