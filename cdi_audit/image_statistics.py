@@ -91,7 +91,7 @@ def perceptual_hash(grey: np.ndarray) -> int:
 
 def grey_thumbnail(grey: np.ndarray) -> np.ndarray:
     """The picture as THUMBNAIL_SIDE x THUMBNAIL_SIDE box-averaged grey levels in [0, 1] (float32)."""
-    image = Image.fromarray(np.asarray(grey, dtype=np.float32), mode="F")
+    image = Image.fromarray(np.asarray(grey, dtype=np.float32))  # float32 gives mode "F"
     small = image.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32)
 

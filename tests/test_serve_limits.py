@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
+from variation_servers import running_server
 
 from cdi_audit.serve import MAX_UPLOAD_SIDE, VariationServer, check_declared_size
 from cdi_audit.targets.blackbox import EndpointInfo, VariationRequest, decode_png, encode_png
@@ -29,19 +27,6 @@ class EchoBackend:
     def vary(self, request: VariationRequest) -> np.ndarray:
         self.requests += 1
         return request.image
-
-
-@contextlib.contextmanager
-def serving(backend: EchoBackend) -> Iterator[VariationServer]:
-    server = VariationServer(("127.0.0.1", 0), backend)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def png_of(width: int, height: int) -> bytes:
@@ -67,7 +52,7 @@ def test_an_upload_declaring_144_megapixels_is_refused_before_decoding() -> None
     huge = png_of(12000, 12000)
     assert len(huge) < 64 * 1024  # small on disk; decoded as RGB it would be 432 MB
     backend = EchoBackend()
-    with serving(backend) as server:
+    with running_server(backend) as server:
         started = time.perf_counter()
         status, body = post(server, huge)
         elapsed = time.perf_counter() - started
