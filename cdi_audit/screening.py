@@ -34,7 +34,7 @@ NEAR_DUPLICATE_CORRELATION = 0.95
 # cases): so one picture is also a near-duplicate of another when one of its 81 framings (0, 5 or 10% trimmed
 # off each side) correlates with the other's whole layout at FRAMING_CORRELATION or more. On 160 planted copies
 # of 32 px crops (tests/test_duplicate_groups.py: JPEG 92, resizes to 24 and 44 px, 1-3 px trimmed off one to
-# four sides) all 160 are found, and with the measures above 3 of the 12,720 pairs of distinct crops are flagged
+# four sides) all 160 are found, and with the measures above 2 of the 12,720 pairs of distinct crops are flagged
 # (crops of one photograph that overlap), and no pair of the sample's published and unpublished sets.
 FRAMING_CORRELATION = 0.97
 # Grey layouts are blind to colour: a red circle on yellow and a blue circle on red match a framing of each
