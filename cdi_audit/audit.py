@@ -160,15 +160,23 @@ def package_versions() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Inputs:
-    suspect: ImageSet
-    reference: ImageSet
+    """The screened image sets and the warnings their scan gave."""
+
     screened: ScreenedSets
     warnings: list[str]
 
+    @property
+    def suspect(self) -> ImageSet:
+        return self.screened.suspect
+
+    @property
+    def reference(self) -> ImageSet:
+        return self.screened.reference
+
 
 def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
-    """Scan, hash, validate and describe both sets; drop reference copies of suspect images; refuse what
-    cannot give a valid audit."""
+    """Scan, hash, validate and describe both sets; drop reference copies of suspect images and keep one image
+    per group of near-duplicates; refuse what cannot give a valid audit."""
     suspect = scan_image_set(settings.suspect_dir, settings.strict, progress.track("hashing suspect images"))
     reference = scan_image_set(settings.reference_dir, settings.strict, progress.track("hashing reference images"))
     reject_overlap(suspect, reference)
@@ -185,7 +193,7 @@ def gather_images(settings: AuditSettings, progress: StageProgress) -> _Inputs:
         notes.append(f"{len(screen.groups)} group(s) of near-duplicate images within a set (the same picture "
                      f"re-encoded, resized or cropped) count as one image each: {len(screen.left_out)} copies were "
                      "left out of the test, as listed under controls.duplicate_groups.")
-    return _Inputs(screened.suspect, screened.reference, screened, notes)
+    return _Inputs(screened, notes)
 
 
 @dataclass(frozen=True)

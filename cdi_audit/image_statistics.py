@@ -110,12 +110,12 @@ def _framing_operators() -> np.ndarray:
     return np.stack(operators).astype(np.float32)
 
 
-def framing_views(thumbnails: np.ndarray) -> np.ndarray:
+def framing_views(thumbnails: np.ndarray, whole_only: bool = False) -> np.ndarray:
     """(n, K, 64) unit-norm, mean-removed 8x8 layouts of every framing of each (n, side, side) thumbnail:
     the picture with each combination of FRAMING_TRIMS cut off its four sides (K = 81; view 0 is the whole
-    picture). A light crop of a picture correlates with one of the picture's framings as a re-encoded copy
-    correlates with the picture itself."""
-    operators = _framing_operators()
+    picture, and ``whole_only`` computes that one alone). A light crop of a picture correlates with one of
+    the picture's framings as a re-encoded copy correlates with the picture itself."""
+    operators = _framing_operators()[:1] if whole_only else _framing_operators()
     views = np.einsum("aij,njk,blk->nabil", operators, thumbnails, operators, optimize=True)
     views = views.reshape(len(thumbnails), len(operators) ** 2, 64)
     views -= views.mean(axis=2, keepdims=True)

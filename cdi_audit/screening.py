@@ -103,7 +103,7 @@ def _mean_colours(images: list[DescribedImage]) -> np.ndarray:
 def _framed_matches(owners: list[DescribedImage], others: list[DescribedImage]) -> Iterator[tuple[int, int, float]]:
     """(owner index, other index, correlation) where a framing of the owner matches the other's whole layout
     and their colours agree."""
-    whole = framing_views(np.stack([image.description.thumbnail for image in others]))[:, 0]
+    whole = framing_views(np.stack([image.description.thumbnail for image in others]), whole_only=True)[:, 0]
     owner_colours, other_colours = _mean_colours(owners), _mean_colours(others)
     for start in range(0, len(owners), ROWS_PER_CHUNK):
         thumbnails = np.stack([image.description.thumbnail for image in owners[start:start + ROWS_PER_CHUNK]])

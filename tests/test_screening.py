@@ -36,6 +36,8 @@ def test_a_framing_of_a_picture_is_the_layout_of_the_same_crop(tmp_path: Path) -
     expected = (top * trims + bottom) * trims**2 + left * trims + right
     assert int(np.argmax(correlations)) == expected and correlations[expected] > 0.999
     assert correlations[0] < correlations[expected] - 0.01  # the untrimmed picture matches less well
+    whole = framing_views(describe_image(tmp_path / "picture.png").thumbnail[None], whole_only=True)
+    np.testing.assert_allclose(whole[0], views[:1], rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(views, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(views.sum(axis=1), 0.0, atol=1e-5)
 
