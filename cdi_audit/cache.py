@@ -74,7 +74,7 @@ class FeatureStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        _require_folder(self.root)
+        require_cache_folder(self.root)
 
     def section(self, key: dict) -> FeatureSection:
         """The section for ``key``: a JSON-serialisable dict of everything that changes the values."""
@@ -83,7 +83,7 @@ class FeatureStore:
         return FeatureSection(self.root / "features" / digest, key)
 
 
-def _require_folder(root: Path) -> None:
+def require_cache_folder(root: Path) -> None:
     """The cache root must be a folder or not yet exist (inside a folder): a file there would only fail when
     the first chunk is written, after the model has run."""
     for path in (root, *root.parents):

@@ -57,6 +57,9 @@ class OutputProblem(SettingsProblem):
 
 
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory")
+# A library's error embedded in ours is cut to its gist: some span hundreds of lines (one per mismatched
+# weight).
+MAX_ERROR_CHARS = 180
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -69,3 +72,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
+
+
+def brief(error: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """``error`` as one line for a message of ours: its type and first line (with the next one when the first
+    only announces it, as torch's "Error(s) in loading state_dict for X:"), at most ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"

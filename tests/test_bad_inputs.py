@@ -154,7 +154,7 @@ def _(root, shared):
     return check(root, shared, "--seed", str(2**64))
 
 
-@case("--cache-dir naming a file", 2, "give a folder for the feature cache")
+@case("--cache-dir naming a file", 2, "give a folder for --cache-dir")
 def _(root, shared):
     (root / "cache-file").write_text("")
     arguments = check(root, shared)

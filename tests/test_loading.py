@@ -145,7 +145,7 @@ def test_weights_that_do_not_fit_the_config_fail_at_first_use_in_one_line(tiny_m
 
 
 def test_brief_keeps_the_first_line_of_a_library_error() -> None:
-    from cdi_audit.targets.loading import brief
+    from cdi_audit.errors import brief
 
     assert brief(ValueError("bad value\nat line 2")) == "ValueError: bad value"
     assert brief(KeyError()) == "KeyError"

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from cdi_audit import __version__
 from cdi_audit.console import StageProgress, shown, stderr_console
-from cdi_audit.errors import AuditError, ExitCode, OutputProblem, is_out_of_memory
+from cdi_audit.errors import AuditError, ExitCode, OutputProblem, SettingsProblem, brief, is_out_of_memory
 
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
@@ -64,9 +64,13 @@ def root(
     """
 
 
+def _print_error(console: Console, message: str) -> None:
+    console.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
+
+
 def fail(console: Console, code: int, message: str, json_output: bool = False) -> NoReturn:
     """Say what went wrong in one line (and as JSON on stdout with --json), and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
+    _print_error(console, message)
     if json_output:
         typer.echo(json.dumps({"error": {"exit_code": int(code), "message": message}}))
     raise typer.Exit(int(code))
@@ -81,9 +85,7 @@ def _failure(error: BaseException) -> tuple[int, str]:
                              "and a re-run resumes.")
     if is_out_of_memory(error):
         return ExitCode.MODEL_UNAVAILABLE, OUT_OF_MEMORY.format(kind=type(error).__name__)
-    first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return INTERNAL_ERROR, (f"Internal error ({type(error).__name__}: {first_line}); please report it, with the "
-                            "output of --debug.")
+    return INTERNAL_ERROR, f"Internal error ({brief(error)}); please report it, with the output of --debug."
 
 
 def guarded(command: Callable[..., None]) -> Callable[..., None]:
@@ -159,8 +161,14 @@ def write_outputs(write: Callable[[], list[Path]], out: Path, console: Console, 
 
 
 def check_cache_dir(value: Path | None) -> Path | None:
-    if value is not None and value.exists() and not value.is_dir():
-        raise typer.BadParameter(f"{value} is a file; give a folder for the feature cache.")
+    """--cache-dir must be a folder, or not exist yet inside one (the feature store's own rule)."""
+    from cdi_audit.cache import require_cache_folder
+
+    if value is not None:
+        try:
+            require_cache_folder(value)
+        except SettingsProblem as problem:
+            raise typer.BadParameter(str(problem)) from None
     return value
 
 
@@ -176,6 +184,6 @@ def main() -> None:
         del error
         gc.collect()
         try:
-            stderr_console().print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
+            _print_error(stderr_console(), message)
         finally:
             sys.exit(int(code))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cdi_audit.errors import ModelUnavailable
+from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.images import file_sha256
 from cdi_audit.result import FileDigest, ModelInfo
 from cdi_audit.targets.base import PREDICTION_TYPES, Target
@@ -40,9 +40,6 @@ MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS = 2, 100_000
 # The side of the square images the model is fed. 4096 x 4096 RGB in float32 is 192 MiB per image, 6 GiB
 # per batch of 32 (and more in activations): a config asking more is a mistake, not a model we can audit.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 4096
-# A library's error embedded in ours is cut to its gist: some span hundreds of lines (one per mismatched
-# weight).
-MAX_ERROR_CHARS = 180
 # One line of torch's load_state_dict error per weight whose shape differs from the model the config builds.
 SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
@@ -82,15 +79,6 @@ def model_fingerprint(root: Path, files: list[FileDigest] | None = None) -> str:
     for file in files if files is not None else model_files(root):
         digest.update(f"{Path(file.path).relative_to(base).as_posix()}\0{file.sha256}\n".encode())
     return digest.hexdigest()
-
-
-def brief(error: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
-    """``error`` as one line for a message of ours: its type and first line (with the next one when the first
-    only announces it, as torch's "Error(s) in loading state_dict for X:"), at most ``limit`` characters."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 def _read_json(path: Path) -> dict:
