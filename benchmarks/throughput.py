@@ -57,6 +57,7 @@ def sd15_random_target(device, size: int):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from cdi_audit.models.schedule import DiscreteSchedule
     from cdi_audit.result import ModelInfo
     from cdi_audit.targets.latent import LatentTarget
     from cdi_audit.targets.packaged import materialised_config
@@ -71,8 +72,8 @@ def sd15_random_target(device, size: int):
     info = ModelInfo(path="sd15-random", fingerprint="sd15-random", family="text-to-image Stable Diffusion",
                      sample_size=size, num_train_timesteps=1000, prediction_type="epsilon", device=str(device),
                      dtype="float32", files=[])
-    return LatentTarget(unet, vae, torch.as_tensor(scheduler.alphas_cumprod), "epsilon", device, info, text,
-                        tokenizer)
+    schedule = DiscreteSchedule(torch.as_tensor(scheduler.alphas_cumprod), "latent")
+    return LatentTarget(unet, vae, schedule, "epsilon", device, info, text, tokenizer)
 
 
 def reference_structure(records, target, extractors, seed: int, batch_size: int):

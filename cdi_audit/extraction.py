@@ -33,9 +33,12 @@ class ExtractionSummary:
 
 
 def cache_key(target: Target | BlackBoxTarget, extractor: Extractor, seed: int) -> dict:
-    """Everything that changes an extractor's values for a given image."""
+    """Everything that changes an extractor's values for a given image (for a local model, also how its
+    schedule maps the features' nominal levels: ``NoiseSchedule.identity``)."""
+    schedule = getattr(target, "schedule", None)
     return {
         "model": target.description.fingerprint,
+        **({"levels": schedule.identity()} if schedule is not None else {}),
         "sample_size": target.sample_size,
         "preprocessing": PREPROCESSING_VERSION,
         "extractor": extractor.name,

@@ -22,6 +22,8 @@ from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.registry import extractor_names, require_access, resolve_extractors
 from cdi_audit.features.secmi import SecMI
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Target
 
@@ -37,13 +39,14 @@ class AnalyticTarget(Target):
     def __init__(self, steps: int = 1000, prediction_type: str = "epsilon") -> None:
         description = ModelInfo(path="analytic", fingerprint="0" * 64, family="analytic", sample_size=4,
                                 num_train_timesteps=steps, prediction_type=prediction_type, device="cpu")
-        super().__init__(linear_schedule(steps), prediction_type, 3, torch.device("cpu"), description)
+        schedule = DiscreteSchedule(linear_schedule(steps), "pixel")
+        super().__init__(schedule, prediction_type, 3, torch.device("cpu"), description)
 
     def coefficient(self, t: int) -> float:
-        return 0.3 + t / self.num_train_timesteps
+        return 0.3 + t / self.schedule.train_steps
 
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
-        return (0.3 + timesteps.double() / self.num_train_timesteps).view(-1, 1, 1, 1) * z_t.double()
+        return (0.3 + timesteps.double() / self.schedule.train_steps).view(-1, 1, 1, 1) * z_t.double()
 
 
 @pytest.fixture
@@ -58,7 +61,7 @@ def l2(values: np.ndarray) -> np.ndarray:
 
 def test_loss_matches_hand_computation(batch: LatentBatch) -> None:
     target, noise = AnalyticTarget(), NoiseSource(seed=3)
-    a = float(target.alphas_cumprod[100])
+    a = float(target.schedule.alphas_cumprod[100])
     z0, c = batch.z0.double().numpy(), target.coefficient(100)
     expected = np.zeros(3)
     for draw in range(5):
@@ -77,7 +80,7 @@ def test_multi_loss_shares_one_noise_draw_across_timesteps(batch: LatentBatch) -
     z0 = batch.z0.double().numpy()
     expected = []
     for t in range(0, 1000, 100):
-        a = float(target.alphas_cumprod[t])
+        a = float(target.schedule.alphas_cumprod[t])
         expected.append(l2(target.coefficient(t) * (math.sqrt(a) * z0 + math.sqrt(1 - a) * eps) - eps))
     extractor = MultiTimestepLoss()
     values = extractor.extract(target, batch, noise)
@@ -87,7 +90,8 @@ def test_multi_loss_shares_one_noise_draw_across_timesteps(batch: LatentBatch) -
 
 def ddim_factor(target: AnalyticTarget, s: int, s_next: int) -> float:
     """For eps = c_s z, one DDIM step is a scalar map: Phi(z; s -> s') = k z."""
-    a, a_next, c = float(target.alphas_cumprod[s]), float(target.alphas_cumprod[s_next]), target.coefficient(s)
+    abar = target.schedule.alphas_cumprod
+    a, a_next, c = float(abar[s]), float(abar[s_next]), target.coefficient(s)
     return math.sqrt(a_next) * (1 - math.sqrt(1 - a) * c) / math.sqrt(a) + math.sqrt(1 - a_next) * c
 
 
@@ -106,7 +110,7 @@ def test_secmi_matches_closed_form_round_trip(batch: LatentBatch) -> None:
 def test_pia_and_pian_match_hand_computation(batch: LatentBatch) -> None:
     target = AnalyticTarget()
     z0 = batch.z0.double().numpy()
-    a, c_t = float(target.alphas_cumprod[200]), target.coefficient(200)
+    a, c_t = float(target.schedule.alphas_cumprod[200]), target.coefficient(200)
 
     def l5(values: np.ndarray) -> np.ndarray:
         return (np.abs(values.reshape(len(values), -1)) ** 5).sum(axis=1) ** (1 / 5)
@@ -132,9 +136,17 @@ def test_fast_preset_has_fourteen_columns_and_thirty_calls_per_image(batch: Late
     assert target.forward_rows == 30 * len(batch.hashes)
 
 
-def test_timesteps_are_rescaled_for_shorter_schedules() -> None:
+def test_levels_of_a_shorter_schedule_have_the_nominal_signal_to_noise_ratio() -> None:
+    """A 250-step linear schedule noises 4x faster per step: nominal t (1000-step linear DDPM) maps to the step
+    whose abar / (1 - abar) is nearest, computed here in numpy."""
     target = AnalyticTarget(steps=250)
-    assert [target.model_timestep(t) for t in (0, 100, 200, 900)] == [0, 25, 50, 225]
+    own = np.cumprod(1 - np.linspace(1e-4, 0.02, 250))
+    nominal = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    expected = [int(np.argmin(np.abs(np.log(own / (1 - own)) - np.log(nominal[t] / (1 - nominal[t])))))
+                for t in (0, 100, 200, 900)]
+    assert [target.schedule.level(t) for t in (0, 100, 200, 900)] == expected == [0, 51, 101, 249]
+    nominal_schedule = AnalyticTarget().schedule
+    assert [nominal_schedule.level(t) for t in range(1000)] == list(range(1000))
 
 
 def test_v_prediction_and_sample_outputs_are_converted_to_noise() -> None:
@@ -142,7 +154,7 @@ def test_v_prediction_and_sample_outputs_are_converted_to_noise() -> None:
     t = 300
     for prediction_type in ("v_prediction", "sample"):
         target = AnalyticTarget(prediction_type=prediction_type)
-        a = float(target.alphas_cumprod[t])
+        a = float(target.schedule.alphas_cumprod[t])
         raw = target.coefficient(t) * z
         expected = (math.sqrt(a) * raw + math.sqrt(1 - a) * z if prediction_type == "v_prediction"
                     else (z - math.sqrt(a) * raw) / math.sqrt(1 - a))
@@ -174,7 +186,7 @@ def test_gradient_masking_matches_hand_computation(batch: LatentBatch) -> None:
     k = int(z0[0].size * 0.2)
     expected = np.zeros((3, 10))
     for column, t in enumerate(range(0, 1000, 100)):
-        a, c = float(target.alphas_cumprod[t]), target.coefficient(t)
+        a, c = float(target.schedule.alphas_cumprod[t]), target.coefficient(t)
         residual = c * (math.sqrt(a) * z0 + math.sqrt(1 - a) * eps) - eps
         for image in range(3):
             mask = np.zeros(z0[image].size, dtype=bool)
@@ -195,7 +207,7 @@ def test_noise_optimisation_moves_along_the_residual_and_lowers_the_loss(batch: 
     final loss is exactly | ||r0|| - c ||delta|| |."""
     target, noise = AnalyticTarget(), NoiseSource(seed=4)
     eps = noise.draw(batch, "noise_optim", "t100").double().numpy()
-    a, c = float(target.alphas_cumprod[100]), target.coefficient(100)
+    a, c = float(target.schedule.alphas_cumprod[100]), target.coefficient(100)
     initial = l2(c * (math.sqrt(a) * batch.z0.double().numpy() + math.sqrt(1 - a) * eps) - eps)
     extractor = NoiseOptimisation()
     with torch.enable_grad():
@@ -245,24 +257,25 @@ class AnalyticClassTarget(AnalyticTarget):
     conditioning = "class"
 
     def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
-        return super()._model_output(z_t, timesteps) + 0.1 * condition.double().view(-1, 1, 1, 1) * z_t.double()
+        labels = condition["class_labels"].double().view(-1, 1, 1, 1)
+        return super()._model_output(z_t, timesteps) + 0.1 * labels * z_t.double()
 
-    def reduced_conditions(self, batch: LatentBatch) -> dict[str, torch.Tensor]:
-        return {"null": torch.full_like(batch.condition, 4)}
+    def null_condition(self, condition: Condition) -> Condition:
+        return Condition({"class_labels": torch.full_like(condition["class_labels"], 4)})
 
 
 def test_clid_matches_hand_computation_for_a_class_conditional_model(batch: LatentBatch) -> None:
     from cdi_audit.features.clid import CLiD
 
     target, noise = AnalyticClassTarget(), NoiseSource(seed=6)
-    labelled = LatentBatch(batch.z0, batch.hashes, condition=torch.tensor([0, 1, 3]))
+    labelled = LatentBatch(batch.z0, batch.hashes, condition=Condition({"class_labels": torch.tensor([0, 1, 3])}))
     extractor = CLiD.for_target(target)
     assert extractor.columns == ("clid_d_null", "clid_l") and extractor.timesteps == (90, 100, 110)
     z0 = batch.z0.double().numpy()
     differences, likelihoods = np.zeros(3), np.zeros(3)
     for t in (90, 100, 110):
         eps = noise.draw(batch, "clid", f"t{t}").double().numpy()
-        a = float(target.alphas_cumprod[t])
+        a = float(target.schedule.alphas_cumprod[t])
         z_t = math.sqrt(a) * z0 + math.sqrt(1 - a) * eps
         for image, label in enumerate((0, 1, 3)):
             own, null = (float((((0.3 + t / 1000 + 0.1 * c) * z_t[image] - eps[image]) ** 2).sum())
@@ -282,7 +295,7 @@ def test_clid_does_not_apply_to_unconditional_models() -> None:
 
 
 def test_caption_thirds_are_clipped_token_by_token() -> None:
-    from cdi_audit.targets.latent import clipped_tokens
+    from cdi_audit.features.clid import clipped_tokens
 
     bos, eos, pad = 100, 101, 0
     ids = torch.tensor([[bos, 1, 2, 3, 4, 5, 6, 7, eos, eos, eos], [bos, 8, 9, eos, eos, eos, eos, eos, eos, eos, eos]])
@@ -322,7 +335,7 @@ def test_structural_on_a_pixel_model_compares_the_image_with_its_predicted_clean
         factor *= ddim_factor(target, state, nominal)
         state = nominal
         if nominal in (100, 200):
-            a, c = float(target.alphas_cumprod[nominal]), target.coefficient(nominal)
+            a, c = float(target.schedule.alphas_cumprod[nominal]), target.coefficient(nominal)
             clean = (factor * (1 - math.sqrt(1 - a) * c) / math.sqrt(a) * z0).clamp(-1, 1)
             expected.append(ssim((clean + 1) / 2, (z0 + 1) / 2).numpy())
     values = Structural().extract(target, images, NoiseSource(0))

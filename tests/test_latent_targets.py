@@ -19,6 +19,7 @@ from cdi_audit.errors import InputProblem, ModelUnavailable
 from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.images import ImageRecord, scan_image_set
+from cdi_audit.models.condition import Condition
 from cdi_audit.targets.loading import load_target
 
 CPU = torch.device("cpu")
@@ -69,8 +70,8 @@ def test_dit_keeps_the_noise_half_of_its_learned_variance_output(pipelines) -> N
     with torch.no_grad():
         raw = target.denoiser(z, timestep=torch.tensor([100, 100]), class_labels=labels).sample
         assert raw.shape[1] == 8
-        torch.testing.assert_close(target.predict_noise(z, 100, labels), raw[:, :4])
-        other_class = target.predict_noise(z, 100, torch.tensor([0, 0]))
+        torch.testing.assert_close(target.predict_noise(z, 100, Condition({"class_labels": labels})), raw[:, :4])
+        other_class = target.predict_noise(z, 100, Condition({"class_labels": torch.tensor([0, 0])}))
     assert not torch.allclose(other_class, raw[:, :4])
 
 
@@ -79,10 +80,11 @@ def test_v_prediction_is_read_from_the_scheduler_and_converted(pipelines) -> Non
     assert target.prediction_type == "v_prediction"
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     condition = target.embed_captions(["a red square"])
-    a = float(target.alphas_cumprod[300])
+    a = float(target.schedule.alphas_cumprod[300])
     with torch.no_grad():
         v = target.denoiser(z, torch.tensor([300]), encoder_hidden_states=condition).sample
-        torch.testing.assert_close(target.predict_noise(z, 300, condition), a**0.5 * v + (1 - a) ** 0.5 * z)
+        torch.testing.assert_close(target.predict_noise(z, 300, Condition({"encoder_hidden_states": condition})),
+                                   a**0.5 * v + (1 - a) ** 0.5 * z)
 
 
 def test_captions_change_the_text_condition_and_a_class_model_needs_labels(pipelines) -> None:
@@ -90,7 +92,7 @@ def test_captions_change_the_text_condition_and_a_class_model_needs_labels(pipel
     records = [ImageRecord(Path("a.png"), "a" * 64, caption="a red square"),
                ImageRecord(Path("b.png"), "b" * 64, caption="")]
     with torch.no_grad():
-        embeddings = text.encode_condition(records)
+        embeddings = text.encode_condition(records)["encoder_hidden_states"]
     assert embeddings.shape == (2, 16, 32) and not torch.allclose(embeddings[0], embeddings[1])
     classes = load_target(pipelines["dit"], CPU)
     with pytest.raises(InputProblem, match="needs a class id"):
@@ -233,6 +235,7 @@ def test_a_single_file_checkpoint_loads_offline_with_its_configs(pipelines, tmp_
     with torch.no_grad():
         condition = single.embed_captions(["a red square", "a blue circle"])
         torch.testing.assert_close(condition, folder.embed_captions(["a red square", "a blue circle"]))
+        condition = Condition({"encoder_hidden_states": condition})
         torch.testing.assert_close(single.predict_noise(z, 200, condition), folder.predict_noise(z, 200, condition))
     with pytest.raises(ModelUnavailable, match="give --model-config DIR"):
         load_target(checkpoint, CPU)

@@ -14,7 +14,8 @@ from cdi_audit.evidence.classifier import SurrogateClassifier, towards
 from cdi_audit.evidence.clusters import cluster_pool, leave_one_out_cohesion
 from cdi_audit.evidence.embedding import cosine_similarities, embed_images
 from cdi_audit.evidence.pool import generate
-from cdi_audit.evidence.sampling import ddim_sample, ddim_timesteps, initial_noise
+from cdi_audit.evidence.sampling import ddim_sample, initial_noise
+from cdi_audit.models.schedule import trailing_timesteps as ddim_timesteps
 from cdi_audit.targets.loading import load_target
 
 

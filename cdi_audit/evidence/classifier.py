@@ -1,8 +1,8 @@
 """The surrogate classifier: which pool cluster a noised latent comes from, at any timestep.
 
 SIDE's guidance needs grad log p(cluster | z_t) along the whole sampling path, so the classifier sees
-noised latents z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps at timesteps drawn uniformly over the schedule,
-with t given to it as a sinusoidal embedding. It is deliberately small (three convolutions): it only
+noised latents z_t = a z0 + b eps at levels drawn uniformly over the model's schedule, with the level given
+to it as a sinusoidal embedding. It is deliberately small (three convolutions): it only
 has to tell a few dozen clusters of one model's own generations apart, and trains in seconds on a CPU.
 """
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdi_audit.evidence.sampling import Guidance
+from cdi_audit.models.schedule import Level
 from cdi_audit.targets.base import Target
 
 DEFAULT_TRAINING_STEPS = 600
@@ -53,16 +54,16 @@ def train_surrogate(target: Target, latents: torch.Tensor, labels: torch.Tensor,
     timesteps and noise from a generator seeded by ``seed`` (the same seed gives the same classifier)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the layers' initial weights
-    classifier = SurrogateClassifier(latents.shape[1], classes, target.num_train_timesteps).to(target.device)
+    schedule = target.schedule
+    classifier = SurrogateClassifier(latents.shape[1], classes, schedule.span).to(target.device)
     optimiser = torch.optim.AdamW(classifier.parameters(), lr=2e-3, weight_decay=1e-4)
-    alphas = target.alphas_cumprod.float()
     latents, labels = latents.cpu(), labels.cpu().long()
     for _ in range(steps):
         rows = torch.randint(0, len(latents), (batch_size,), generator=generator)
-        timesteps = torch.randint(0, target.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = schedule.random_levels(batch_size, generator)
         noise = torch.randn((batch_size, *latents.shape[1:]), generator=generator)
-        a_t = alphas[timesteps].view(-1, 1, 1, 1)
-        z_t = (a_t.sqrt() * latents[rows] + (1 - a_t).sqrt() * noise).to(target.device)
+        a, b = (value.float().view(-1, 1, 1, 1) for value in schedule.row_coefficients(timesteps))
+        z_t = (a * latents[rows] + b * noise).to(target.device)
         loss = F.cross_entropy(classifier(z_t, timesteps.to(target.device)), labels[rows].to(target.device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -72,10 +73,10 @@ def train_surrogate(target: Target, latents: torch.Tensor, labels: torch.Tensor,
 
 def towards(classifier: SurrogateClassifier, cluster: int) -> Guidance:
     """grad log p(cluster | z_t) with respect to z_t, image by image."""
-    def gradient(z_t: torch.Tensor, t: int) -> torch.Tensor:
+    def gradient(z_t: torch.Tensor, t: Level) -> torch.Tensor:
         with torch.enable_grad():
             z = z_t.detach().requires_grad_(True)
-            timesteps = torch.full((len(z),), t, dtype=torch.long, device=z.device)
+            timesteps = torch.full((len(z),), t, device=z.device)
             log_probability = F.log_softmax(classifier(z, timesteps), dim=1)[:, cluster].sum()
             (grad,) = torch.autograd.grad(log_probability, z)
         return grad

@@ -8,24 +8,17 @@ resumed after an interruption, and reproduced exactly from its seed.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 
 import torch
 
+from cdi_audit.models.primitives import clean_estimate
+from cdi_audit.models.schedule import Level
 from cdi_audit.targets.base import Target
 
-# (latents z_t, model timestep t) -> d log p(y | z_t) / d z_t, for classifier guidance.
-Guidance = Callable[[torch.Tensor, int], torch.Tensor]
+# (latents z_t, level l of the model's schedule) -> d log p(y | z_t) / d z_t, for classifier guidance.
+Guidance = Callable[[torch.Tensor, Level], torch.Tensor]
 DEFAULT_STEPS = 50
-
-
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """Model timesteps from the noisiest down, evenly spaced: diffusers' "trailing" DDIM spacing (for 1000 and
-    50: 999, 979, ..., 19), whose last step lands on the clean image."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be between 1 and {num_train_timesteps}")
-    return [round(num_train_timesteps - i * num_train_timesteps / steps) - 1 for i in range(steps)]
 
 
 def sample_seed(seed: int, purpose: str, index: int) -> int:
@@ -52,18 +45,18 @@ def ddim_sample(target: Target, noise: torch.Tensor, steps: int = DEFAULT_STEPS,
     """Clean latents generated from ``noise`` by deterministic DDIM (eta 0) in ``steps`` steps.
 
     With ``guidance``, the noise prediction is shifted towards higher log p(y | z_t) (classifier
-    guidance, Dhariwal and Nichol 2021): eps' = eps - scale * sqrt(1 - a_t) * grad log p(y | z_t).
+    guidance, Dhariwal and Nichol 2021): eps' = eps - scale * b * grad log p(y | z_t).
     """
-    timesteps = ddim_timesteps(target.num_train_timesteps, steps)
+    schedule = target.schedule
+    timesteps = schedule.sampling_levels(steps)
     clip = not target.has_decoder  # pixel models: images live in [-1, 1]; latents are not bounded
     z = noise
     for position, t in enumerate(timesteps):
         with torch.no_grad():
             eps = target.predict_noise(z, t)
         if guidance is not None and scale != 0.0:
-            eps = eps - scale * math.sqrt(1.0 - target.alpha_bar(t)) * guidance(z, t)
-        a_t = target.alpha_bar(t)
-        clean = (z - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+            eps = eps - scale * schedule.coefficients(t)[1] * guidance(z, t)
+        clean = clean_estimate(schedule, z, eps, t)
         if clip:
             # As diffusers' DDIM scheduler does with clip_sample (the default of pixel DDPM pipelines), keeping
             # the unclipped noise for the direction; unclipped, the early estimates of a small model
@@ -71,6 +64,6 @@ def ddim_sample(target: Target, noise: torch.Tensor, steps: int = DEFAULT_STEPS,
             clean = clean.clamp(-1.0, 1.0)
         if position + 1 == len(timesteps):
             return clean.detach()  # the step to "a = 1": the clean estimate itself
-        a_next = target.alpha_bar(timesteps[position + 1])
-        z = math.sqrt(a_next) * clean + math.sqrt(1.0 - a_next) * eps
+        a_next, b_next = schedule.coefficients(timesteps[position + 1])
+        z = a_next * clean + b_next * eps
     raise AssertionError("unreachable: a schedule has at least one step")

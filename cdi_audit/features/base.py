@@ -17,6 +17,8 @@ from typing import ClassVar
 
 import torch
 
+from cdi_audit.models.condition import Condition, select_condition
+from cdi_audit.models.schedule import Level
 from cdi_audit.targets.base import Access, Target
 
 
@@ -28,7 +30,7 @@ class LatentBatch:
 
     z0: torch.Tensor
     hashes: tuple[str, ...]
-    condition: torch.Tensor | None = None
+    condition: Condition | None = None
     images: torch.Tensor | None = None  # the preprocessed images in [-1, 1], (B, 3, H, W)
     captions: tuple[str, ...] | None = None  # text-conditioned models only
 
@@ -39,7 +41,7 @@ class LatentBatch:
                 return None
             return tuple(values[i] for i in rows) if isinstance(rows, list) else values[rows]
 
-        return LatentBatch(self.z0[rows], pick(self.hashes), None if self.condition is None else self.condition[rows],
+        return LatentBatch(self.z0[rows], pick(self.hashes), select_condition(self.condition, rows),
                            None if self.images is None else self.images[rows], pick(self.captions))
 
 
@@ -66,11 +68,12 @@ class NoiseSource:
 
 @dataclass(frozen=True)
 class Forward:
-    """One request for the model's noise prediction: rows ``z`` at timestep ``t`` with their condition rows."""
+    """One request for the model's noise prediction: rows ``z`` at level ``t`` of the model's schedule with
+    their condition rows."""
 
     z: torch.Tensor
-    t: int
-    condition: torch.Tensor | None = None
+    t: Level
+    condition: Condition | None = None
 
 
 # A feature written as a plan: it yields lists of independent requests, receives their noise predictions

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan
-from cdi_audit.targets.base import Conditioning, Target, add_noise
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.primitives import add_noise
+from cdi_audit.targets.base import Conditioning, Target
 
 # Timesteps per methods.md: around 450 for 512 px models, around 100 at 256 px and below.
 SMALL_MODEL_TIMESTEPS = (90, 100, 110)
@@ -54,13 +56,13 @@ class CLiD(Extractor):
         return {"conditioning": self.conditioning, "timesteps": list(self.timesteps), "reduction": "simple-clipping"}
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
-        conditions = [batch.condition, *target.reduced_conditions(batch).values()]
+        conditions = [batch.condition, *self.weakened(target, batch)]
         size = len(batch.hashes)
-        stacked = torch.cat(conditions)
-        steps = [target.model_timestep(nominal) for nominal in self.timesteps]
+        stacked = Condition.cat(conditions)
+        levels = [target.schedule.level(nominal) for nominal in self.timesteps]
         draws = [noise.draw(batch, self.name, f"t{nominal}") for nominal in self.timesteps]
-        predictions = yield [Forward(add_noise(batch.z0, eps, target.alpha_bar(t)).repeat(len(conditions), 1, 1, 1),
-                                     t, stacked) for t, eps in zip(steps, draws, strict=True)]
+        predictions = yield [Forward(add_noise(target.schedule, batch.z0, eps, level).repeat(len(conditions), 1, 1, 1),
+                                     level, stacked) for level, eps in zip(levels, draws, strict=True)]
         total = torch.zeros(size, len(conditions), dtype=torch.float64)
         for eps, predicted in zip(draws, predictions, strict=True):
             errors = (predicted - eps.repeat(len(conditions), 1, 1, 1)).flatten(1).pow(2).sum(dim=1)
@@ -68,3 +70,30 @@ class CLiD(Extractor):
         mean = total / len(self.timesteps)
         full = mean[:, :1]
         return torch.cat([mean[:, 1:] - full, -full], dim=1)
+
+    def weakened(self, target: Target, batch: LatentBatch) -> list[Condition]:
+        """The reduced conditions, in the order of ``reduced_names``: for captions, each third of every
+        tokenizer's caption tokens replaced by its pad token (the rest of the condition, such as SDXL's
+        sizes, kept), then the pipeline's null condition; for classes, the null class."""
+        reduced = []
+        if self.conditioning == "text":
+            tokens = target.tokenize(list(batch.captions))
+            for part in range(3):
+                clipped = {name: clipped_tokens(t.ids, part, t.eos_id, t.pad_id) for name, t in tokens.items()}
+                reduced.append(batch.condition.replaced(**target.encode_tokens(clipped)))
+        return [*reduced, target.null_condition(batch.condition)]
+
+
+def clipped_tokens(ids: torch.Tensor, part: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """``ids`` with the ``part``-th third (0, 1, 2) of each caption's tokens set to ``pad_id``.
+
+    A caption's tokens are those between BOS (position 0) and its first EOS; thirds split n
+    tokens at round(n / 3) and round(2 n / 3), so a short caption may have an empty third.
+    """
+    clipped = ids.clone()
+    for row in clipped:
+        ends = (row == eos_id).nonzero()
+        count = int(ends[0]) - 1 if len(ends) else len(row) - 1
+        bounds = [1 + round(count * k / 3) for k in range(4)]
+        row[bounds[part] : bounds[part + 1]] = pad_id
+    return clipped

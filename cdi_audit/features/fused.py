@@ -19,6 +19,7 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable, is_out_of_memory
 from cdi_audit.features.base import Forward, Plan
+from cdi_audit.models.condition import Condition, select_condition
 from cdi_audit.targets.base import Target
 
 log = logging.getLogger(__name__)
@@ -66,27 +67,26 @@ class ForwardBatcher:
         groups: dict[tuple, list[int]] = {}
         for index, (request, precise) in enumerate(unique):
             condition = request.condition
-            kind = None if condition is None else (tuple(condition.shape[1:]), condition.dtype)
+            kind = None if condition is None else condition.signature
             groups.setdefault((precise, kind), []).append(index)
         outputs: list[torch.Tensor | None] = [None] * len(unique)
         for (precise, kind), members in groups.items():
             chosen = [unique[i][0] for i in members]
             z = torch.cat([r.z for r in chosen])
-            timesteps = torch.cat([torch.full((len(r.z),), r.t, dtype=torch.long) for r in chosen])
-            condition = None if kind is None else torch.cat([r.condition for r in chosen])
+            levels = torch.cat([self.target.schedule.level_rows(r.t, len(r.z)) for r in chosen])
+            condition = None if kind is None else Condition.cat([r.condition for r in chosen])
             with self.target.precision(precise):
-                predicted = self._evaluate(z, timesteps, condition)
+                predicted = self._evaluate(z, levels, condition)
             for index, part in zip(members, predicted.split([len(r.z) for r in chosen]), strict=True):
                 outputs[index] = part
         return [outputs[first[key]] for key in keys]
 
-    def _evaluate(self, z: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _evaluate(self, z: torch.Tensor, levels: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         parts, start = [], 0
         while start < len(z):
             rows = slice(start, start + self.max_rows)
             try:
-                parts.append(self.target.predict_noise(z[rows], timesteps[rows],
-                                                       None if condition is None else condition[rows]))
+                parts.append(self.target.predict_noise(z[rows], levels[rows], select_condition(condition, rows)))
             except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(error):
                     raise

@@ -6,7 +6,8 @@ import torch
 
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
 from cdi_audit.features.multi_loss import DEFAULT_TIMESTEPS
-from cdi_audit.targets.base import Target, add_noise, per_image_norm
+from cdi_audit.models.primitives import add_noise, per_image_norm
+from cdi_audit.targets.base import Target
 
 
 def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -48,8 +49,8 @@ class GradientMasking(Extractor):
         eps = noise.draw(batch, self.name, "shared")
         values = []
         for nominal in self.timesteps:
-            t = target.model_timestep(nominal)
-            z_t = add_noise(z0, eps, target.alpha_bar(t)).requires_grad_(True)
+            t = target.schedule.level(nominal)
+            z_t = add_noise(target.schedule, z0, eps, t).requires_grad_(True)
             # Each image's loss depends only on its own input, so the gradient of
             # the sum is every image's own gradient.
             loss = per_image_norm(target.predict_noise(z_t, t, batch.condition) - eps).sum()

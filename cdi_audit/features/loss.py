@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
-from cdi_audit.targets.base import Target, add_noise, per_image_norm
+from cdi_audit.models.primitives import add_noise, per_image_norm
+from cdi_audit.targets.base import Target
 
 
 class DenoisingLoss(Extractor):
@@ -29,10 +30,10 @@ class DenoisingLoss(Extractor):
         return {"timestep": self.timestep, "draws": self.draws}
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
-        t = target.model_timestep(self.timestep)
-        a_t = target.alpha_bar(t)
+        level = target.schedule.level(self.timestep)
         draws = [noise.draw(batch, self.name, f"t{self.timestep}", draw) for draw in range(self.draws)]
-        predictions = yield [Forward(add_noise(batch.z0, eps, a_t), t, batch.condition) for eps in draws]
+        predictions = yield [Forward(add_noise(target.schedule, batch.z0, eps, level), level, batch.condition)
+                             for eps in draws]
         total = torch.zeros(len(batch.hashes), dtype=torch.float64)
         for eps, predicted in zip(draws, predictions, strict=True):
             total += per_image_norm(predicted - eps).double().cpu()

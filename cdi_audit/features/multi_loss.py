@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
-from cdi_audit.targets.base import Target, add_noise, per_image_norm
+from cdi_audit.models.primitives import add_noise, per_image_norm
+from cdi_audit.targets.base import Target
 
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))
 
@@ -32,7 +33,7 @@ class MultiTimestepLoss(Extractor):
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         eps = noise.draw(batch, self.name, "shared")
-        steps = [target.model_timestep(nominal) for nominal in self.timesteps]
-        predictions = yield [Forward(add_noise(batch.z0, eps, target.alpha_bar(t)), t, batch.condition)
-                             for t in steps]
+        levels = [target.schedule.level(nominal) for nominal in self.timesteps]
+        predictions = yield [Forward(add_noise(target.schedule, batch.z0, eps, level), level, batch.condition)
+                             for level in levels]
         return torch.stack([per_image_norm(predicted - eps).double().cpu() for predicted in predictions], dim=1)

@@ -6,7 +6,9 @@ import torch
 
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
 from cdi_audit.features.lbfgs import minimise
-from cdi_audit.targets.base import Target, add_noise, per_image_norm
+from cdi_audit.models.condition import select_condition
+from cdi_audit.models.primitives import add_noise, per_image_norm
+from cdi_audit.targets.base import Target
 
 
 class NoiseOptimisation(Extractor):
@@ -41,14 +43,14 @@ class NoiseOptimisation(Extractor):
         return {"timestep": self.timestep, "max_iterations": self.max_iterations}
 
     def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
-        t = target.model_timestep(self.timestep)
+        t = target.schedule.level(self.timestep)
         eps = noise.draw(batch, self.name, f"t{self.timestep}")
-        z_t = add_noise(batch.z0, eps, target.alpha_bar(t)).detach()
+        z_t = add_noise(target.schedule, batch.z0, eps, t).detach()
 
         def loss_and_gradient(deltas: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             on_device = rows.to(z_t.device)
             delta = deltas.to(z_t.device, z_t.dtype).view(-1, *z_t.shape[1:]).requires_grad_(True)
-            condition = None if batch.condition is None else batch.condition[on_device]
+            condition = select_condition(batch.condition, on_device)
             losses = per_image_norm(target.predict_noise(z_t[on_device] + delta, t, condition) - eps[on_device])
             (gradient,) = torch.autograd.grad(losses.sum(), delta)
             return losses.detach().double().cpu(), gradient.detach().double().cpu().flatten(1)

@@ -7,7 +7,8 @@ import math
 import torch
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
-from cdi_audit.targets.base import Target, add_noise, per_image_norm
+from cdi_audit.models.primitives import add_noise, per_image_norm
+from cdi_audit.targets.base import Target
 
 # Mean absolute value of a standard Gaussian. The CDI reference code rescales
 # with sqrt(pi / 2) instead; methods.md treats that as a bug and so do we.
@@ -39,12 +40,12 @@ class PIA(Extractor):
         return {"timestep": self.timestep, "order": self.order}
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
-        (e0,) = yield [Forward(batch.z0, 0, batch.condition)]
+        (e0,) = yield [Forward(batch.z0, target.schedule.level(0), batch.condition)]
         mean_abs = e0.abs().flatten(1).mean(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         normalised = e0 * (GAUSSIAN_MEAN_ABS / mean_abs)
-        t = target.model_timestep(self.timestep)
-        a_t = target.alpha_bar(t)
+        t = target.schedule.level(self.timestep)
         starts = (e0, normalised)
-        predictions = yield [Forward(add_noise(batch.z0, start, a_t), t, batch.condition) for start in starts]
+        predictions = yield [Forward(add_noise(target.schedule, batch.z0, start, t), t, batch.condition)
+                             for start in starts]
         return torch.stack([per_image_norm(start - predicted, self.order).double().cpu()
                             for start, predicted in zip(starts, predictions, strict=True)], dim=1)

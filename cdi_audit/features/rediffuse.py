@@ -95,8 +95,8 @@ class ReDiffuse(Extractor):
         """(prompt, class label) per image, as each request carries them."""
         count = len(batch.hashes)
         prompts = list(batch.captions) if batch.captions is not None else [None] * count
-        if batch.condition is not None and batch.condition.dtype == torch.long:
-            labels = [int(label) for label in batch.condition.cpu()]
+        if batch.condition is not None and "class_labels" in batch.condition:
+            labels = [int(label) for label in batch.condition["class_labels"].cpu()]
         else:
             labels = [None] * count
         return list(zip(prompts, labels, strict=True))

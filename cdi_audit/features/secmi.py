@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
-from cdi_audit.targets.base import Target, ddim_update, per_image_norm
+from cdi_audit.models.primitives import deterministic_step, per_image_norm
+from cdi_audit.targets.base import Target
 
 
 class SecMI(Extractor):
@@ -31,14 +32,15 @@ class SecMI(Extractor):
         return {"timestep": self.timestep, "interval": self.interval}
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
-        states = [target.model_timestep(t) for t in range(0, self.timestep + 1, self.interval)]
-        t, t_up = states[-1], target.model_timestep(self.timestep + self.interval)
+        schedule = target.schedule
+        states = [schedule.level(t) for t in range(0, self.timestep + 1, self.interval)]
+        t, t_up = states[-1], schedule.level(self.timestep + self.interval)
         z_det = batch.z0
         for s, s_next in itertools.pairwise(states):
             (eps,) = yield [Forward(z_det, s, batch.condition)]
-            z_det = ddim_update(target, z_det, eps, s, s_next)
+            z_det = deterministic_step(schedule, z_det, eps, s, s_next)
         (eps,) = yield [Forward(z_det, t, batch.condition)]
-        z_up = ddim_update(target, z_det, eps, t, t_up)
+        z_up = deterministic_step(schedule, z_det, eps, t, t_up)
         (eps,) = yield [Forward(z_up, t_up, batch.condition)]
-        z_step = ddim_update(target, z_up, eps, t_up, t)
+        z_step = deterministic_step(schedule, z_up, eps, t_up, t)
         return per_image_norm(z_det - z_step).double().cpu().unsqueeze(1)

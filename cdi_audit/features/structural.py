@@ -3,12 +3,11 @@ survives a short deterministic DDIM inversion."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
-from cdi_audit.targets.base import Target, ddim_step
+from cdi_audit.models.primitives import clean_estimate, model_step
+from cdi_audit.targets.base import Target
 
 SSIM_WINDOW = 7
 
@@ -35,7 +34,7 @@ class Structural(Extractor):
 
     Latent models: z0 -> Phi(.; 0 -> 50) -> Phi(.; 50 -> 100) (-> 150 -> 200), then decode
     x_hat = D(z_t). Pixel models have no decoder, so x_hat is the model's predicted clean
-    image at the inverted state, (z_t - sqrt(1 - a_t) eps_theta(z_t)) / sqrt(a_t). Members
+    image at the inverted state, (z_t - b eps_theta(z_t)) / a. Members
     keep their structure better (higher SSIM). Deterministic: uses no noise; always fp32.
     Cost: 4 forward passes and 2 decodes (latent) or 6 forward passes (pixel) per image.
     """
@@ -57,10 +56,10 @@ class Structural(Extractor):
 
     def extract(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
         original = (batch.images.double().clamp(-1, 1) + 1) / 2
-        z, state, values = batch.z0, 0, []
+        z, state, values = batch.z0, target.schedule.level(0), []
         for nominal in range(self.interval, max(self.timesteps) + 1, self.interval):
-            next_state = target.model_timestep(nominal)
-            z = ddim_step(target, z, state, next_state, batch.condition)
+            next_state = target.schedule.level(nominal)
+            z = model_step(target, z, state, next_state, batch.condition)
             state = next_state
             if nominal in self.timesteps:
                 values.append(ssim((self._reconstruct(target, z, state, batch) + 1) / 2, original).cpu())
@@ -70,6 +69,5 @@ class Structural(Extractor):
     def _reconstruct(target: Target, z: torch.Tensor, state: int, batch: LatentBatch) -> torch.Tensor:
         if target.has_decoder:
             return target.decode(z).double().clamp(-1, 1)
-        a = target.alpha_bar(state)
         predicted = target.predict_noise(z, state, batch.condition)
-        return ((z - math.sqrt(1 - a) * predicted) / math.sqrt(a)).double().clamp(-1, 1)
+        return clean_estimate(target.schedule, z, predicted, state).double().clamp(-1, 1)

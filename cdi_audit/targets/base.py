@@ -1,22 +1,23 @@
-"""The ``Target`` interface and the primitives every feature extractor is built from.
+"""The ``Target`` interface: a diffusion model seen through its noise schedule and a noise predictor.
 
-Notation (``../shared/spec/methods.md`` section 0): z0 is the clean latent (the
-image itself for pixel models), a_t = ``alphas_cumprod[t]`` read from the
-model's own scheduler, eps_theta(z_t, t) the model's noise prediction. All
-primitives work on batches shaped (B, C, H, W) and keep images independent of
-each other.
+Notation (``../shared/spec/methods.md`` section 0): z0 is the clean latent (the image itself for pixel
+models), z_t = a z0 + b eps at a level of the model's ``schedule`` (``models/schedule.py``), eps_theta(z_t, l, c)
+the model's noise prediction. Everything works on batches shaped (B, C, H, W) and keeps images independent
+of each other; the operations built on it are in ``models/primitives.py``.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 import torch
 
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.prediction import PREDICTION_TYPES, to_noise
+from cdi_audit.models.schedule import Level, NoiseSchedule
 from cdi_audit.result import ModelInfo
 
 Access = Literal["black", "grey", "white"]
@@ -24,9 +25,6 @@ Access = Literal["black", "grey", "white"]
 Conditioning = Literal["none", "class", "text"]
 # From least to most: an image-to-image endpoint, noise predictions, weights and gradients.
 ACCESS_LEVELS: tuple[Access, ...] = ("black", "grey", "white")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-# Feature timesteps in the spec are written for 1000-step schedules.
-NOMINAL_TRAIN_STEPS = 1000
 
 
 class Target(abc.ABC):
@@ -44,7 +42,7 @@ class Target(abc.ABC):
 
     def __init__(
         self,
-        alphas_cumprod: torch.Tensor,
+        schedule: NoiseSchedule,
         prediction_type: str,
         channels: int,
         device: torch.device,
@@ -52,7 +50,7 @@ class Target(abc.ABC):
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-        self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
+        self.schedule = schedule
         self.prediction_type = prediction_type
         self.channels = channels
         self.device = device
@@ -64,19 +62,8 @@ class Target(abc.ABC):
         self._full_precision = False
 
     @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
-
-    @property
     def sample_size(self) -> int:
         return self.description.sample_size
-
-    def model_timestep(self, nominal: int) -> int:
-        """A spec timestep (for 1000-step schedules) on this model's schedule: round(t * T / 1000)."""
-        return min(round(nominal * self.num_train_timesteps / NOMINAL_TRAIN_STEPS), self.num_train_timesteps - 1)
-
-    def alpha_bar(self, t: int) -> float:
-        return float(self.alphas_cumprod[t])
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, 3, H, W) -> clean latents z0. Identity for pixel models."""
@@ -91,45 +78,40 @@ class Target(abc.ABC):
         """Latents -> images in [-1, 1]. Identity for pixel models."""
         return z0
 
-    def encode_condition(self, records: list) -> torch.Tensor | None:
-        """The model's input for the records' conditions (class ids or text embeddings); None if unconditional."""
+    def encode_condition(self, records: list) -> Condition | None:
+        """The model's condition for the records (their class ids, captions, sizes); None if unconditional."""
         return None
 
-    def reduced_conditions(self, batch) -> dict[str, torch.Tensor]:
-        """Weakened versions of a batch's conditions, by name (CLiD); none for unconditional models."""
-        return {}
+    def null_condition(self, condition: Condition) -> Condition:
+        """``condition`` with what it is conditioned on removed, as the pipeline builds its unconditional
+        branch (the empty caption, the null class); what is not content (SDXL's sizes) stays."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditions")
 
-    def predict_noise(self, z_t: torch.Tensor, t: int | torch.Tensor, condition: torch.Tensor | None = None
+    def predict_noise(self, z_t: torch.Tensor, level: Level | torch.Tensor, condition: Condition | None = None
                       ) -> torch.Tensor:
-        """eps_theta(z_t, t, c) in fp32, (B, C, H, W), whatever the model's output parameterisation.
+        """eps_theta(z_t, l, c) in fp32, (B, C, H, W), whatever the model's output parameterisation.
 
-        ``t``: one timestep for all rows, or one per row (a (B,) integer tensor), so that requests at
-        different timesteps share one network call (``features/fused.py``).
+        ``level``: one level of ``schedule`` for all rows, or one per row (a (B,) tensor), so that requests
+        at different levels share one network call (``features/fused.py``).
         ``condition``: rows aligned with ``z_t`` (from ``encode_condition``), or None.
         """
-        if isinstance(t, torch.Tensor):
-            timesteps = t.to(device=z_t.device, dtype=torch.long)
-            a_t = self.alphas_cumprod[t.cpu().long()].view(-1, 1, 1, 1)  # float64, converted when used
-        else:
-            timesteps = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
-            a_t = torch.tensor(self.alpha_bar(t), dtype=torch.float64)
+        levels = level if isinstance(level, torch.Tensor) else self.schedule.level_rows(level, z_t.shape[0])
         half = self.forward_dtype is not None and not self._full_precision
         with torch.autocast(self.device.type, dtype=self.forward_dtype, enabled=half):
-            output = self._forward(z_t, timesteps, condition).float()
+            output = self._forward(z_t, self.schedule.model_time(levels).to(z_t.device), condition).float()
         self.forward_rows += z_t.shape[0]
         self.network_calls += 1
         if output.shape[1] == 2 * self.channels:
             output = output[:, : self.channels]  # learned variance: keep the noise half
         if self.prediction_type == "epsilon":
             return output
-        root_a, root_rest = (value.to(output.device, torch.float32) for value in (a_t.sqrt(), (1.0 - a_t).sqrt()))
-        if self.prediction_type == "v_prediction":
-            return root_a * output + root_rest * z_t
-        return (z_t - root_a * output) / root_rest
+        a, b = (value.to(output.device, torch.float32).view(-1, 1, 1, 1)
+                for value in self.schedule.row_coefficients(levels))
+        return to_noise(output, z_t, a, b, self.prediction_type)
 
-    def _forward(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         """The network call; ``compile_network`` swaps in a compiled version of it."""
-        return self._model_output(z_t, timesteps, condition)
+        return self._model_output(z_t, time, condition)
 
     def compile_network(self) -> None:
         """Forward passes through ``torch.compile`` from now on: faster after a warm-up of a minute or less,
@@ -151,34 +133,5 @@ class Target(abc.ABC):
         """Read weights that are still on disk (they are read on first use otherwise; see targets/deferred.py)."""
 
     @abc.abstractmethod
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
-                      ) -> torch.Tensor:
-        """The network's raw output for a batch at integer timesteps (B,), with its condition rows."""
-
-
-def add_noise(z0: torch.Tensor, noise: torch.Tensor, a_t: float) -> torch.Tensor:
-    """Forward diffusion in closed form: z_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise."""
-    return math.sqrt(a_t) * z0 + math.sqrt(1.0 - a_t) * noise
-
-
-def ddim_step(target: Target, z: torch.Tensor, s: int, s_next: int, condition: torch.Tensor | None = None
-              ) -> torch.Tensor:
-    """Deterministic DDIM step Phi(z; s -> s_next); s_next > s inverts, s_next < s denoises.
-
-    Written here rather than taken from a diffusers pipeline because the
-    extractors need exact integer timesteps and the intermediate states. The
-    clean image is state 0, with a_0 taken from the schedule.
-    """
-    return ddim_update(target, z, target.predict_noise(z, s, condition), s, s_next)
-
-
-def ddim_update(target: Target, z: torch.Tensor, eps: torch.Tensor, s: int, s_next: int) -> torch.Tensor:
-    """The DDIM step from state s to s_next given the model's noise prediction ``eps`` at (z, s)."""
-    a_s, a_next = target.alpha_bar(s), target.alpha_bar(s_next)
-    x0_hat = (z - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s)
-    return math.sqrt(a_next) * x0_hat + math.sqrt(1.0 - a_next) * eps
-
-
-def per_image_norm(values: torch.Tensor, order: float = 2.0) -> torch.Tensor:
-    """The L_p norm over all C*H*W entries of each image (not squared, not averaged): (B,)."""
-    return torch.linalg.vector_norm(values.flatten(1), ord=order, dim=1)
+    def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
+        """The network's raw output for a batch at its time input ``time`` (B,), with its condition rows."""

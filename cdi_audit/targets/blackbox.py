@@ -1,8 +1,9 @@
 """Black-box access: a model reached only through one image-to-image call, ``vary``.
 
-``vary(image, strength, seed) -> image`` noises the image to timestep
-t = strength * 1000 (on the model's schedule) with noise drawn from ``seed``,
-and denoises it back with deterministic DDIM steps; strength 0 returns the
+``vary(image, strength, seed) -> image`` noises the image to the level an
+image-to-image pipeline starts from at that strength (``NoiseSchedule.strength_level``:
+strength x the training timesteps of a discrete schedule) with noise drawn from
+``seed``, and denoises it back with deterministic steps; strength 0 returns the
 model's own reconstruction of the image (decode(encode(x)) for latent models,
 x itself for pixel models). Images travel as 8-bit RGB arrays (H, W, 3) at the
 model's resolution, exactly as they would as PNG over HTTP, so every back end
@@ -29,8 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.primitives import add_noise, model_step
 from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Access, Conditioning, Target, add_noise, ddim_step
+from cdi_audit.targets.base import Access, Conditioning, Target
 
 PROTOCOL = "cdi-audit-variation/1"
 # Nominal DDIM interval of the local variation (methods.md section 2: ReDiffuse uses 100 on pixel models).
@@ -172,29 +175,27 @@ class LocalVariation(VariationBackend):
         rows = [positions.setdefault(r.image.tobytes(), len(positions)) for r in requests]
         distinct = {row: request.image for row, request in zip(rows, requests, strict=True)}  # by first row
         z = target.encode(uint8_to_pixels(np.stack(list(distinct.values())), target.device))[rows]
-        start = target.model_timestep(round(strength * 1000))
+        schedule = target.schedule
+        start = schedule.strength_level(strength)
         if start > 0:
             condition = self._condition(requests)
             noise = torch.stack([
                 torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(r.seed)) for r in requests
             ]).to(z.device)
-            z = add_noise(z, noise, target.alpha_bar(start))
-            step = max(target.model_timestep(DDIM_INTERVAL), 1)
-            states = [*range(start, 0, -step), 0]
+            z = add_noise(schedule, z, noise, start)
+            states = schedule.levels_down_from(start, DDIM_INTERVAL)
             with target.precision(True):
                 for state, next_state in zip(states, states[1:], strict=False):
-                    z = ddim_step(target, z, state, next_state, condition)
+                    z = model_step(target, z, state, next_state, condition)
         return pixels_to_uint8(target.decode(z))
 
-    def _condition(self, requests: list[VariationRequest]) -> torch.Tensor | None:
+    def _condition(self, requests: list[VariationRequest]) -> Condition | None:
         target = self.target
-        if target.conditioning == "text":
-            return target.embed_captions([r.prompt or "" for r in requests])
-        if target.conditioning == "class":
-            if any(r.class_label is None for r in requests):
-                raise ValueError("this class-conditional model needs a class_label with every request")
-            return torch.tensor([r.class_label for r in requests], dtype=torch.long, device=target.device)
-        return None
+        if target.conditioning == "none":
+            return None
+        if target.conditioning == "class" and any(r.class_label is None for r in requests):
+            raise ValueError("this class-conditional model needs a class_label with every request")
+        return target.condition_for([r.prompt for r in requests], [r.class_label for r in requests])
 
 
 class CallStore:
@@ -254,10 +255,11 @@ class BlackBoxTarget:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels
 
-    def encode_condition(self, records: list) -> torch.Tensor | None:
+    def encode_condition(self, records: list) -> Condition | None:
         if self.conditioning != "class":
             return None
-        return torch.tensor([-1 if r.label is None else r.label for r in records], dtype=torch.long)
+        return Condition({"class_labels": torch.tensor([-1 if r.label is None else r.label for r in records],
+                                                       dtype=torch.long)})
 
     @contextlib.contextmanager
     def precision(self, full: bool) -> Iterator[None]:

@@ -14,6 +14,8 @@ import torch
 
 from cdi_audit.errors import InputProblem
 from cdi_audit.images import ImageRecord
+from cdi_audit.models.condition import Condition, Tokens
+from cdi_audit.models.schedule import NoiseSchedule
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Conditioning, Target
 from cdi_audit.targets.deferred import load_now, module_class_name
@@ -24,14 +26,14 @@ class LatentTarget(Target):
         self,
         denoiser: torch.nn.Module,
         autoencoder: torch.nn.Module,
-        alphas_cumprod: torch.Tensor,
+        schedule: NoiseSchedule,
         prediction_type: str,
         device: torch.device,
         description: ModelInfo,
         text_encoder: torch.nn.Module | None = None,
         tokenizer=None,
     ) -> None:
-        super().__init__(alphas_cumprod, prediction_type, denoiser.config.in_channels, device, description)
+        super().__init__(schedule, prediction_type, denoiser.config.in_channels, device, description)
         self.denoiser = denoiser.to(device).eval().requires_grad_(False)
         self.autoencoder = autoencoder.to(device).eval().requires_grad_(False)
         self.text_encoder = None if text_encoder is None else text_encoder.to(device).eval().requires_grad_(False)
@@ -67,7 +69,7 @@ class LatentTarget(Target):
         """Latents -> images in [-1, 1] (B, 3, H, W); the inverse of ``encode`` up to the autoencoder's error."""
         return self.autoencoder.decode(z0 / self.scaling_factor + self.shift_factor).sample.float()
 
-    def encode_condition(self, records: list[ImageRecord]) -> torch.Tensor | None:
+    def encode_condition(self, records: list[ImageRecord]) -> Condition | None:
         if self.conditioning == "class":
             missing = [str(record.path) for record in records if record.label is None]
             if missing:
@@ -79,57 +81,47 @@ class LatentTarget(Target):
             if outside:
                 raise InputProblem(f"{outside[0].path} has class id {outside[0].label}; this model knows "
                                    f"ids 0 to {self.num_classes - 1}.")
-            return torch.tensor([record.label for record in records], dtype=torch.long, device=self.device)
+        return self.condition_for([record.caption for record in records], [record.label for record in records])
+
+    def condition_for(self, captions: list[str | None], labels: list[int | None]) -> Condition | None:
+        """The condition of images with these captions and class ids (one each; None where absent)."""
+        if self.conditioning == "class":
+            return Condition({"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)})
         if self.conditioning == "text":
-            return self.embed_captions([record.caption or "" for record in records])
+            return Condition(self.encode_tokens({name: tokens.ids for name, tokens in
+                                                 self.tokenize([caption or "" for caption in captions]).items()}))
         return None
 
-    def reduced_conditions(self, batch) -> dict[str, torch.Tensor]:
-        """CLiD's weakened conditions (methods.md section 2): for captions, the first, middle and last
-        third of the caption's tokens replaced by the pad token, and the empty caption; for classes,
-        the null class (id ``num_classes``)."""
+    def null_condition(self, condition: Condition) -> Condition:
+        """The null class (id ``num_classes``), or the empty caption as the pipeline encodes it."""
         if self.conditioning == "class":
-            return {"null": torch.full_like(batch.condition, self.num_classes)}
-        if self.conditioning != "text":
-            return {}
-        ids = self.tokenize(list(batch.captions))
-        reduced = {name: clipped_tokens(ids, part, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-                   for part, name in enumerate(("first", "middle", "last"))}
-        embeddings = {name: self.text_encoder(tokens.to(self.device))[0].float() for name, tokens in reduced.items()}
-        embeddings["null"] = self.embed_captions([""] * len(batch.captions))
-        return embeddings
+            return condition.replaced(class_labels=torch.full_like(condition["class_labels"], self.num_classes))
+        if self.conditioning == "text":
+            return condition.replaced(**self.encode_tokens(
+                {name: tokens.ids for name, tokens in self.tokenize([""] * len(condition)).items()}))
+        raise NotImplementedError("an unconditional model has no null condition")
 
-    def tokenize(self, captions: list[str]) -> torch.Tensor:
-        """Token ids (B, model_max_length): BOS, the caption, EOS, then padding, as the pipeline builds them."""
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+    def tokenize(self, captions: list[str]) -> dict[str, Tokens]:
+        """Token ids by tokenizer (B, model_max_length): BOS, the caption, EOS, then padding, as the pipeline
+        builds them."""
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return {"text": Tokens(ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)}
+
+    def encode_tokens(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The text part of the condition for token ids by tokenizer: the CLIP states (B, tokens, width)."""
+        return {"encoder_hidden_states": self.text_encoder(ids["text"].to(self.device))[0].float()}
 
     def embed_captions(self, captions: list[str]) -> torch.Tensor:
         """CLIP text embeddings (B, tokens, width), padded to the tokenizer's length as the pipeline does."""
-        return self.text_encoder(self.tokenize(captions).to(self.device))[0].float()
+        return self.condition_for(captions, [None] * len(captions))["encoder_hidden_states"]
 
     def load_weights(self) -> None:
         load_now(self.denoiser, self.autoencoder, self.text_encoder)
 
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
-                      ) -> torch.Tensor:
+    def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         if self.conditioning == "text":
-            return self.denoiser(z_t, timesteps, encoder_hidden_states=condition).sample
+            return self.denoiser(z_t, time, encoder_hidden_states=condition["encoder_hidden_states"]).sample
         if self.conditioning == "class":
-            return self.denoiser(z_t, timestep=timesteps, class_labels=condition).sample
-        return self.denoiser(z_t, timesteps).sample
-
-
-def clipped_tokens(ids: torch.Tensor, part: int, eos_id: int, pad_id: int) -> torch.Tensor:
-    """``ids`` with the ``part``-th third (0, 1, 2) of each caption's tokens set to ``pad_id``.
-
-    A caption's tokens are those between BOS (position 0) and its first EOS; thirds split n
-    tokens at round(n / 3) and round(2 n / 3), so a short caption may have an empty third.
-    """
-    clipped = ids.clone()
-    for row in clipped:
-        ends = (row == eos_id).nonzero()
-        count = int(ends[0]) - 1 if len(ends) else len(row) - 1
-        bounds = [1 + round(count * k / 3) for k in range(4)]
-        row[bounds[part] : bounds[part + 1]] = pad_id
-    return clipped
+            return self.denoiser(z_t, timestep=time, class_labels=condition["class_labels"]).sample
+        return self.denoiser(z_t, time).sample

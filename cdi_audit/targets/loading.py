@@ -22,8 +22,10 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.images import file_sha256
+from cdi_audit.models.prediction import PREDICTION_TYPES
+from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.result import FileDigest, ModelInfo
-from cdi_audit.targets.base import PREDICTION_TYPES, Target
+from cdi_audit.targets.base import Target
 from cdi_audit.targets.deferred import DeferredModule
 from cdi_audit.targets.packaged import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 
@@ -397,14 +399,15 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         dtype=str(dtype or torch.float32).removeprefix("torch."),
         files=files,
     )
+    schedule = DiscreteSchedule(alphas_cumprod, "pixel" if autoencoder is None else "latent")
     if autoencoder is None:
-        target: Target = PixelTarget(denoiser, alphas_cumprod, prediction_type, device, description)
+        target: Target = PixelTarget(denoiser, schedule, prediction_type, device, description)
     else:
         if root.is_file():
             text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
         else:
             text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
-        target = LatentTarget(denoiser, autoencoder, alphas_cumprod, prediction_type, device, description,
+        target = LatentTarget(denoiser, autoencoder, schedule, prediction_type, device, description,
                               text_encoder, tokenizer)
     target.forward_dtype = None if dtype in (None, torch.float32) else dtype
     return target

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.schedule import NoiseSchedule
 from cdi_audit.result import ModelInfo
 from cdi_audit.targets.base import Target
 from cdi_audit.targets.deferred import load_now
@@ -12,9 +14,9 @@ from cdi_audit.targets.deferred import load_now
 class PixelTarget(Target):
     """A UNet that denoises images directly (DDPM, DDIM pipelines)."""
 
-    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str,
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str,
                  device: torch.device, description: ModelInfo) -> None:
-        super().__init__(alphas_cumprod, prediction_type, unet.config.in_channels, device, description)
+        super().__init__(schedule, prediction_type, unet.config.in_channels, device, description)
         self.unet = unet.to(device).eval()
         self.unet.requires_grad_(False)
         if device.type == "cpu":
@@ -25,6 +27,5 @@ class PixelTarget(Target):
     def load_weights(self) -> None:
         load_now(self.unet)
 
-    def _model_output(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
-                      ) -> torch.Tensor:
-        return self.unet(z_t, timesteps).sample
+    def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
+        return self.unet(z_t, time).sample

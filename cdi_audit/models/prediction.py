@@ -1,0 +1,23 @@
+"""What a network predicts, converted to the noise eps (models.md section 1).
+
+With z_t = a z0 + b eps: an epsilon model predicts eps; a v-prediction model v = a eps - b z0, so
+eps = a v + b z_t; a sample model z0, so eps = (z_t - a z0) / b.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def to_noise(output: torch.Tensor, z_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: str
+             ) -> torch.Tensor:
+    """eps from the network's ``output`` at ``z_t``; ``a`` and ``b`` broadcast against it."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return a * output + b * z_t
+    if prediction_type == "sample":
+        return (z_t - a * output) / b
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")

@@ -1,0 +1,111 @@
+"""The noise process as data: a and b against diffusers' own schedulers, levels by signal-to-noise ratio,
+the deterministic step against DDIMScheduler, and conditions as named tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.prediction import to_noise
+from cdi_audit.models.primitives import add_noise, clean_estimate, deterministic_step
+from cdi_audit.models.schedule import DiscreteSchedule
+
+SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def noise_pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+
+
+@pytest.mark.parametrize("scheduler_name,config", [
+    ("DDPMScheduler", {}),
+    ("DDIMScheduler", SD_BETAS),
+    ("DDPMScheduler", {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 400}),
+])
+def test_a_and_b_are_the_schedulers_own_add_noise(scheduler_name: str, config: dict) -> None:
+    import diffusers
+
+    scheduler = getattr(diffusers, scheduler_name)(**config)
+    schedule = DiscreteSchedule(torch.as_tensor(scheduler.alphas_cumprod), "latent")
+    z0, eps = noise_pair()
+    for level in (0, 17, schedule.train_steps // 2, schedule.train_steps - 1):
+        expected = scheduler.add_noise(z0, eps, torch.tensor([level, level]))
+        torch.testing.assert_close(add_noise(schedule, z0, eps, level), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_and_b_are_eulers_add_noise_in_its_scaled_form() -> None:
+    """SDXL's EulerDiscreteScheduler noises as x0 + sigma eps and feeds the UNet that divided by
+    sqrt(sigma^2 + 1): exactly a z0 + b eps with sigma = b / a."""
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler(**SD_BETAS)
+    schedule = DiscreteSchedule(torch.as_tensor(scheduler.alphas_cumprod), "latent")
+    z0, eps = noise_pair(1)
+    for level in (1, 250, 999):
+        sigma = float(((1 - scheduler.alphas_cumprod[level]) / scheduler.alphas_cumprod[level]) ** 0.5)
+        unscaled = scheduler.add_noise(z0, eps, torch.tensor([level, level]))
+        torch.testing.assert_close(add_noise(schedule, z0, eps, level), unscaled / (sigma**2 + 1) ** 0.5,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_levels_of_a_latent_schedule_match_the_scaled_linear_nominal_by_snr() -> None:
+    """A 500-step linear schedule on a latent model: each nominal step (1000-step scaled-linear DDPM) maps to
+    the step whose log(abar / (1 - abar)) is nearest, computed here in numpy."""
+    own = np.cumprod(1 - np.linspace(1e-4, 0.02, 500))
+    nominal = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+    schedule = DiscreteSchedule(torch.from_numpy(own), "latent")
+    for t in (0, 100, 450, 999):
+        target = np.log(nominal[t] / (1 - nominal[t]))
+        assert schedule.level(t) == int(np.argmin(np.abs(np.log(own / (1 - own)) - target)))
+    a, b = schedule.coefficients(schedule.level(450))
+    assert abs(np.log(a**2 / b**2) - np.log(nominal[450] / (1 - nominal[450]))) < 0.02
+    assert schedule.level(0) > 0  # scaled-linear starts noisier than linear's first step
+
+
+def test_the_deterministic_step_is_ddim_with_eta_zero() -> None:
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**SD_BETAS, set_alpha_to_one=False, clip_sample=False)
+    scheduler.set_timesteps(20)
+    schedule = DiscreteSchedule(torch.as_tensor(scheduler.alphas_cumprod), "latent")
+    z, eps = noise_pair(2)
+    for t in (999, 499, 99):
+        expected = scheduler.step(eps, t, z).prev_sample
+        torch.testing.assert_close(deterministic_step(schedule, z, eps, t, t - 50), expected, rtol=1e-5, atol=1e-5)
+    # Inverting and denoising by the same eps is the identity, and the clean estimate is the step to a = 1.
+    up = deterministic_step(schedule, z, eps, 100, 300)
+    torch.testing.assert_close(deterministic_step(schedule, up, eps, 300, 100), z, rtol=1e-4, atol=1e-4)
+    a, b = schedule.coefficients(300)
+    torch.testing.assert_close(clean_estimate(schedule, a * z + b * eps, eps, 300), z, rtol=1e-5, atol=1e-5)
+
+
+def test_every_parameterisation_converts_to_the_noise() -> None:
+    z0, eps = noise_pair(3)
+    a, b = torch.tensor(0.8), torch.tensor(0.6)
+    z_t = a * z0 + b * eps
+    for kind, output in (("epsilon", eps), ("v_prediction", a * eps - b * z0), ("sample", z0)):
+        torch.testing.assert_close(to_noise(output, z_t, a, b, kind), eps, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unsupported"):
+        to_noise(eps, z_t, a, b, "velocity")
+
+
+def test_conditions_select_repeat_and_concatenate_every_named_tensor() -> None:
+    states = torch.arange(3 * 2 * 4, dtype=torch.float32).view(3, 2, 4)
+    condition = Condition({"encoder_hidden_states": states, "time_ids": torch.arange(18.0).view(3, 6)})
+    assert len(condition) == 3 and "time_ids" in condition
+    picked = condition.select([2, 0])
+    torch.testing.assert_close(picked["encoder_hidden_states"], states[[2, 0]])
+    torch.testing.assert_close(picked["time_ids"], condition["time_ids"][[2, 0]])
+    repeated = condition.repeat(2)
+    assert len(repeated) == 6
+    torch.testing.assert_close(repeated["time_ids"], torch.cat([condition["time_ids"]] * 2))
+    joined = Condition.cat([condition, picked])
+    torch.testing.assert_close(joined["encoder_hidden_states"], torch.cat([states, states[[2, 0]]]))
+    assert condition.signature == picked.signature
+    other = condition.replaced(encoder_hidden_states=torch.zeros(3, 5, 4))
+    assert other.signature != condition.signature and other["time_ids"] is condition["time_ids"]
+    with pytest.raises(ValueError, match="unequal lengths"):
+        Condition({"a": torch.zeros(2), "b": torch.zeros(3)})
