@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdi_audit.blackbox.variation import local_black_box
 from cdi_audit.cache import FeatureStore
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.rediffuse import ReDiffuse
-from cdi_audit.images import scan_image_set
-from cdi_audit.stats import split_test
-from cdi_audit.targets.blackbox import local_black_box
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.statistics.testing import split_test
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 DRAWS = 1000

@@ -73,8 +73,8 @@ def wait_until_up(url: str, seconds: float = 60.0) -> None:
 def command_calls_per_second(calls: int = 50) -> float:
     import numpy as np
 
-    from cdi_audit.targets.blackbox import VariationRequest
-    from cdi_audit.targets.endpoints import CommandVariation
+    from cdi_audit.blackbox.endpoints import CommandVariation
+    from cdi_audit.blackbox.variation import VariationRequest
 
     backend = CommandVariation(f"{sys.executable} -c '{COPY_PROGRAM}' {{input}} {{output}}")
     image = np.zeros((32, 32, 3), np.uint8)

@@ -43,11 +43,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cdi_audit.decision import decide
-    from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import resolve_extractors
-    from cdi_audit.images import scan_image_set
-    from cdi_audit.targets.loading import load_target, resolve_device
+    from cdi_audit.inputs.images import scan_image_set
+    from cdi_audit.models.loading import load_target, resolve_device
+    from cdi_audit.pipeline.extraction import extract_features
+    from cdi_audit.verdict.decision import decide
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -57,10 +57,10 @@ def sd15_random_target(device, size: int):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from cdi_audit.models.latent import LatentTarget
     from cdi_audit.models.schedule import DiscreteSchedule
-    from cdi_audit.result import ModelInfo
-    from cdi_audit.targets.latent import LatentTarget
-    from cdi_audit.targets.packaged import materialised_config
+    from cdi_audit.models.single_file import materialised_config
+    from cdi_audit.results.schema import ModelInfo
 
     with materialised_config("stable-diffusion-v1") as folder:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"),
@@ -82,7 +82,7 @@ def reference_structure(records, target, extractors, seed: int, batch_size: int)
     import torch
 
     from cdi_audit.features.base import LatentBatch, NoiseSource
-    from cdi_audit.images import load_model_pixels
+    from cdi_audit.inputs.images import load_model_pixels
 
     noise = NoiseSource(seed)
     columns = []
@@ -106,11 +106,11 @@ def worker(args) -> None:
     import numpy as np
     import torch
 
-    from cdi_audit.conditions import with_conditions
-    from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for
-    from cdi_audit.images import scan_image_set
-    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.inputs.conditions import with_conditions
+    from cdi_audit.inputs.images import scan_image_set
+    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.pipeline.extraction import extract_features
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

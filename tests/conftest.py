@@ -87,7 +87,7 @@ def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     """
     from diffusers import DDPMPipeline
 
-    from cdi_audit.images import load_model_pixels, scan_image_set
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
     root = tmp_path_factory.mktemp("trained")
     write_images(root / "members", 32, seed=11, prefix="m")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cdi_audit.decision import decide
 from cdi_audit.features.table import FeatureTable
+from cdi_audit.verdict.decision import decide
 
 FLOAT32_RTOL = 1e-5
 FLOAT32_ATOL = 1e-6

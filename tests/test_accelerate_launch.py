@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from cdi_audit.cache import FeatureStore
 from cdi_audit.cli import app
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import scan_image_set
-from cdi_audit.sharding import Launch, Shard, detect_launch
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.inputs.sharding import Launch, Shard, detect_launch
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
 
 LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 

@@ -85,7 +85,7 @@ def _(root, shared):
 
 @case("unreadable image with --strict", 3, "cannot be read (PermissionError")
 def _(root, shared):
-    shared["monkeypatch"].setattr("cdi_audit.images.file_sha256", refuse_permission)
+    shared["monkeypatch"].setattr("cdi_audit.inputs.images.file_sha256", refuse_permission)
     return check(root, shared, "--strict")
 
 
@@ -227,13 +227,13 @@ def _(root, shared):
         filler = np.ones(1000)  # held by the traceback until the handler drops it  # noqa: F841
         raise MemoryError
 
-    shared["monkeypatch"].setattr("cdi_audit.audit.shift_check", exhausted)
+    shared["monkeypatch"].setattr("cdi_audit.pipeline.audit.shift_check", exhausted)
     return check(root, shared)
 
 
 @case("a bug", 70, "Internal error (ZeroDivisionError")
 def _(root, shared):
-    shared["monkeypatch"].setattr("cdi_audit.audit.shift_check", lambda *args, **kwargs: 1 / 0)
+    shared["monkeypatch"].setattr("cdi_audit.pipeline.audit.shift_check", lambda *args, **kwargs: 1 / 0)
     return check(root, shared)
 
 
@@ -341,7 +341,7 @@ def test_a_bad_input_gives_its_exit_code_and_one_line(name: str, shared_inputs: 
 OUT_OF_MEMORY_RUN = """
 import resource, sys
 import numpy as np
-import cdi_audit.audit
+import cdi_audit.pipeline.audit
 from cdi_audit.cli import main
 
 def exhaust(*args, **kwargs):
@@ -349,7 +349,7 @@ def exhaust(*args, **kwargs):
     while True:
         held.append(np.empty(64 * 1024 * 1024))  # address space, not pages: fills the limit at once
 
-cdi_audit.audit.shift_check = exhaust
+cdi_audit.pipeline.audit.shift_check = exhaust
 resource.setrlimit(resource.RLIMIT_AS, (6 * 1024**3, 6 * 1024**3))
 sys.argv = ["cdi-audit", *sys.argv[1:]]
 main()

@@ -12,11 +12,11 @@ from conftest import SAMPLE_DATA
 from scipy import stats
 from typer.testing import CliRunner
 
-from cdi_audit.audit import ModelPool
-from cdi_audit.batch import adjust_p_values, batch_exit_code, holm, read_batch_file, run_batch, with_correction
 from cdi_audit.cli import app
 from cdi_audit.errors import SettingsProblem
-from cdi_audit.result import AuditResult, BatchAudit
+from cdi_audit.pipeline.audit import ModelPool
+from cdi_audit.pipeline.batch import adjust_p_values, batch_exit_code, holm, read_batch_file, run_batch, with_correction
+from cdi_audit.results.schema import AuditResult, BatchAudit
 
 OPTIONS = {"permutations": 200, "curve_resamples": 0}
 SAMPLE_MODEL = SAMPLE_DATA / "model"

@@ -15,25 +15,8 @@ from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 from variation_servers import Faults, running_server
 
-from cdi_audit.cli import app
-from cdi_audit.extraction import extract_features
-from cdi_audit.features.base import LatentBatch, NoiseSource
-from cdi_audit.features.rediffuse import ReDiffuse, rediffuse_distances
-from cdi_audit.images import scan_image_set
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets import endpoints
-from cdi_audit.targets.blackbox import (
-    BlackBoxTarget,
-    CallStore,
-    EndpointInfo,
-    LocalVariation,
-    VariationBackend,
-    VariationRequest,
-    local_black_box,
-    pixels_to_uint8,
-    uint8_to_pixels,
-)
-from cdi_audit.targets.endpoints import (
+from cdi_audit.blackbox import endpoints
+from cdi_audit.blackbox.endpoints import (
     CommandVariation,
     EndpointUnavailable,
     HttpVariation,
@@ -44,7 +27,24 @@ from cdi_audit.targets.endpoints import (
     parse_headers,
     redact_url,
 )
-from cdi_audit.targets.loading import load_target
+from cdi_audit.blackbox.variation import (
+    BlackBoxTarget,
+    CallStore,
+    EndpointInfo,
+    LocalVariation,
+    VariationBackend,
+    VariationRequest,
+    local_black_box,
+    pixels_to_uint8,
+    uint8_to_pixels,
+)
+from cdi_audit.cli import app
+from cdi_audit.features.base import LatentBatch, NoiseSource
+from cdi_audit.features.rediffuse import ReDiffuse, rediffuse_distances
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.results.schema import ModelInfo
 
 IMAGES_PER_SET = 12
 CALLS_PER_IMAGE = 10  # rediffuse on a pixel model
@@ -442,8 +442,8 @@ def test_cdi_audit_serve_answers_the_protocol_on_loopback(tmp_path: Path) -> Non
     import time
     import urllib.request
 
-    from cdi_audit.serve import is_loopback
-    from cdi_audit.targets.blackbox import decode_png, encode_png
+    from cdi_audit.blackbox.server import is_loopback
+    from cdi_audit.blackbox.variation import decode_png, encode_png
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ import pytest
 from conftest import write_images
 from typer.testing import CliRunner
 
-import cdi_audit.audit
+import cdi_audit.pipeline.audit
 from cdi_audit.cli import app
 
 CONTRACT_FIELDS = {
@@ -120,7 +120,7 @@ def test_an_internal_error_never_exits_like_a_finding(audit_args, monkeypatch: p
     def broken(*args, **kwargs):
         raise RuntimeError("something unexpected")
 
-    monkeypatch.setattr(cdi_audit.audit, "run_audit", broken)
+    monkeypatch.setattr(cdi_audit.pipeline.audit, "run_audit", broken)
     code, payload, stderr = run(*audit_args)
     assert code == 70
     assert "something unexpected" in payload["error"]["message"] and "Traceback" not in stderr

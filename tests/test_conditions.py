@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import write_images
 
-from cdi_audit.conditions import with_captions, with_conditions, with_labels
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import scan_image_set
+from cdi_audit.inputs.conditions import with_captions, with_conditions, with_labels
+from cdi_audit.inputs.images import scan_image_set
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from pypdf import PdfReader
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-import cdi_audit.decision as decision_module
+import cdi_audit.verdict.decision as decision_module
 from cdi_audit.cli import app
-from cdi_audit.control_model import auc_difference_interval, judge_with_control
-from cdi_audit.controls import ShiftCheck
-from cdi_audit.decision import decide
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.stats import TestOutcome
+from cdi_audit.statistics.testing import TestOutcome
+from cdi_audit.verdict.control_model import auc_difference_interval, judge_with_control
+from cdi_audit.verdict.controls import ShiftCheck
+from cdi_audit.verdict.decision import decide
 
 N = 30  # images per set in the synthetic tables
 
@@ -185,7 +185,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32 px DDPM of the sample's architecture trained 300 steps on sample_data/other only (about 35 s)."""
     from diffusers import DDPMPipeline
 
-    from cdi_audit.images import load_model_pixels, scan_image_set
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
     pixels = torch.from_numpy(load_model_pixels(scan_image_set(SAMPLE_DATA / "other").records, 32))
     unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=300, seed=1)

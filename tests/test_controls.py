@@ -16,14 +16,14 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.controls import shift_check
-from cdi_audit.decision import decide
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import extractors_for
-from cdi_audit.image_statistics import STATISTIC_NAMES, describe_image, hamming, jpeg_quality
-from cdi_audit.images import scan_image_set
-from cdi_audit.screening import describe_images, near_duplicates
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.image_statistics import STATISTIC_NAMES, describe_image, hamming, jpeg_quality
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.verdict.controls import shift_check
+from cdi_audit.verdict.decision import decide
+from cdi_audit.verdict.screening import describe_images, near_duplicates
 
 POOL = 80  # crops per photo group
 # Images per set in one simulated audit. On this trap the shift check caught 92.5% of 40 draws at 20 per set,

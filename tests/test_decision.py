@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cdi_audit.decision as decision_module
-from cdi_audit.decision import decide
+import cdi_audit.verdict.decision as decision_module
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.stats import TestOutcome
+from cdi_audit.statistics.testing import TestOutcome
+from cdi_audit.verdict.decision import decide
 
 
 def table(seed: int, n: int = 30, shift: float = 0.0, constant_column: bool = False) -> tuple[FeatureTable, list, list]:

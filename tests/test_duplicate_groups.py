@@ -17,12 +17,12 @@ from conftest import SAMPLE_DATA, _sample_data_builder
 from PIL import Image
 from scipy import stats
 
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import scan_image_set
-from cdi_audit.screening import DescribedImage, describe_images, near_duplicates, screen
-from cdi_audit.stats import permutation_test
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.statistics.testing import permutation_test
+from cdi_audit.verdict.screening import DescribedImage, describe_images, near_duplicates, screen
 
 POOL = 160  # never-trained crops; each also gets a planted copy
 SUSPECT, REFERENCE = 30, 60  # pictures per drawn audit (the suspect set holds each twice: 60 files)

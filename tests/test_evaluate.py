@@ -11,7 +11,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.evaluation import auc, draws, sample_size_grid, tpr_at_fpr
+from cdi_audit.statistics.evaluation import auc, draws, sample_size_grid, tpr_at_fpr
 
 ALPHA = 0.2  # a high level makes the false-positive check informative with few null draws
 
@@ -117,8 +117,8 @@ def test_evaluate_refuses_too_few_non_members_for_the_null_curve(image_sets, tin
 
 
 def test_feature_sets_are_each_covered_preset_and_each_extractor_alone_without_repeats() -> None:
-    from cdi_audit.evaluate import evaluated_feature_sets
     from cdi_audit.features.registry import resolve_extractors
+    from cdi_audit.pipeline.evaluate import evaluated_feature_sets
 
     fast = evaluated_feature_sets("fast", resolve_extractors("fast"), "none")
     assert list(fast) == ["fast", "loss", "multi_loss", "secmi", "pia"] and len(fast["fast"]) == 14

@@ -10,10 +10,10 @@ import torch
 from feature_checks import FLOAT32_ATOL, FLOAT32_RTOL
 
 from cdi_audit.cache import FeatureStore
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import scan_image_set
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_batches(target,
 def test_half_precision_applies_to_forward_passes_but_not_to_inversions(tiny_model: Path, records) -> None:
     """bfloat16 autocast (here on the CPU) changes noise-prediction features a little, leaves the DDIM
     inversion of SecMI in float32 (identical values), and keys the cache by precision."""
-    from cdi_audit.extraction import cache_key
+    from cdi_audit.pipeline.extraction import cache_key
 
     full = load_target(tiny_model, torch.device("cpu"))
     half = load_target(tiny_model, torch.device("cpu"), torch.bfloat16)

@@ -24,8 +24,8 @@ from cdi_audit.features.registry import extractor_names, require_access, resolve
 from cdi_audit.features.secmi import SecMI
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.schedule import DiscreteSchedule
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
+from cdi_audit.results.schema import ModelInfo
 
 
 def linear_schedule(steps: int) -> torch.Tensor:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cdi_audit.errors import ModelUnavailable
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.base import LatentBatch, NoiseSource
 from cdi_audit.features.fused import ForwardBatcher, run_fused
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import load_model_pixels, scan_image_set
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import load_model_pixels, scan_image_set
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_compile_flag_reaches_the_network(tiny_model: Path, image_sets) -> None:
     """--compile wraps the network call in torch.compile (compiled lazily, so this costs nothing here)."""
     from typer.testing import CliRunner
 
-    from cdi_audit.audit import ModelSettings, open_target
     from cdi_audit.cli import app
+    from cdi_audit.pipeline.audit import ModelSettings, open_target
 
     eager = open_target(ModelSettings(model_path=tiny_model, device="cpu"), None)
     compiled = open_target(ModelSettings(model_path=tiny_model, device="cpu", compile_network=True), None)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cdi_audit.images as images_module
+import cdi_audit.inputs.images as images_module
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import SkippedFile, open_image, scan_image_set, to_model_pixels
+from cdi_audit.inputs.images import SkippedFile, open_image, scan_image_set, to_model_pixels
 
 
 def test_discovery_is_recursive_and_lists_what_it_skips(tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_a_file_without_read_permission_is_skipped(tmp_path: Path) -> None:
 
 
 def test_images_far_smaller_than_the_model_resolution_are_warned_about(tmp_path: Path) -> None:
-    from cdi_audit.images import small_images_note
+    from cdi_audit.inputs.images import small_images_note
 
     Image.new("RGB", (40, 15), (9, 9, 9)).save(tmp_path / "thin.png")  # shorter side 15 < 32 / 2
     Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "half.png")  # exactly half: not far smaller

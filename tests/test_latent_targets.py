@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from cdi_audit.cli import app
 from cdi_audit.errors import InputProblem, ModelUnavailable
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import ImageRecord, scan_image_set
+from cdi_audit.inputs.images import ImageRecord, scan_image_set
 from cdi_audit.models.condition import Condition
-from cdi_audit.targets.loading import load_target
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.extraction import extract_features
 
 CPU = torch.device("cpu")
 
@@ -261,7 +261,7 @@ def test_the_shipped_clip_vocabulary_tokenizes_as_clip_does(tmp_path: Path) -> N
     """Known CLIP token ids: 49406 start, 320 'a', 1125 'photo', 539 'of', 2368 'cat', 49407 end."""
     from transformers import CLIPTokenizer
 
-    from cdi_audit.targets.packaged import materialised_config
+    from cdi_audit.models.single_file import materialised_config
 
     with materialised_config("stable-diffusion-v1") as folder:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
@@ -280,7 +280,7 @@ def test_the_shipped_configs_build_the_published_architectures(name, unet, text,
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cdi_audit.targets.packaged import CONFIGS
+    from cdi_audit.models.single_file import CONFIGS
 
     root = CONFIGS / name
     with torch.device("meta"):
@@ -297,7 +297,7 @@ def test_the_shipped_configs_build_the_published_architectures(name, unet, text,
 def test_an_sd2_file_needs_its_variant_named(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from cdi_audit.targets.packaged import SD2_TEXT_KEY, checkpoint_family
+    from cdi_audit.models.single_file import SD2_TEXT_KEY, checkpoint_family
 
     save_file({SD2_TEXT_KEY: torch.zeros(3072, 1024)}, tmp_path / "sd2.safetensors")
     assert checkpoint_family(tmp_path / "sd2.safetensors") == "sd2"
@@ -312,7 +312,7 @@ def test_an_sd1_layout_file_without_model_config_uses_the_shipped_configs(pipeli
     width-768 text model is taken for SD 1.x and loaded with the shipped configs (here: a clear shape error)."""
     from safetensors.torch import load_file, save_file
 
-    from cdi_audit.targets.packaged import SD1_TEXT_KEY, packaged_config_for
+    from cdi_audit.models.single_file import SD1_TEXT_KEY, packaged_config_for
 
     checkpoint, _ = single_file_from(pipelines["sd"], tmp_path)
     assert packaged_config_for(checkpoint) is None
@@ -333,7 +333,7 @@ def test_a_full_size_sd1_single_file_loads_with_the_shipped_configs(tmp_path: Pa
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cdi_audit.targets.packaged import CONFIGS
+    from cdi_audit.models.single_file import CONFIGS
 
     root = CONFIGS / "stable-diffusion-v1"
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import torch
 from conftest import save_tiny_pipeline
 
 from cdi_audit.errors import ModelUnavailable
-from cdi_audit.targets.loading import load_target, model_fingerprint
+from cdi_audit.models.loading import load_target, model_fingerprint
 
 CPU = torch.device("cpu")
 
@@ -154,7 +154,7 @@ def test_brief_keeps_the_first_line_of_a_library_error() -> None:
 
 
 def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cdi_audit.targets.loading import resolve_device
+    from cdi_audit.models.loading import resolve_device
 
     for name in ("mps", "meta", "lazy", "xla", "cpu:1", "cuda:-1", "gpu", ""):
         with pytest.raises(ValueError) as raised:
@@ -177,7 +177,7 @@ def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.Mon
 def test_a_latent_sample_size_is_bounded_after_the_autoencoders_downscaling(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cdi_audit.targets.loading import Layout, _image_size
+    from cdi_audit.models.loading import Layout, _image_size
 
     layout = Layout("latent UNet2DModel (LDM)", "unet", "vae")
     vae = SimpleNamespace(config={"block_out_channels": [8, 8, 8, 8]})  # downscales by 8

@@ -14,11 +14,11 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.manifest import Manifest
-from cdi_audit.power import images_for_power
 from cdi_audit.report.files import write_reports
 from cdi_audit.report.thumbnails import _unchanged_images
-from cdi_audit.result import AuditResult
+from cdi_audit.results.manifest import Manifest
+from cdi_audit.results.schema import AuditResult
+from cdi_audit.statistics.power import images_for_power
 
 NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
 REPORT_FILES = ("report.pdf", "report.html", "sample_size_curve.png", "score_histograms.png", "thumbnails.png",

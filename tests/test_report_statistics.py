@@ -8,16 +8,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from cdi_audit.diagnostics import feature_diagnostics
-from cdi_audit.evaluation import sample_size_grid
-from cdi_audit.power import (
+from cdi_audit.statistics.diagnostics import feature_diagnostics
+from cdi_audit.statistics.evaluation import sample_size_grid
+from cdi_audit.statistics.power import (
     SampleSizePoint,
     curve_images_for_power,
     images_for_power,
     sample_size_curve,
     t_test_power,
 )
-from cdi_audit.stats import split_test
+from cdi_audit.statistics.testing import split_test
 
 
 def sets(n_suspect: int, n_reference: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

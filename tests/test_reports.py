@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.images import file_sha256
-from cdi_audit.manifest import MANIFEST_VERSION, Manifest, content_digest, verify_manifest
+from cdi_audit.inputs.images import file_sha256
 from cdi_audit.report.files import write_audit_files
-from cdi_audit.result import AuditResult, report_schema
+from cdi_audit.results.manifest import MANIFEST_VERSION, Manifest, content_digest, verify_manifest
+from cdi_audit.results.schema import AuditResult, report_schema
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "

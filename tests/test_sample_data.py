@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from conftest import SAMPLE_DATA
 
-from cdi_audit.images import scan_image_set
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.models.loading import load_target
 
 
 def load_script():

@@ -9,7 +9,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cdi_audit.scoring import cross_fitted_score_matrix
+from cdi_audit.statistics.scoring import cross_fitted_score_matrix
 
 
 def sklearn_out_of_fold(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> np.ndarray:

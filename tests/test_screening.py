@@ -12,10 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.conditions import with_captions
-from cdi_audit.image_statistics import FRAMING_TRIMS, describe_image, framing_views
-from cdi_audit.images import scan_image_set
-from cdi_audit.screening import screen_near_duplicates
+from cdi_audit.inputs.conditions import with_captions
+from cdi_audit.inputs.image_statistics import FRAMING_TRIMS, describe_image, framing_views
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.verdict.screening import screen_near_duplicates
 
 
 def smooth_picture(seed: int, side: int = 320) -> Image.Image:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from variation_servers import running_server
 
-from cdi_audit.serve import MAX_UPLOAD_SIDE, VariationServer, check_declared_size
-from cdi_audit.targets.blackbox import EndpointInfo, VariationRequest, decode_png, encode_png
+from cdi_audit.blackbox.server import MAX_UPLOAD_SIDE, VariationServer, check_declared_size
+from cdi_audit.blackbox.variation import EndpointInfo, VariationRequest, decode_png, encode_png
 
 
 class EchoBackend:

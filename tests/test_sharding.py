@@ -18,14 +18,14 @@ from conftest import SAMPLE_DATA
 from feature_checks import assert_same_audit
 from typer.testing import CliRunner
 
-from cdi_audit.audit import ModelSettings, run_extraction
 from cdi_audit.cache import CHUNK_PATTERN, FeatureStore
 from cdi_audit.cli import app
-from cdi_audit.extraction import extract_features
 from cdi_audit.features.registry import resolve_extractors
-from cdi_audit.images import scan_image_set
-from cdi_audit.sharding import Shard, parse_shard
-from cdi_audit.targets.loading import load_target
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.inputs.sharding import Shard, parse_shard
+from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.audit import ModelSettings, run_extraction
+from cdi_audit.pipeline.extraction import extract_features
 
 
 def test_shards_partition_the_images_by_hash(image_sets) -> None:

@@ -15,8 +15,8 @@ from cdi_audit.evidence.clusters import cluster_pool, leave_one_out_cohesion
 from cdi_audit.evidence.embedding import cosine_similarities, embed_images
 from cdi_audit.evidence.pool import generate
 from cdi_audit.evidence.sampling import ddim_sample, initial_noise
+from cdi_audit.models.loading import load_target
 from cdi_audit.models.schedule import trailing_timesteps as ddim_timesteps
-from cdi_audit.targets.loading import load_target
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from cdi_audit.evidence.clusters import cluster_pool
 from cdi_audit.evidence.embedding import embed_images
 from cdi_audit.evidence.pool import generate, to_images
 from cdi_audit.evidence.search import relabel_to_kept
-from cdi_audit.targets.loading import load_target
+from cdi_audit.models.loading import load_target
 
 
 def search(*arguments: str) -> tuple[int, dict, str]:
@@ -102,7 +102,7 @@ def memorising_model(tmp_path_factory) -> tuple[Path, Path, Path]:
     several of them; 16 unpublished images are the reference."""
     from diffusers import DDPMPipeline
 
-    from cdi_audit.images import load_model_pixels, scan_image_set
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
     root = tmp_path_factory.mktemp("memorising")
     folders = {}

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cdi_audit.stats import (
+from cdi_audit.statistics.testing import (
     cross_fitted_scores,
     effect_size,
     permutation_test,
@@ -34,7 +34,7 @@ def simulated(seed: int, n: int = 20, k: int = 4, shift: float = 0.0) -> tuple[n
 
 def oracle_statistic(features: np.ndarray, labels: np.ndarray, seed: int) -> float:
     """The protocol's statistic written with sklearn and scipy directly (solved to a tight tolerance,
-    so it is the exact minimiser that cdi_audit.scoring also finds)."""
+    so it is the exact minimiser that cdi_audit.statistics.scoring also finds)."""
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-12, max_iter=10000))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     scores = cross_val_predict(model, features, labels, cv=folds, method="predict_proba")[:, 1]

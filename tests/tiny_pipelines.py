@@ -157,8 +157,8 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
     """
     import torch.nn.functional as F
 
-    from cdi_audit.conditions import with_captions
-    from cdi_audit.images import load_model_pixels, scan_image_set
+    from cdi_audit.inputs.conditions import with_captions
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
     components = tiny_stable_diffusion_components(folder / "tokenizer", seed)
     vae, text_encoder, tokenizer, unet, scheduler = (components[name] for name in

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cdi_audit.serve import VariationHandler, VariationServer
-from cdi_audit.targets.blackbox import LocalVariation
+from cdi_audit.blackbox.server import VariationHandler, VariationServer
+from cdi_audit.blackbox.variation import LocalVariation
 
 
 @dataclass

@@ -35,9 +35,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from cdi_audit.errors import ModelUnavailable, SettingsProblem
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.blackbox import (
+from cdi_audit.blackbox.variation import (
     PROTOCOL,
     BlackBoxTarget,
     CallStore,
@@ -47,6 +45,8 @@ from cdi_audit.targets.blackbox import (
     decode_png,
     encode_png,
 )
+from cdi_audit.errors import ModelUnavailable, SettingsProblem
+from cdi_audit.results.schema import ModelInfo
 
 Result = TypeVar("Result")
 ENVIRONMENT_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

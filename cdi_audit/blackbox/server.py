@@ -2,7 +2,7 @@
 
 For providers who want to offer auditors black-box access without handing over weights, and
 for testing. One request at a time reaches the model (a lock); the threaded server keeps
-accepting connections meanwhile. See ``targets/endpoints.py`` for the protocol.
+accepting connections meanwhile. See ``blackbox/endpoints.py`` for the protocol.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from cdi_audit.targets.blackbox import LocalVariation, VariationRequest, decode_png, encode_png
+from cdi_audit.blackbox.variation import LocalVariation, VariationRequest, decode_png, encode_png
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # A PNG of a few KB may declare a huge image, and decoding it costs time and memory in proportion to its

@@ -32,8 +32,8 @@ from PIL import Image
 
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.primitives import add_noise, model_step
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Access, Conditioning, Target
+from cdi_audit.models.target import Access, Conditioning, Target
+from cdi_audit.results.schema import ModelInfo
 
 PROTOCOL = "cdi-audit-variation/1"
 # Nominal DDIM interval of the local variation (methods.md section 2: ReDiffuse uses 100 on pixel models).

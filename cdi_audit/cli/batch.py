@@ -71,7 +71,7 @@ def batch(
     Models are loaded once and features are shared through the cache. The exit code is the most severe of
     the audits': an error's code (the highest), else 5 if any is inconclusive, 1 if any is evidence, else 0.
     """
-    from cdi_audit.batch import read_batch_file, run_batch
+    from cdi_audit.pipeline.batch import read_batch_file, run_batch
     from cdi_audit.report.terminal import print_batch_summary
 
     console = stderr_console()

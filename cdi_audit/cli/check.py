@@ -125,9 +125,9 @@ def check(
     The model is a local pipeline (--model), or only an image-to-image endpoint (--endpoint URL or
     --endpoint-cmd TEMPLATE), which allows the black-box feature (ReDiffuse) only.
     """
-    from cdi_audit.audit import AuditSettings, run_audit
+    from cdi_audit.blackbox.endpoints import EndpointSettings
+    from cdi_audit.pipeline.audit import AuditSettings, run_audit
     from cdi_audit.report.terminal import print_summary
-    from cdi_audit.targets.endpoints import EndpointSettings
 
     if test is TestChoice.permutation:
         require_reachable(permutations, alpha, "alpha")

@@ -92,9 +92,9 @@ def evaluate(
     median p over REPEATS random n-vs-n audits is below 0.01), next to the
     false-positive rate measured by auditing non-members against non-members.
     """
-    from cdi_audit.evaluate import EvaluationSettings, run_evaluation
-    from cdi_audit.evaluation import EVALUATION_TESTS, NEEDED_P
+    from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
     from cdi_audit.report.evaluation_table import print_evaluation
+    from cdi_audit.statistics.evaluation import EVALUATION_TESTS, NEEDED_P
 
     require_one_model(model, None, None, access)
     tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS

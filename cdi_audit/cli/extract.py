@@ -33,11 +33,11 @@ from cdi_audit.cli.options import (
 from cdi_audit.console import shown, stderr_console
 
 if TYPE_CHECKING:
-    from cdi_audit.sharding import Launch, Shard
+    from cdi_audit.inputs.sharding import Launch, Shard
 
 
 def _check_shard(value: str) -> str:
-    from cdi_audit.sharding import parse_shard
+    from cdi_audit.inputs.sharding import parse_shard
 
     try:
         parse_shard(value)
@@ -52,7 +52,7 @@ def _place_this_process(shard: str, device: str) -> tuple[Shard, Launch | None, 
     share the CPU cores out when the launcher set no OMP_NUM_THREADS. SettingsProblem when the launch and
     the options disagree."""
     from cdi_audit.errors import SettingsProblem
-    from cdi_audit.sharding import ALL, detect_launch, parse_shard
+    from cdi_audit.inputs.sharding import ALL, detect_launch, parse_shard
 
     chosen = parse_shard(shard)
     try:
@@ -114,7 +114,7 @@ def extract(
     (or torchrun ... -m cdi_audit extract ...). Each process then extracts its own shard (RANK+1 of
     WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
-    from cdi_audit.audit import ModelSettings, run_extraction
+    from cdi_audit.pipeline.audit import ModelSettings, run_extraction
 
     require_one_model(model, None, None, access)
     console = stderr_console()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cdi_audit.cli.app import check_cache_dir
-from cdi_audit.settings_checks import alpha_problem, permutations_problem
+from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 # sklearn and numpy take seeds below 2**32; a larger one would fail deep inside the statistics.
@@ -87,7 +87,7 @@ def require_out_for_reports(report_formats: str | None, out: Path | None) -> Non
 
 
 def check_device(value: str) -> str:
-    from cdi_audit.targets.loading import resolve_device
+    from cdi_audit.models.loading import resolve_device
 
     try:
         resolve_device(value)

@@ -49,10 +49,10 @@ def report(
 def render_saved(console: Console, path: Path, out: Path, formats: tuple[str, ...]) -> list[Path]:
     """Re-render the output folder of the audit saved at ``path`` (report.json) into ``out``."""
     from cdi_audit.evidence.summary import read_evidence
-    from cdi_audit.manifest import Manifest, build_manifest
     from cdi_audit.report.files import write_output_folder
     from cdi_audit.report.thumbnails import thumbnail_strip
-    from cdi_audit.result import AuditResult
+    from cdi_audit.results.manifest import Manifest, build_manifest
+    from cdi_audit.results.schema import AuditResult
 
     result = read_saved(AuditResult, path, "report", "give the report.json an audit wrote with --out")
     folder = path.parent
@@ -98,7 +98,7 @@ def verify(
 
     Exit 0 when every file matches, 3 otherwise. Needs neither the model nor torch.
     """
-    from cdi_audit.manifest import Manifest, verify_manifest
+    from cdi_audit.results.manifest import Manifest, verify_manifest
 
     console = stderr_console()
     path = folder / "manifest.json" if folder.is_dir() else folder

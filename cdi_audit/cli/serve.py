@@ -32,9 +32,9 @@ def serve(
 
     Auditors then run 'cdi-audit check ... --endpoint URL' with black-box access only. Stop with Ctrl-C.
     """
-    from cdi_audit.serve import VariationServer, is_loopback
-    from cdi_audit.targets.blackbox import LocalVariation
-    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.blackbox.server import VariationServer, is_loopback
+    from cdi_audit.blackbox.variation import LocalVariation
+    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
     console = stderr_console()
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from cdi_audit.evidence.sampling import Guidance
 from cdi_audit.models.schedule import Level
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 DEFAULT_TRAINING_STEPS = 600
 TIME_FEATURES = 32

@@ -19,7 +19,7 @@ from cdi_audit.cache import atomic_write
 from cdi_audit.console import shown
 from cdi_audit.evidence.search import SearchResult
 from cdi_audit.evidence.summary import EVIDENCE_FILE, GALLERY_FILE
-from cdi_audit.images import open_image, to_model_pixels
+from cdi_audit.inputs.images import open_image, to_model_pixels
 
 GALLERY_ROWS = 12
 GALLERY_TILE = 96

@@ -10,7 +10,7 @@ import torch
 
 from cdi_audit.cache import FeatureStore
 from cdi_audit.evidence.sampling import Guidance, ddim_sample, initial_noise, latent_shape
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 # Bump when sampling changes what a seed generates.
 SAMPLER_VERSION = "ddim-eta0-trailing-1"

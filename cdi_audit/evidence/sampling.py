@@ -14,7 +14,7 @@ import torch
 
 from cdi_audit.models.primitives import clean_estimate
 from cdi_audit.models.schedule import Level
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 # (latents z_t, level l of the model's schedule) -> d log p(y | z_t) / d z_t, for classifier guidance.
 Guidance = Callable[[torch.Tensor, Level], torch.Tensor]

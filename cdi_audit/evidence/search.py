@@ -22,9 +22,9 @@ from cdi_audit.evidence.embedding import DEFAULT_SIZE, embed_images
 from cdi_audit.evidence.matching import NearestGenerations, ShareComparison, compare_match_shares, nearest_generations
 from cdi_audit.evidence.pool import generate, to_images
 from cdi_audit.evidence.sampling import DEFAULT_STEPS
-from cdi_audit.images import ImageSet, load_model_pixels, scan_image_set
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Target
+from cdi_audit.inputs.images import ImageSet, load_model_pixels, scan_image_set
+from cdi_audit.models.target import Target
+from cdi_audit.results.schema import ModelInfo
 
 DEFAULT_BUDGET = 1024
 DEFAULT_GUIDANCE_SCALE = 10.0
@@ -134,7 +134,7 @@ def _owner_embeddings(images: ImageSet, size: int) -> torch.Tensor:
 
 
 def run_search(settings: SearchSettings, progress: StageProgress | None = None) -> SearchResult:
-    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
     if settings.budget < 8:
         raise SettingsProblem("--budget must be at least 8 generations (half of them form the pool).")

@@ -19,7 +19,7 @@ import torch
 
 from cdi_audit.models.condition import Condition, select_condition
 from cdi_audit.models.schedule import Level
-from cdi_audit.targets.base import Access, Target
+from cdi_audit.models.target import Access, Target
 
 
 @dataclass(frozen=True)

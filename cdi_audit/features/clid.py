@@ -8,7 +8,7 @@ import torch
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.primitives import add_noise
-from cdi_audit.targets.base import Conditioning, Target
+from cdi_audit.models.target import Conditioning, Target
 
 # Timesteps per methods.md: around 450 for 512 px models, around 100 at 256 px and below.
 SMALL_MODEL_TIMESTEPS = (90, 100, 110)

@@ -20,7 +20,7 @@ import torch
 from cdi_audit.errors import ModelUnavailable, is_out_of_memory
 from cdi_audit.features.base import Forward, Plan
 from cdi_audit.models.condition import Condition, select_condition
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
 from cdi_audit.features.multi_loss import DEFAULT_TIMESTEPS
 from cdi_audit.models.primitives import add_noise, per_image_norm
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 
 def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:

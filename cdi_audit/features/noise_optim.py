@@ -8,7 +8,7 @@ from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal
 from cdi_audit.features.lbfgs import minimise
 from cdi_audit.models.condition import select_condition
 from cdi_audit.models.primitives import add_noise, per_image_norm
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 
 class NoiseOptimisation(Extractor):

@@ -8,7 +8,7 @@ import torch
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
 from cdi_audit.models.primitives import add_noise, per_image_norm
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 # Mean absolute value of a standard Gaussian. The CDI reference code rescales
 # with sqrt(pi / 2) instead; methods.md treats that as a bug and so do we.

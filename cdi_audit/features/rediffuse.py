@@ -14,16 +14,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
-from cdi_audit.features.structural import ssim
-from cdi_audit.targets.base import Target
-from cdi_audit.targets.blackbox import (
+from cdi_audit.blackbox.variation import (
     BlackBoxTarget,
     VariationRequest,
     local_black_box,
     pixels_to_uint8,
     uint8_to_pixels,
 )
+from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
+from cdi_audit.features.structural import ssim
+from cdi_audit.models.target import Target
 
 # methods.md section 2: pixel models t=200 with n=10; latent models t in 10..50 with n in 1..2.
 PIXEL_DEFAULTS = {"timestep": 200, "draws": 10}

@@ -13,7 +13,7 @@ from cdi_audit.features.pia import PIA
 from cdi_audit.features.rediffuse import ReDiffuse
 from cdi_audit.features.secmi import SecMI
 from cdi_audit.features.structural import Structural
-from cdi_audit.targets.base import ACCESS_LEVELS, Access, Target
+from cdi_audit.models.target import ACCESS_LEVELS, Access, Target
 
 EXTRACTORS: dict[str, type[Extractor]] = {
     cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation,

@@ -6,7 +6,7 @@ import itertools
 
 from cdi_audit.features.base import Extractor, Forward, LatentBatch, NoiseSource, Plan, nominal_timestep_label
 from cdi_audit.models.primitives import deterministic_step, per_image_norm
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 
 class SecMI(Extractor):

@@ -7,7 +7,7 @@ import torch
 
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource, nominal_timestep_label
 from cdi_audit.models.primitives import clean_estimate, model_step
-from cdi_audit.targets.base import Target
+from cdi_audit.models.target import Target
 
 SSIM_WINDOW = 7
 

@@ -22,8 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import ImageSet
-from cdi_audit.targets.base import Conditioning
+from cdi_audit.inputs.images import ImageSet
+from cdi_audit.models.target import Conditioning
 
 
 class _Malformed(ValueError):

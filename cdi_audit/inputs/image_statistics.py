@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import fft, ndimage
 
-from cdi_audit.images import open_image
+from cdi_audit.inputs.images import open_image
 
 # Statistics are measured on a copy whose longer side is at most this, so a 40-megapixel photograph
 # costs what a web image costs; its full size still enters through width, height and bytes per pixel.

@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from cdi_audit.errors import InputProblem
-from cdi_audit.images import ImageRecord
+from cdi_audit.inputs.images import ImageRecord
 from cdi_audit.models.condition import Condition, Tokens
+from cdi_audit.models.deferred import load_now, module_class_name
 from cdi_audit.models.schedule import NoiseSchedule
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Conditioning, Target
-from cdi_audit.targets.deferred import load_now, module_class_name
+from cdi_audit.models.target import Conditioning, Target
+from cdi_audit.results.schema import ModelInfo
 
 
 class LatentTarget(Target):

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from cdi_audit.errors import ModelUnavailable, brief
-from cdi_audit.images import file_sha256
+from cdi_audit.inputs.images import file_sha256
+from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.prediction import PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule
-from cdi_audit.result import FileDigest, ModelInfo
-from cdi_audit.targets.base import Target
-from cdi_audit.targets.deferred import DeferredModule
-from cdi_audit.targets.packaged import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
+from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
+from cdi_audit.models.target import Target
+from cdi_audit.results.schema import FileDigest, ModelInfo
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
@@ -362,8 +362,8 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     single-file checkpoint (a pipeline folder without weights)."""
     import diffusers
 
-    from cdi_audit.targets.latent import LatentTarget
-    from cdi_audit.targets.pixel import PixelTarget
+    from cdi_audit.models.families.pixel import PixelTarget
+    from cdi_audit.models.latent import LatentTarget
 
     _quiet(diffusers)
     root = Path(path)

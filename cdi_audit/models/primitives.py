@@ -15,7 +15,7 @@ from cdi_audit.models.condition import Condition
 from cdi_audit.models.schedule import Level, NoiseSchedule
 
 if TYPE_CHECKING:
-    from cdi_audit.targets.base import Target
+    from cdi_audit.models.target import Target
 
 
 def add_noise(schedule: NoiseSchedule, z0: torch.Tensor, noise: torch.Tensor, level: Level) -> torch.Tensor:

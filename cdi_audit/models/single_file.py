@@ -1,6 +1,6 @@
 """Configs shipped with cdi-audit, so Stable Diffusion single-file checkpoints load with no hub.
 
-A single file holds the weights but no configs and no tokenizer. ``model_configs`` holds the
+A single file holds the weights but no configs and no tokenizer. ``configs`` holds the
 component configs of SD 1.x, SD 2.x (768 px, v-prediction) and SD 2.x base (512 px, epsilon),
 written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (from openai/CLIP,
 MIT licence, beside it), from which the tokenizer's vocab.json and merges.txt are built when a
@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"
 BPE_FILE = CONFIGS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary: 256 bytes, the same with an end-of-word mark, 48,894 merges, 2 special tokens.
 MERGES = 49408 - 2 * 256 - 2

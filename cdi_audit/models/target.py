@@ -18,7 +18,7 @@ import torch
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.prediction import PREDICTION_TYPES, to_noise
 from cdi_audit.models.schedule import Level, NoiseSchedule
-from cdi_audit.result import ModelInfo
+from cdi_audit.results.schema import ModelInfo
 
 Access = Literal["black", "grey", "white"]
 # What a model is conditioned on: nothing, a class id (DiT), or a caption (Stable Diffusion).
@@ -130,7 +130,7 @@ class Target(abc.ABC):
             self._full_precision = previous
 
     def load_weights(self) -> None:  # noqa: B027 (most targets hold their weights already)
-        """Read weights that are still on disk (they are read on first use otherwise; see targets/deferred.py)."""
+        """Read weights that are still on disk (they are read on first use otherwise; see models/deferred.py)."""
 
     @abc.abstractmethod
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:

@@ -20,20 +20,11 @@ from typing import TYPE_CHECKING
 
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
-from cdi_audit.control_model import ControlComparison, judge_with_control
-from cdi_audit.controls import DEFAULT_SHIFT_ALPHA, shift_check
-from cdi_audit.decision import decide
 from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.images import ImageSet, scan_image_set, small_images_note
-from cdi_audit.power import (
-    CURVE_TEST,
-    DEFAULT_CURVE_RESAMPLES,
-    POWER_TARGET,
-    curve_images_for_power,
-    images_for_power,
-)
-from cdi_audit.result import (
+from cdi_audit.inputs.images import ImageSet, scan_image_set, small_images_note
+from cdi_audit.inputs.sharding import ALL, Shard
+from cdi_audit.results.schema import (
     AuditResult,
     ControlModelResult,
     Controls,
@@ -51,7 +42,18 @@ from cdi_audit.result import (
     ShiftStatisticInfo,
     SkippedFileInfo,
 )
-from cdi_audit.screening import (
+from cdi_audit.statistics.power import (
+    CURVE_TEST,
+    DEFAULT_CURVE_RESAMPLES,
+    POWER_TARGET,
+    curve_images_for_power,
+    images_for_power,
+)
+from cdi_audit.statistics.testing import TestName, TestOutcome
+from cdi_audit.verdict.control_model import ControlComparison, judge_with_control
+from cdi_audit.verdict.controls import DEFAULT_SHIFT_ALPHA, shift_check
+from cdi_audit.verdict.decision import decide
+from cdi_audit.verdict.screening import (
     DuplicateGroup,
     NearDuplicate,
     Screen,
@@ -59,15 +61,13 @@ from cdi_audit.screening import (
     reject_overlap,
     screen_near_duplicates,
 )
-from cdi_audit.sharding import ALL, Shard
-from cdi_audit.stats import TestName, TestOutcome
 
 if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
-    from cdi_audit.extraction import ExtractionSummary
+    from cdi_audit.blackbox.endpoints import EndpointSettings
+    from cdi_audit.blackbox.variation import BlackBoxTarget
     from cdi_audit.features.base import Extractor
-    from cdi_audit.targets.base import Target
-    from cdi_audit.targets.blackbox import BlackBoxTarget
-    from cdi_audit.targets.endpoints import EndpointSettings
+    from cdi_audit.models.target import Target
+    from cdi_audit.pipeline.extraction import ExtractionSummary
 
 MIN_IMAGES = 10
 LOW_POWER_IMAGES = 50
@@ -213,11 +213,11 @@ def open_target(settings: ModelSettings, store_root: Path | None) -> Target | Bl
     with ``access="blackbox"``), or reached through an endpoint (completed calls stored under
     ``store_root``)."""
     if settings.endpoint is not None:
-        from cdi_audit.targets.endpoints import open_endpoint
+        from cdi_audit.blackbox.endpoints import open_endpoint
 
         return open_endpoint(settings.endpoint, store_root)
-    from cdi_audit.targets.blackbox import local_black_box
-    from cdi_audit.targets.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.blackbox.variation import local_black_box
+    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
     target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
@@ -272,9 +272,9 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     the features of every image (through the cache). ``role`` prefixes timing keys and progress labels
     (e.g. "control_" for the control model); ``check_target`` may refuse the loaded model; ``models`` keeps
     loaded models for later audits."""
-    from cdi_audit.conditions import with_conditions
-    from cdi_audit.extraction import extract_features
     from cdi_audit.features.registry import extractors_for, require_access
+    from cdi_audit.inputs.conditions import with_conditions
+    from cdi_audit.pipeline.extraction import extract_features
 
     store_root = (settings.cache_dir or default_cache_dir()) if settings.use_cache else None
     label = role.replace("_", " ")

@@ -19,12 +19,12 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from cdi_audit.audit import AuditSettings, ModelPool, run_audit
 from cdi_audit.console import StageProgress
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
-from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
-from cdi_audit.settings_checks import alpha_problem, permutations_problem
-from cdi_audit.targets.packaged import SHIPPED
+from cdi_audit.models.single_file import SHIPPED
+from cdi_audit.pipeline.audit import AuditSettings, ModelPool, run_audit
+from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
+from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from cdi_audit.audit import (
+from cdi_audit.console import StageProgress
+from cdi_audit.features.base import Extractor
+from cdi_audit.features.registry import PRESETS, extractor_names
+from cdi_audit.inputs.images import scan_image_set
+from cdi_audit.pipeline.audit import (
     TEST_DESCRIPTIONS,
     ModelSettings,
     load_and_extract,
@@ -23,8 +27,16 @@ from cdi_audit.audit import (
     require_enough,
     timed,
 )
-from cdi_audit.console import StageProgress
-from cdi_audit.evaluation import (
+from cdi_audit.results.schema import (
+    CurvePointResult,
+    EvaluationResult,
+    ExtractionInfo,
+    FalsePositiveRateResult,
+    FeatureSetDiscrimination,
+    ImagesNeededResult,
+    SkippedFileInfo,
+)
+from cdi_audit.statistics.evaluation import (
     EVALUATION_TESTS,
     Draw,
     curve_points,
@@ -35,20 +47,8 @@ from cdi_audit.evaluation import (
     images_needed,
     sample_size_grid,
 )
-from cdi_audit.features.base import Extractor
-from cdi_audit.features.registry import PRESETS, extractor_names
-from cdi_audit.images import scan_image_set
-from cdi_audit.result import (
-    CurvePointResult,
-    EvaluationResult,
-    ExtractionInfo,
-    FalsePositiveRateResult,
-    FeatureSetDiscrimination,
-    ImagesNeededResult,
-    SkippedFileInfo,
-)
-from cdi_audit.screening import reject_overlap
-from cdi_audit.stats import AnyTestName
+from cdi_audit.statistics.testing import AnyTestName
+from cdi_audit.verdict.screening import reject_overlap
 
 TEST_NOTES = {
     **{test: f"ours: {description}" for test, description in TEST_DESCRIPTIONS.items()},

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cdi_audit.blackbox.variation import BlackBoxTarget
 from cdi_audit.cache import FeatureSection, FeatureStore
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
 from cdi_audit.features.fused import ForwardBatcher, default_max_rows, run_fused
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.images import ImageRecord, load_model_pixels
-from cdi_audit.targets.base import Target
-from cdi_audit.targets.blackbox import BlackBoxTarget
+from cdi_audit.inputs.images import ImageRecord, load_model_pixels
+from cdi_audit.models.target import Target
 
 # Bump when image loading or preprocessing changes what the model sees.
 PREPROCESSING_VERSION = "centre-crop-lanczos-1"

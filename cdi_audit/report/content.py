@@ -13,9 +13,9 @@ from pathlib import Path
 
 from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
-from cdi_audit.manifest import Manifest
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
-from cdi_audit.result import CORRECTION_NAMES, AuditResult, ControlModelResult, Controls, ModelInfo
+from cdi_audit.results.manifest import Manifest
+from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, ControlModelResult, Controls, ModelInfo
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
 # The verdict banner's colour in the HTML and PDF (red, green, amber).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 
-from cdi_audit.result import AuditResult
+from cdi_audit.results.schema import AuditResult
 
 ROLE_COLOURS = {"suspect": "tab:red", "reference": "tab:blue"}
 ROLE_LABELS = {"suspect": "suspect (published)", "reference": "reference (unpublished)"}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cdi_audit.cache import atomic_write
 from cdi_audit.evidence.summary import EvidenceSummary
-from cdi_audit.manifest import Manifest, build_manifest
-from cdi_audit.result import AuditResult
+from cdi_audit.results.manifest import Manifest, build_manifest
+from cdi_audit.results.schema import AuditResult
 
 SCORES_HEADER = ("path", "sha256", "role", "diagnostic_score")
 REPORT_FORMATS = ("html", "pdf")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdi_audit.evaluation import NEEDED_P
 from cdi_audit.features.registry import PRESETS
 from cdi_audit.report.figures import figure_png, pyplot
-from cdi_audit.result import EvaluationResult
+from cdi_audit.results.schema import EvaluationResult
+from cdi_audit.statistics.evaluation import NEEDED_P
 
 # Medians below this are drawn at it, so the permutation test's floor 1/(B+1) stays readable
 # next to the parametric tests' p-values, which go far lower.

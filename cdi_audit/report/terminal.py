@@ -15,7 +15,7 @@ from cdi_audit.report.content import (
     control_model_status,
     near_duplicates_text,
 )
-from cdi_audit.result import CORRECTION_NAMES, AuditResult, BatchResult
+from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchResult
 
 VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cdi_audit.images import file_sha256, open_image
+from cdi_audit.inputs.images import file_sha256, open_image
 from cdi_audit.report.figures import ROLE_LABELS, figure_png, pyplot
-from cdi_audit.result import AuditResult
+from cdi_audit.results.schema import AuditResult
 
 THUMBNAILS_PER_SET = 8
 THUMBNAIL_PIXELS = 128

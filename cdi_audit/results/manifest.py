@@ -15,8 +15,8 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel
 
-from cdi_audit.images import file_sha256
-from cdi_audit.result import AuditResult
+from cdi_audit.inputs.images import file_sha256
+from cdi_audit.results.schema import AuditResult
 
 # 2: the report (report.json, path relative to the manifest's folder) is listed too. Version 1 manifests,
 # without it, still verify.

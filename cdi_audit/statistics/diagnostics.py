@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cdi_audit.stats import auc, scoring_model
+from cdi_audit.statistics.testing import auc, scoring_model
 
 
 @dataclass(frozen=True)

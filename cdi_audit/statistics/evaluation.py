@@ -20,8 +20,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_curve
 
-from cdi_audit.stats import AnyTestName, cross_fitted_scores, run_test
-from cdi_audit.stats import auc as set_auc
+from cdi_audit.statistics.testing import AnyTestName, cross_fitted_scores, run_test
+from cdi_audit.statistics.testing import auc as set_auc
 
 CurveKind = Literal["members", "null"]
 EVALUATION_TESTS: tuple[AnyTestName, ...] = ("permutation", "split", "cdi-reference")

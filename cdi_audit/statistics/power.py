@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from cdi_audit.evaluation import curve_points, draw_p_values, draws, sample_size_grid
+from cdi_audit.statistics.evaluation import curve_points, draw_p_values, draws, sample_size_grid
 
 CURVE_TEST = "split"
 DEFAULT_CURVE_RESAMPLES = 100

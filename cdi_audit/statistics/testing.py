@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cdi_audit.scoring import cross_fitted_score_matrix
+from cdi_audit.statistics.scoring import cross_fitted_score_matrix
 
 # Tests an audit may decide with; ``cdi-reference`` (the paper's uncalibrated
 # rule) exists only for comparison in ``evaluate``.

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cdi_audit.decision import Decision
-from cdi_audit.stats import TestOutcome, auc
+from cdi_audit.statistics.testing import TestOutcome, auc
+from cdi_audit.verdict.decision import Decision
 
 DIFFERENCE_RESAMPLES = 2000
 

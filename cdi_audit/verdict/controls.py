@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cdi_audit.image_statistics import STATISTIC_NAMES
-from cdi_audit.screening import DescribedImage
-from cdi_audit.stats import TestName, TestOutcome, auc, permutation_test, run_test
+from cdi_audit.inputs.image_statistics import STATISTIC_NAMES
+from cdi_audit.statistics.testing import TestName, TestOutcome, auc, permutation_test, run_test
+from cdi_audit.verdict.screening import DescribedImage
 
 DEFAULT_SHIFT_ALPHA = 0.05
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cdi_audit.console import StageProgress
-from cdi_audit.controls import ShiftCheck, negative_control
-from cdi_audit.diagnostics import FeatureDiagnostic, feature_diagnostics
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.power import DEFAULT_CURVE_RESAMPLES, SampleSizePoint, sample_size_curve
-from cdi_audit.result import DroppedFeature, Verdict
-from cdi_audit.stats import EffectSize, TestName, TestOutcome, effect_size, run_test
+from cdi_audit.results.schema import DroppedFeature, Verdict
+from cdi_audit.statistics.diagnostics import FeatureDiagnostic, feature_diagnostics
+from cdi_audit.statistics.power import DEFAULT_CURVE_RESAMPLES, SampleSizePoint, sample_size_curve
+from cdi_audit.statistics.testing import EffectSize, TestName, TestOutcome, effect_size, run_test
+from cdi_audit.verdict.controls import ShiftCheck, negative_control
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cdi_audit.errors import InputProblem
-from cdi_audit.image_statistics import STATISTIC_NAMES, ImageDescription, describe_image, framing_views
-from cdi_audit.images import ImageRecord, ImageSet
+from cdi_audit.inputs.image_statistics import STATISTIC_NAMES, ImageDescription, describe_image, framing_views
+from cdi_audit.inputs.images import ImageRecord, ImageSet
 
 # Two files show the same picture when their pHashes differ in at most NEAR_DUPLICATE_BITS of 64 bits, or
 # their 8x8 layouts correlate at NEAR_DUPLICATE_CORRELATION or more. On the 192 sample crops (all cut from the

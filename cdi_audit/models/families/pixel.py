@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from cdi_audit.models.condition import Condition
+from cdi_audit.models.deferred import load_now
 from cdi_audit.models.schedule import NoiseSchedule
-from cdi_audit.result import ModelInfo
-from cdi_audit.targets.base import Target
-from cdi_audit.targets.deferred import load_now
+from cdi_audit.models.target import Target
+from cdi_audit.results.schema import ModelInfo
 
 
 class PixelTarget(Target):
