@@ -177,9 +177,9 @@ def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.Mon
 def test_a_latent_sample_size_is_bounded_after_the_autoencoders_downscaling(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cdi_audit.models.loading import Layout, _image_size
+    from cdi_audit.models.loading import _image_size
 
-    layout = Layout("latent UNet2DModel (LDM)", "unet", "vae")
+    layout = {"denoiser": "unet", "autoencoder": "vae"}  # the component folders by role
     vae = SimpleNamespace(config={"block_out_channels": [8, 8, 8, 8]})  # downscales by 8
     assert _image_size(SimpleNamespace(config={"sample_size": [64, 48]}), vae, tmp_path, layout) == 512
     with pytest.raises(ModelUnavailable) as raised:  # 64 x 8 is fine, 600 x 8 = 4800 is not

@@ -23,6 +23,9 @@ from cdi_audit.errors import InputProblem
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Files that legitimately sit beside images (captions, labels, notes); not listed as skipped.
 SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".jsonl", ".json", ".md"})
+# The EXIF orientation tag, and its values that turn the picture by 90 degrees (width and height swap).
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,20 @@ def to_model_pixels(image: Image.Image, size: int) -> np.ndarray:
         square = square.resize((size, size), Image.Resampling.LANCZOS)
     array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def sdxl_crop_geometry(path: Path, size: int) -> tuple[int, int, int, int]:
+    """(original height, original width, crop top, crop left) of an image prepared by ``to_model_pixels``,
+    as the SDXL training scripts pass them as micro-conditioning: the upright size before resizing, and
+    the offset of the centre crop in the image resized so that its shorter side is ``size``. Reads the
+    file's header only."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    short = min(width, height)
+    resized_height, resized_width = int(height * size / short), int(width * size / short)
+    return (height, width, max(0, round((resized_height - size) / 2)), max(0, round((resized_width - size) / 2)))
 
 
 def load_model_pixels(records: list[ImageRecord], size: int) -> np.ndarray:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +22,8 @@ import torch
 from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.inputs.images import file_sha256
 from cdi_audit.models.deferred import DeferredModule
+from cdi_audit.models.families import family_for
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.prediction import PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
@@ -32,11 +33,6 @@ from cdi_audit.results.schema import FileDigest, ModelInfo
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
 FINGERPRINT_SUFFIXES = frozenset({".safetensors", ".json", ".txt"})
-# Component classes we load, by library: nothing else is ever instantiated from a config.
-DIFFUSERS_MODELS = frozenset({"UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "AutoencoderKL",
-                              "VQModel"})
-TEXT_ENCODERS = frozenset({"CLIPTextModel"})
-TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
 # A schedule shorter than 2 steps has no noising to measure; one beyond 100,000 is no trained model's.
 MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS = 2, 100_000
 # The side of the square images the model is fed. 4096 x 4096 RGB in float32 is 192 MiB per image, 6 GiB
@@ -50,20 +46,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
-    "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline "
-    "or a StableDiffusionPipeline (SD 1.x/2.x), or a bare folder holding unet/ and scheduler/; or a Stable "
-    "Diffusion single-file .safetensors checkpoint (SD 1.x as it is, SD 2.x or others with --model-config)"
+    "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline, "
+    "a StableDiffusionPipeline (SD 1.x/2.x) or a StableDiffusionXLPipeline, or a bare folder holding unet/ and "
+    "scheduler/; or a Stable Diffusion single-file .safetensors checkpoint (SD 1.x as it is, SD 2.x or others "
+    "with --model-config)"
 )
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which sub-folder holds what, and the model family they make."""
-
-    family: str
-    denoiser: str  # "unet" or "transformer"
-    autoencoder: str | None = None  # "vae" or "vqvae"; None for pixel models
-    text: bool = False  # text_encoder/ and tokenizer/ (Stable Diffusion)
 
 
 def model_files(root: Path) -> list[FileDigest]:
@@ -128,44 +115,46 @@ def _refuse_path(root: Path, config: Path | None) -> None:
         raise ModelUnavailable(f"--model-config is only for single-file checkpoints, and {root} is a folder.")
 
 
-def _layout(root: Path) -> Layout:
-    """Read model_index.json (or a bare unet/ + scheduler/ folder) and name the family, or refuse."""
+def _read_index(root: Path) -> tuple[PipelineIndex, dict]:
+    """What model_index.json says (a bare unet/ + scheduler/ folder is a pixel pipeline), and its other
+    entries (pipeline options such as SDXL's force_zeros_for_empty_prompt)."""
     index = root / "model_index.json"
     if not index.is_file():
-        return Layout("pixel UNet2DModel", "unet")
+        return PipelineIndex("", {"unet": "UNet2DModel"}), {}
     data = _read_json(index)
-    pipeline = data.get("_class_name", "an unknown pipeline")
     components = {name: value[1] for name, value in data.items()
                   if isinstance(value, list) and len(value) == 2 and value[1] is not None}
-    denoiser = "transformer" if "transformer" in components else "unet"
-    denoiser_class = components.get(denoiser)
-    autoencoder = next((name for name in ("vae", "vqvae") if name in components), None)
-    has_text = "text_encoder" in components
-    if "text_encoder_2" in components:
-        raise ModelUnavailable(f"{root} holds a {pipeline} with two text encoders (SDXL), which is not supported "
-                               f"yet. Expected {EXPECTED_LAYOUT}.")
-    families = {
-        ("UNet2DModel", False, False): "pixel UNet2DModel",
-        ("UNet2DModel", True, False): "latent UNet2DModel (LDM)",
-        ("DiTTransformer2DModel", True, False): "class-conditional DiT",
-        ("UNet2DConditionModel", True, True): "text-to-image Stable Diffusion",
-    }
-    family = families.get((denoiser_class, autoencoder is not None, has_text))
+    options = {name: value for name, value in data.items() if not isinstance(value, list)}
+    return PipelineIndex(str(data.get("_class_name", "an unknown pipeline")), components), options
+
+
+def _family(root: Path) -> tuple[Family, PipelineIndex, dict]:
+    """The registered family that recognises the pipeline in ``root``, or a refusal saying what is supported."""
+    index, options = _read_index(root)
+    family = family_for(index)
     if family is None:
-        raise ModelUnavailable(f"{root} holds a {pipeline} (denoiser {denoiser_class}), which this version does "
+        denoiser = index.components.get("transformer") or index.components.get("unet")
+        raise ModelUnavailable(f"{root} holds a {index.pipeline} (denoiser {denoiser}), which this version does "
                                f"not support. Expected {EXPECTED_LAYOUT}.")
-    return Layout(family, denoiser, autoencoder, has_text)
+    return family, index, options
 
 
-def _check_component(root: Path, part: str, allowed: frozenset[str], config_name: str = "config.json") -> None:
-    """A component folder must hold a config naming an allowed class, and safetensors weights."""
-    if not (root / part / config_name).is_file():
-        raise ModelUnavailable(f"{root} has no {part}/{config_name}. Expected {EXPECTED_LAYOUT}.")
-    config = _read_json(root / part / config_name)
+def _check_component(root: Path, component: Component) -> None:
+    """A component folder must hold a config naming an allowed class, and (but for tokenizers) safetensors
+    weights."""
+    part = component.folder
+    if not (root / part / component.config_file).is_file():
+        raise ModelUnavailable(f"{root} has no {part}/{component.config_file}. Expected {EXPECTED_LAYOUT}.")
+    config = _read_json(root / part / component.config_file)
+    if component.kind == "tokenizer":
+        if config.get("tokenizer_class") not in component.classes:
+            raise ModelUnavailable(f"{root}/{part} holds a {config.get('tokenizer_class')}; expected a "
+                                   "CLIPTokenizer.")
+        return
     class_name = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
-    if class_name not in allowed:
-        raise ModelUnavailable(f"{root}/{part} holds a {class_name}, not one of {', '.join(sorted(allowed))}. "
-                               f"Expected {EXPECTED_LAYOUT}.")
+    if class_name not in component.classes:
+        raise ModelUnavailable(f"{root}/{part} holds a {class_name}, not one of "
+                               f"{', '.join(sorted(component.classes))}. Expected {EXPECTED_LAYOUT}.")
     if not list((root / part).glob("*.safetensors")):
         pickles = [p.name for p in (root / part).iterdir() if p.suffix in PICKLE_SUFFIXES]
         found = "no weights"
@@ -174,35 +163,29 @@ def _check_component(root: Path, part: str, allowed: frozenset[str], config_name
         raise ModelUnavailable(f"{root}/{part} has {found}; save the model with safe_serialization=True.")
 
 
-def _check_configs(root: Path) -> Layout:
-    """The layout of a pipeline folder whose weights may be absent (a --model-config folder)."""
-    layout = _layout(root)
-    if not layout.text:
-        raise ModelUnavailable(f"{root} is a {layout.family} pipeline; single-file checkpoints are supported "
-                               "for Stable Diffusion 1.x/2.x only.")
-    for part in (layout.denoiser, layout.autoencoder, "text_encoder"):
-        if not (root / part / "config.json").is_file():
-            raise ModelUnavailable(f"{root} has no {part}/config.json. Expected {EXPECTED_LAYOUT}.")
-    return layout
+def _check_configs(root: Path) -> tuple[Family, PipelineIndex, dict]:
+    """The family of a pipeline folder whose weights may be absent (a --model-config folder)."""
+    family, index, options = _family(root)
+    if family.single_file_pipeline is None:
+        raise ModelUnavailable(f"{root} is a {family.label} pipeline; single-file checkpoints are supported "
+                               "for Stable Diffusion 1.x/2.x and SDXL only.")
+    for component in family.components(index):
+        if component.kind != "tokenizer" and not (root / component.folder / "config.json").is_file():
+            raise ModelUnavailable(f"{root} has no {component.folder}/config.json. Expected {EXPECTED_LAYOUT}.")
+    return family, index, options
 
 
-def _check_folder(root: Path) -> Layout:
+def _check_folder(root: Path) -> tuple[Family, PipelineIndex, dict]:
     """Refuse anything but a supported, safetensors-only pipeline folder, saying why."""
-    layout = _layout(root)
-    _check_component(root, layout.denoiser, DIFFUSERS_MODELS)
+    family, index, options = _family(root)
+    components = family.components(index)
+    _check_component(root, next(c for c in components if c.role == "denoiser"))
     if not (root / "scheduler" / "scheduler_config.json").is_file():
         raise ModelUnavailable(f"{root} has no scheduler/scheduler_config.json. Expected {EXPECTED_LAYOUT}.")
-    if layout.autoencoder is not None:
-        _check_component(root, layout.autoencoder, DIFFUSERS_MODELS)
-    if layout.text:
-        _check_component(root, "text_encoder", TEXT_ENCODERS)
-        tokenizer_config = root / "tokenizer" / "tokenizer_config.json"
-        if not tokenizer_config.is_file():
-            raise ModelUnavailable(f"{root} has no tokenizer/tokenizer_config.json. Expected {EXPECTED_LAYOUT}.")
-        tokenizer_class = _read_json(tokenizer_config).get("tokenizer_class")
-        if tokenizer_class not in TOKENIZERS:
-            raise ModelUnavailable(f"{root}/tokenizer holds a {tokenizer_class}; expected a CLIPTokenizer.")
-    return layout
+    for component in components:
+        if component.role != "denoiser":
+            _check_component(root, component)
+    return family, index, options
 
 
 def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
@@ -274,34 +257,40 @@ def _mismatch_summary(mismatches: list[tuple[str, str, str]]) -> str:
     return f"{name} is {saved} in the weights but {built} by the config{more}"
 
 
-def _load_text_components(root: Path):
-    """CLIP text encoder and tokenizer (Stable Diffusion 1.x/2.x), offline, safetensors only."""
+def _load_component(root: Path, component: Component):
+    """One component, offline and from safetensors only: a diffusers model or a text encoder whose weights are
+    read on first use (its config at once), or a tokenizer."""
+    if component.kind == "diffusers":
+        return _load_model(root, component.folder)
     import transformers
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     _quiet(transformers)
-
-    def load_encoder() -> torch.nn.Module:
+    folder = root / component.folder
+    if component.kind == "tokenizer":
         try:
-            return CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
+            return transformers.CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as error:
-            raise ModelUnavailable(f"The text encoder in {root} cannot be loaded ({brief(error)}).") from error
+            raise ModelUnavailable(f"The {component.folder} in {root} cannot be loaded ({brief(error)}).") from error
+    class_name = next(iter(_read_json(folder / "config.json").get("architectures") or []))
+    model_class = getattr(transformers, class_name)
 
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-    except Exception as error:
-        raise ModelUnavailable(f"The tokenizer in {root} cannot be loaded ({brief(error)}).") from error
-    return DeferredModule("CLIPTextModel", None, load_encoder), tokenizer
+    def load() -> torch.nn.Module:
+        try:
+            return model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        except Exception as error:
+            raise ModelUnavailable(f"The {component.folder} in {root} cannot be loaded ({brief(error)}).") from error
+
+    return DeferredModule(class_name, model_class.config_class.from_pretrained(folder), load)
 
 
-def _image_size(denoiser, autoencoder, folder: Path, layout: Layout) -> int:
+def _image_size(denoiser, autoencoder, folder: Path, roles: dict[str, str]) -> int:
     """The resolution images are fed at: the denoiser's sample size (the first of a (height, width) pair)
     times the autoencoder's downscaling. Every side must make an image from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE
     pixels; ``folder`` holds the configs, named when one is wrong."""
-    config_path = folder / layout.denoiser / "config.json"
+    config_path = folder / roles["denoiser"] / "config.json"
     sample_size = denoiser.config.get("sample_size")
     sides = list(sample_size) if isinstance(sample_size, (list, tuple)) and sample_size else [sample_size]
-    scale = 1 if autoencoder is None else _downscaling(autoencoder, folder / str(layout.autoencoder) / "config.json")
+    scale = 1 if autoencoder is None else _downscaling(autoencoder, folder / roles["autoencoder"] / "config.json")
     for side in sides:
         if isinstance(side, bool) or not isinstance(side, int) or not MIN_IMAGE_SIDE <= side * scale <= MAX_IMAGE_SIDE:
             latent = f" (latent: times {scale}, the autoencoder's downscaling)" if scale > 1 else ""
@@ -339,20 +328,20 @@ def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path
             yield folder
 
 
-def _load_single_file(checkpoint: Path, config: Path) -> dict:
-    """The components of a Stable Diffusion single-file checkpoint, configured from ``config`` (offline;
-    ``config`` already checked by ``_check_configs``)."""
-    from diffusers import StableDiffusionPipeline
+def _load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...]) -> dict:
+    """The components of a single-file checkpoint, configured from ``config`` (offline; ``config`` already
+    checked by ``_check_configs``), through the family's diffusers pipeline."""
+    import diffusers
 
+    pipeline_class = getattr(diffusers, str(family.single_file_pipeline))
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family.name == "sd" else {}
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(checkpoint), config=str(config), local_files_only=True, safety_checker=None,
-            requires_safety_checker=False,
-        )
+        pipeline = pipeline_class.from_single_file(str(checkpoint), config=str(config), local_files_only=True,
+                                                   **extra)
     except Exception as error:
         raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
                                f"({brief(error)}).") from error
-    return {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder", "tokenizer")}
+    return {component.folder: getattr(pipeline, component.folder) for component in components}
 
 
 def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None
@@ -362,15 +351,14 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     single-file checkpoint (a pipeline folder without weights)."""
     import diffusers
 
-    from cdi_audit.models.families.pixel import PixelTarget
-    from cdi_audit.models.latent import LatentTarget
-
     _quiet(diffusers)
     root = Path(path)
     _refuse_path(root, config)
     if root.is_file():
         with _single_file_configs(root, config) as configs:
-            layout, components = _check_configs(configs), _load_single_file(root, configs)
+            family, index, options = _check_configs(configs)
+            components = family.components(index)
+            parts = _load_single_file(root, configs, family, components)
             alphas_cumprod, prediction_type = _load_schedule(configs)
             files = model_files(root)
             config_files = model_files(configs)
@@ -378,37 +366,34 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                                          ).hexdigest()
             if config is not None and Path(config).exists():
                 files += config_files  # the user's own configs are inputs too; shipped ones are in the package
-        denoiser, autoencoder = components["unet"], components["vae"]
-        config_folder = configs
+            roles = {c.role: c.folder for c in components if c.role != "condition"}
+            sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), configs,
+                                      roles)
     else:
-        layout = _check_folder(root)
+        family, index, options = _check_folder(root)
+        components = family.components(index)
         alphas_cumprod, prediction_type = _load_schedule(root)
         files = model_files(root)
         fingerprint = model_fingerprint(root, files)
-        denoiser = _load_model(root, layout.denoiser)
-        autoencoder = _load_model(root, layout.autoencoder) if layout.autoencoder else None
-        config_folder = root
+        parts = {component.folder: _load_component(root, component) for component in components}
+        roles = {c.role: c.folder for c in components if c.role != "condition"}
+        sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), root, roles)
     description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=fingerprint,
-        family=layout.family + (" (single file)" if root.is_file() else ""),
-        sample_size=_image_size(denoiser, autoencoder, config_folder, layout),
+        family=family.label + (" (single file)" if root.is_file() else ""),
+        sample_size=sample_size,
         num_train_timesteps=len(alphas_cumprod),
         prediction_type=prediction_type,
         device=str(device),
         dtype=str(dtype or torch.float32).removeprefix("torch."),
         files=files,
     )
-    schedule = DiscreteSchedule(alphas_cumprod, "pixel" if autoencoder is None else "latent")
-    if autoencoder is None:
-        target: Target = PixelTarget(denoiser, schedule, prediction_type, device, description)
-    else:
-        if root.is_file():
-            text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
-        else:
-            text_encoder, tokenizer = _load_text_components(root) if layout.text else (None, None)
-        target = LatentTarget(denoiser, autoencoder, schedule, prediction_type, device, description,
-                              text_encoder, tokenizer)
+    schedule = DiscreteSchedule(alphas_cumprod, "latent" if "autoencoder" in roles else "pixel")
+    loaded = LoadedParts(parts, roles, schedule, prediction_type, device, description, options)
+    family.check(loaded)
+    target = family.build(loaded)
+    target.notes = loaded.warnings
     target.forward_dtype = None if dtype in (None, torch.float32) else dtype
     return target
 

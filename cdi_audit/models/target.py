@@ -60,6 +60,7 @@ class Target(abc.ABC):
         # Forward passes run under autocast in this dtype (None: plain float32); see ``precision``.
         self.forward_dtype: torch.dtype | None = None
         self._full_precision = False
+        self.notes: list[str] = []  # warnings for the report about the model itself (set by its family)
 
     @property
     def sample_size(self) -> int:
@@ -80,6 +81,11 @@ class Target(abc.ABC):
 
     def encode_condition(self, records: list) -> Condition | None:
         """The model's condition for the records (their class ids, captions, sizes); None if unconditional."""
+        return None
+
+    def condition_for(self, captions: list[str | None], labels: list[int | None]) -> Condition | None:
+        """The condition of images at the model's resolution with these captions and class ids (one each, None
+        where absent): what an image-to-image request carries."""
         return None
 
     def null_condition(self, condition: Condition) -> Condition:

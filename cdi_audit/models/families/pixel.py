@@ -1,4 +1,4 @@
-"""Pixel-space diffusion models: a diffusers ``UNet2DModel`` with its scheduler's schedule."""
+"""Pixel-space diffusion models: a diffusers ``UNet2DModel`` that denoises images directly (DDPM, DDIM)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import torch
 
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.deferred import load_now
+from cdi_audit.models.families import register
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.schedule import NoiseSchedule
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import ModelInfo
 
 
 class PixelTarget(Target):
-    """A UNet that denoises images directly (DDPM, DDIM pipelines)."""
+    """A UNet on images in [-1, 1]: the clean latent is the image itself."""
 
     def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str,
                  device: torch.device, description: ModelInfo) -> None:
@@ -29,3 +31,19 @@ class PixelTarget(Target):
 
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         return self.unet(z_t, time).sample
+
+
+@register
+class PixelDiffusion(Family):
+    name = "pixel"
+    label = "pixel UNet2DModel"
+
+    def recognises(self, index: PipelineIndex) -> bool:
+        return index.has("unet", "UNet2DModel") and not any(index.has(part) for part in ("vae", "vqvae"))
+
+    def components(self, index: PipelineIndex) -> tuple[Component, ...]:
+        return (Component("unet", frozenset({"UNet2DModel"}), role="denoiser"),)
+
+    def build(self, loaded: LoadedParts) -> PixelTarget:
+        return PixelTarget(loaded.denoiser, loaded.schedule, loaded.prediction_type, loaded.device,
+                           loaded.description)

@@ -1,0 +1,98 @@
+"""What a model family is: the pipelines it recognises, the components it loads, and the Target it builds.
+
+``loading.py`` does what every family shares (offline, safetensors only, refusals, the fingerprint, the
+schedule); a family (one module in ``models/families/``) says only what is its own. Registering a family
+is defining it with ``@register``: nothing outside its module changes (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from cdi_audit.models.schedule import NoiseSchedule
+    from cdi_audit.models.target import Target
+    from cdi_audit.results.schema import ModelInfo
+
+ComponentKind = Literal["diffusers", "text_encoder", "tokenizer"]
+# What a component is to the audit: the network that denoises, the autoencoder, or something it conditions on.
+ComponentRole = Literal["denoiser", "autoencoder", "condition"]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One sub-folder of a pipeline that a family loads, and the classes it accepts there."""
+
+    folder: str
+    classes: frozenset[str]
+    kind: ComponentKind = "diffusers"
+    role: ComponentRole = "condition"
+
+    @property
+    def config_file(self) -> str:
+        return "tokenizer_config.json" if self.kind == "tokenizer" else "config.json"
+
+
+@dataclass(frozen=True)
+class PipelineIndex:
+    """What ``model_index.json`` says: the pipeline's class and the class of each component present."""
+
+    pipeline: str
+    components: Mapping[str, str]
+
+    def has(self, folder: str, class_name: str | None = None) -> bool:
+        """Whether the pipeline has component ``folder`` (of class ``class_name``, when given)."""
+        found = self.components.get(folder)
+        return found is not None and (class_name is None or found == class_name)
+
+
+@dataclass
+class LoadedParts:
+    """What loading hands a family to build its Target from."""
+
+    parts: dict[str, Any]  # component folder -> module (weights read on first use) or tokenizer
+    roles: dict[str, str]  # role -> component folder, for the denoiser and the autoencoder
+    schedule: NoiseSchedule
+    prediction_type: str
+    device: torch.device
+    description: ModelInfo
+    pipeline_config: Mapping[str, Any] = field(default_factory=dict)  # model_index.json's other entries
+    warnings: list[str] = field(default_factory=list)  # for the report: what the family noticed
+
+    @property
+    def denoiser(self) -> Any:
+        return self.parts[self.roles["denoiser"]]
+
+    @property
+    def autoencoder(self) -> Any:
+        return self.parts[self.roles["autoencoder"]]
+
+
+class Family(abc.ABC):
+    """A model family: subclasses set the class attributes and implement ``recognises`` and ``build``."""
+
+    name: ClassVar[str]  # short id, e.g. "sdxl"
+    label: ClassVar[str]  # the report's words for it, e.g. "text-to-image SDXL"
+    # The diffusers pipeline whose ``from_single_file`` reads this family's single-file checkpoints (None: only
+    # pipeline folders are supported).
+    single_file_pipeline: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def recognises(self, index: PipelineIndex) -> bool:
+        """Whether a pipeline with this index belongs to the family."""
+
+    @abc.abstractmethod
+    def components(self, index: PipelineIndex) -> tuple[Component, ...]:
+        """The components to load from a pipeline with this index: one denoiser, at most one autoencoder."""
+
+    @abc.abstractmethod
+    def build(self, loaded: LoadedParts) -> Target:
+        """The Target of a loaded model of this family."""
+
+    def check(self, loaded: LoadedParts) -> None:  # noqa: B027 (most families need no check of their own)
+        """Refuse (``ModelUnavailable``) or warn (``loaded.warnings``) about what only this family knows."""

@@ -1,0 +1,166 @@
+"""SDXL built from configs: the condition as the pipeline builds it, the VAE's failure modes, and audits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_images
+from PIL import Image
+from tiny_sdxl import WIDTH, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+from cdi_audit.inputs.images import ImageRecord, sdxl_crop_geometry, to_model_pixels
+from cdi_audit.models.loading import load_target
+
+CPU = torch.device("cpu")
+CAPTIONS = ["a red circle on a blue background", "a yellow square"]
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny SDXL pipeline folder."""
+    folder = tmp_path_factory.mktemp("sdxl") / "model"
+    return save_sdxl(folder, tiny_sdxl_components(folder))
+
+
+@pytest.fixture(scope="module")
+def pipeline(sdxl: Path):
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline.from_pretrained(sdxl, local_files_only=True)
+
+
+def test_the_condition_is_the_pipelines_encode_prompt_with_each_images_own_time_ids(sdxl, pipeline, tmp_path):
+    target = load_target(sdxl, CPU)
+    assert (target.description.family, target.conditioning) == ("text-to-image SDXL", "text")
+    wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(wide)
+    Image.new("RGB", (16, 30), (30, 30, 200)).save(tall)
+    records = [ImageRecord(wide, "a" * 64, caption=CAPTIONS[0]), ImageRecord(tall, "b" * 64, caption=CAPTIONS[1])]
+    with torch.no_grad():
+        condition = target.encode_condition(records)
+        states, negative, pooled, negative_pooled = pipeline.encode_prompt(CAPTIONS, device=CPU)
+    torch.testing.assert_close(condition["encoder_hidden_states"], states)
+    torch.testing.assert_close(condition["text_embeds"], pooled)
+    assert states.shape == (2, 16, 2 * WIDTH)
+    # The real size before resizing, and the centre crop's offset at the 16 px the model sees: a 40 x 24 image
+    # is resized to 26 x 16 and loses 5 columns on the left; a 16 x 30 one keeps its width and loses 7 rows.
+    expected = [pipeline._get_add_time_ids((24, 40), (0, 5), (16, 16), torch.float32, WIDTH),
+                pipeline._get_add_time_ids((30, 16), (7, 0), (16, 16), torch.float32, WIDTH)]
+    torch.testing.assert_close(condition["time_ids"], torch.cat(expected))
+    assert [sdxl_crop_geometry(r.path, 16) for r in records] == [(24, 40, 0, 5), (30, 16, 7, 0)]
+    # That offset is the crop preprocessing made: the 16 px input is columns 8..31 of the 40 px image.
+    wide_image = Image.open(wide)
+    np.testing.assert_array_equal(to_model_pixels(wide_image, 16),
+                                  to_model_pixels(wide_image.crop((8, 0, 32, 24)), 16))
+    # The null condition is the pipeline's negative branch: zeros for both texts, the same time ids.
+    null = target.null_condition(condition)
+    torch.testing.assert_close(null["encoder_hidden_states"], negative)
+    torch.testing.assert_close(null["text_embeds"], negative_pooled)
+    assert not negative.any() and null["time_ids"] is condition["time_ids"]
+
+
+def test_without_force_zeros_the_null_condition_is_the_encoded_empty_prompt(sdxl, pipeline, tmp_path):
+    copy = shutil.copytree(sdxl, tmp_path / "model")
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    target = load_target(copy, CPU)
+    pipeline.register_to_config(force_zeros_for_empty_prompt=False)
+    try:
+        with torch.no_grad():
+            condition = target.condition_for(CAPTIONS, [None, None])
+            _, negative, _, negative_pooled = pipeline.encode_prompt(CAPTIONS, device=CPU, negative_prompt=["", ""])
+    finally:
+        pipeline.register_to_config(force_zeros_for_empty_prompt=True)
+    null = target.null_condition(condition)
+    torch.testing.assert_close(null["encoder_hidden_states"], negative)
+    torch.testing.assert_close(null["text_embeds"], negative_pooled)
+    assert negative.abs().sum() > 0
+    # Without image files (an image-to-image request at the model's size), the time ids are (16, 16, 0, 0, 16, 16).
+    assert condition["time_ids"].tolist() == [[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]] * 2
+
+
+def check(arguments: list[str]):
+    return CliRunner().invoke(app, ["check", *arguments, "--json", "--no-cache", "--jobs", "1"])
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sdxl-images")
+    return (Path(write_images(root / "suspect", 12, seed=21)[0]).parent,
+            Path(write_images(root / "reference", 12, seed=22)[0]).parent)
+
+
+def test_an_sdxl_vae_whose_latents_overflow_stops_the_audit_with_exit_4(sdxl, image_folders, tmp_path):
+    """The stock SDXL VAE overflows in float16; ours runs in float32 whatever --dtype says, and a latent that is
+    not finite is a model error (exit 4), never a feature value."""
+    from safetensors.torch import load_file, save_file
+
+    copy = shutil.copytree(sdxl, tmp_path / "model")
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["encoder.conv_in.weight"] = state["encoder.conv_in.weight"] * 1e38  # activations beyond float32
+    save_file(state, weights)
+    suspect, reference = image_folders
+    result = check([str(suspect), "--reference", str(reference), "--model", str(copy), "--dtype", "float16",
+                    "--device", "cpu"])
+    assert result.exit_code == 4, result.stdout
+    assert "non-finite latents" in json.loads(result.stdout)["error"]["message"]
+
+
+def test_an_sdxl_vae_config_with_the_sd1_scaling_factor_is_read_and_warned_about(sdxl, tmp_path):
+    copy = shutil.copytree(sdxl, tmp_path / "model")
+    config = copy / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "scaling_factor": 0.18215}))
+    target = load_target(copy, CPU)
+    assert target.scaling_factor == pytest.approx(0.18215)
+    assert [note for note in target.notes if "scaling_factor 0.18215" in note and "0.13025" in note]
+    assert not load_target(sdxl, CPU).notes
+
+
+def test_check_runs_every_feature_of_the_preset_on_sdxl_and_the_black_box_too(sdxl, image_folders):
+    suspect, reference = image_folders
+    result = check([str(suspect), "--reference", str(reference), "--model", str(sdxl), "--permutations", "200"])
+    payload = json.loads(result.stdout)
+    assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stdout
+    assert len(payload["features"]) + len(payload["dropped_features"]) == 14 + 5 + 2
+    assert payload["model"]["family"] == "text-to-image SDXL"
+    black = check([str(suspect), "--reference", str(reference), "--model", str(sdxl), "--access", "blackbox",
+                   "--permutations", "200"])
+    payload = json.loads(black.stdout)
+    assert black.exit_code in (0, 5) and payload["features"][0].startswith("rediffuse_"), black.stdout
+
+
+@pytest.fixture(scope="session")
+def trained_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SDXL UNet trained 600 steps on ``members/`` (32 captioned shapes), beside ``nonmembers/`` and
+    ``other/`` (32 each, never trained on)."""
+    from tiny_pipelines import write_captioned_shapes
+
+    root = tmp_path_factory.mktemp("sdxl-trained")
+    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
+        write_captioned_shapes(root / name, 32, seed)
+    train_tiny_sdxl(root / "members", root / "model", steps=600)
+    return root
+
+
+def audit(root: Path, suspect: str) -> tuple[int, dict]:
+    result = check([str(root / suspect), "--reference", str(root / "nonmembers"), "--model", str(root / "model")])
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_a_trained_sdxl_model_gives_evidence_for_its_members_and_none_for_unseen_images(trained_sdxl: Path):
+    code, members = audit(trained_sdxl, "members")
+    assert (code, members["verdict"]) == (1, "evidence"), members.get("warnings")
+    assert members["p_value"] < 0.01 and members["effect"]["auc"] > 0.9
+    assert {"clid_d_null", "clid_l", "structural_ssim_t100"} <= set(members["features"])
+    code, unseen = audit(trained_sdxl, "other")
+    assert (code, unseen["verdict"]) == (0, "no_evidence")
+    assert unseen["p_value"] >= 0.01 and unseen["controls"]["negative_control_passed"]
