@@ -192,5 +192,5 @@ def test_a_misspelt_model_path_names_its_audit_and_path(tmp_path: Path) -> None:
         {"name": "fine", "suspect": "a", "reference": "b", "model_config": "stable-diffusion-v2",
          "control_model": model}], {"model": model})
     [entry] = read_batch_file(batch_file)
-    assert entry.settings.model_path == SAMPLE_DATA / "model" and str(entry.settings.model_config) == \
+    assert entry.settings.model.path == SAMPLE_DATA / "model" and str(entry.settings.model.config) == \
         "stable-diffusion-v2"

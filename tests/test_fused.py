@@ -15,6 +15,7 @@ from cdi_audit.features.fused import ForwardBatcher, run_fused
 from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 from cdi_audit.models.loading import load_target
+from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.pipeline.extraction import extract_features
 
 
@@ -123,8 +124,9 @@ def test_compile_flag_reaches_the_network(tiny_model: Path, image_sets) -> None:
     from cdi_audit.cli import app
     from cdi_audit.pipeline.audit import ModelSettings, open_target
 
-    eager = open_target(ModelSettings(model_path=tiny_model, device="cpu"), None)
-    compiled = open_target(ModelSettings(model_path=tiny_model, device="cpu", compile_network=True), None)
+    eager = open_target(ModelSettings(model=ModelSpec(tiny_model), machine=Machine("cpu")), None)
+    compiled = open_target(ModelSettings(model=ModelSpec(tiny_model), machine=Machine("cpu", compile_network=True)),
+                           None)
     assert not hasattr(eager._forward, "_torchdynamo_orig_callable")
     assert compiled._forward._torchdynamo_orig_callable == compiled._model_output
     for command in ("check", "extract", "batch", "evaluate"):

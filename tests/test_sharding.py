@@ -24,6 +24,7 @@ from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.inputs.sharding import Shard, parse_shard
 from cdi_audit.models.loading import load_target
+from cdi_audit.models.spec import ModelSpec
 from cdi_audit.pipeline.audit import ModelSettings, run_extraction
 from cdi_audit.pipeline.extraction import extract_features
 
@@ -51,7 +52,7 @@ def features_of(model: Path, folders: list[Path], store: FeatureStore | None):
 
 def test_two_shards_give_the_features_and_verdict_of_one_process(image_sets, tiny_model: Path, tmp_path: Path) -> None:
     folders = list(image_sets)
-    settings = ModelSettings(model_path=tiny_model, features="fast", batch_size=8, cache_dir=tmp_path)
+    settings = ModelSettings(model=ModelSpec(tiny_model), features="fast", batch_size=8, cache_dir=tmp_path)
     counts = [run_extraction(settings, folders, Shard(index, 2))[0].images for index in (1, 2)]
     assert sum(counts) == 24 and min(counts) > 0
     merged, summary = features_of(tiny_model, folders, FeatureStore(tmp_path))
@@ -68,7 +69,7 @@ def test_check_from_a_filled_cache_never_reads_the_weights(image_sets, tiny_mode
     import diffusers
 
     suspect, reference = image_sets
-    settings = ModelSettings(model_path=tiny_model, features="fast", batch_size=8, cache_dir=tmp_path)
+    settings = ModelSettings(model=ModelSpec(tiny_model), features="fast", batch_size=8, cache_dir=tmp_path)
     run_extraction(settings, [suspect, reference])
 
     def refuse(*args, **kwargs):

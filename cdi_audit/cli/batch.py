@@ -88,7 +88,7 @@ def batch(
     def announce(position: int, entry) -> None:
         console.print(f"[bold]audit {position}/{len(entries)}[/] {shown(entry.name)}: "
                       f"{shown(entry.settings.suspect_dir)} against {shown(entry.settings.reference_dir)}, "
-                      f"model {shown(entry.settings.model_path)}")
+                      f"model {shown(entry.settings.model.path)}")
 
     outcome = run_stage(lambda progress: run_batch(entries, batch_file, correction.value, progress, announce),
                         console)

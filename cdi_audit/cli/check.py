@@ -126,6 +126,7 @@ def check(
     --endpoint-cmd TEMPLATE), which allows the black-box feature (ReDiffuse) only.
     """
     from cdi_audit.blackbox.endpoints import EndpointSettings
+    from cdi_audit.models.spec import Machine, ModelSpec
     from cdi_audit.pipeline.audit import AuditSettings, run_audit
     from cdi_audit.report.terminal import print_summary
 
@@ -146,13 +147,13 @@ def check(
         conditioning=endpoint_conditioning.value if endpoint_conditioning else None,
     )
     settings = AuditSettings(
-        suspect_dir=suspect_dir, reference_dir=reference, model_path=model, model_config=model_config,
+        suspect_dir=suspect_dir, reference_dir=reference,
+        model=None if model is None else ModelSpec(model, model_config),
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
-        seed=seed, test=test.value, permutations=permutations, device=device, dtype=dtype, batch_size=batch_size,
-        compile_network=compile_network,
-        max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
-        n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha, control_model=control_model,
-        control_model_config=control_model_config,
+        seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
+        batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
+        use_cache=not no_cache, strict=strict, n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
+        control=None if control_model is None else ModelSpec(control_model, control_model_config),
     )
     result = run_stage(lambda progress: run_audit(settings, progress), console)
     payload = result.model_dump_json(indent=2)

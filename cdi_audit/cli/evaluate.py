@@ -92,6 +92,7 @@ def evaluate(
     median p over REPEATS random n-vs-n audits is below 0.01), next to the
     false-positive rate measured by auditing non-members against non-members.
     """
+    from cdi_audit.models.spec import Machine, ModelSpec
     from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
     from cdi_audit.report.evaluation_table import print_evaluation
     from cdi_audit.statistics.evaluation import EVALUATION_TESTS, NEEDED_P
@@ -103,11 +104,11 @@ def evaluate(
     console = stderr_console()
     prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model_path=model, model_config=model_config,
+        members_dir=members, nonmembers_dir=nonmembers, model=ModelSpec(model, model_config),
         access=access.value, features=features, repeats=repeats,
-        tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed, device=device,
-        dtype=dtype, batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
-        use_cache=not no_cache, strict=strict, n_jobs=jobs, compile_network=compile_network,
+        tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
+        machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,
+        caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
     )
     result = run_stage(lambda progress: run_evaluation(settings, progress), console)
     payload = result.model_dump_json(indent=2)

@@ -13,6 +13,7 @@ from cdi_audit.cli.options import (
     AccessChoice,
     AlphaOption,
     CacheDirOption,
+    CompileOption,
     DebugOption,
     DeviceOption,
     DtypeOption,
@@ -53,6 +54,7 @@ def extract_evidence(
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Generations per model batch.")] = 64,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -74,14 +76,16 @@ def extract_evidence(
     from cdi_audit.evidence.output import print_summary, result_json
     from cdi_audit.evidence.output import write_outputs as write_evidence_files
     from cdi_audit.evidence.search import SearchSettings, run_search
+    from cdi_audit.models.spec import Machine, ModelSpec
 
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
     prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
-    settings = SearchSettings(model_path=model, model_config=model_config, suspect_dir=suspect_dir,
+    settings = SearchSettings(model=ModelSpec(model, model_config), suspect_dir=suspect_dir,
                               reference_dir=reference, budget=budget, seed=seed, steps=steps,
-                              guidance_scale=guidance_scale, threshold=threshold, device=device, dtype=dtype,
-                              batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache, strict=strict)
+                              guidance_scale=guidance_scale, threshold=threshold,
+                              machine=Machine(device, dtype, compile_network), batch_size=batch_size,
+                              cache_dir=cache_dir, use_cache=not no_cache, strict=strict)
     result = run_stage(lambda progress: run_search(settings, progress), console)
     print_summary(result, alpha, console)
     if out is not None:

@@ -114,15 +114,15 @@ def extract(
     (or torchrun ... -m cdi_audit extract ...). Each process then extracts its own shard (RANK+1 of
     WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
+    from cdi_audit.models.spec import Machine, ModelSpec
     from cdi_audit.pipeline.audit import ModelSettings, run_extraction
 
     require_one_model(model, None, None, access)
     console = stderr_console()
     chosen, launch, device = _place_this_process(shard, device)
-    settings = ModelSettings(model_path=model, model_config=model_config, access=access.value, features=features,
-                             seed=seed, device=device, dtype=dtype, batch_size=batch_size,
-                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict,
-                             compile_network=compile_network)
+    settings = ModelSettings(model=ModelSpec(model, model_config), access=access.value, features=features,
+                             seed=seed, machine=Machine(device, dtype, compile_network), batch_size=batch_size,
+                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict)
     summary, description = run_stage(
         lambda progress: run_extraction(settings, [suspect_dir, reference_dir], chosen, progress), console)
     rank = launch.rank if launch is not None else None

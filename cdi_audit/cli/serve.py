@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cdi_audit.cli.app import guarded, run_stage
-from cdi_audit.cli.options import DebugOption, DeviceOption, DtypeOption, ModelConfigOption
+from cdi_audit.cli.options import CompileOption, DebugOption, DeviceOption, DtypeOption, ModelConfigOption
 from cdi_audit.console import StageProgress, shown, stderr_console
 from cdi_audit.errors import SettingsProblem
 
@@ -26,6 +26,7 @@ def serve(
                                       help="Port to listen on (0: any free port; the URL is printed).")] = 8000,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    compile_network: CompileOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Serve a local model through the cdi-audit-variation/1 HTTP protocol (image in, variation out).
@@ -34,13 +35,12 @@ def serve(
     """
     from cdi_audit.blackbox.server import VariationServer, is_loopback
     from cdi_audit.blackbox.variation import LocalVariation
-    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.models.spec import Machine, ModelSpec
 
     console = stderr_console()
 
     def load(progress: StageProgress) -> LocalVariation:
-        chosen = resolve_device(device)
-        target = load_target(model, chosen, resolve_dtype(dtype, chosen), model_config)
+        target = ModelSpec(model, model_config).load(Machine(device, dtype, compile_network))
         target.load_weights()  # a broken model fails now, not at the first request
         return LocalVariation(target)
 

@@ -23,7 +23,9 @@ from cdi_audit.evidence.matching import NearestGenerations, ShareComparison, com
 from cdi_audit.evidence.pool import generate, to_images
 from cdi_audit.evidence.sampling import DEFAULT_STEPS
 from cdi_audit.inputs.images import ImageSet, load_model_pixels, scan_image_set
+from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.models.target import Target
+from cdi_audit.pipeline.audit import public_configuration
 from cdi_audit.results.schema import ModelInfo
 
 DEFAULT_BUDGET = 1024
@@ -35,8 +37,7 @@ DEFAULT_THRESHOLD = 0.85
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSettings:
-    model_path: Path
-    model_config: Path | None = None
+    model: ModelSpec
     suspect_dir: Path
     reference_dir: Path | None = None
     budget: int = DEFAULT_BUDGET  # generations in all: half the pool, half guided
@@ -47,8 +48,7 @@ class SearchSettings:
     max_clusters: int = DEFAULT_MAX_CLUSTERS
     cohesion: float = DEFAULT_COHESION
     threshold: float = DEFAULT_THRESHOLD
-    device: str = "auto"
-    dtype: str = "auto"
+    machine: Machine = Machine()
     batch_size: int = 64
     cache_dir: Path | None = None
     use_cache: bool = True
@@ -134,14 +134,11 @@ def _owner_embeddings(images: ImageSet, size: int) -> torch.Tensor:
 
 
 def run_search(settings: SearchSettings, progress: StageProgress | None = None) -> SearchResult:
-    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
-
     if settings.budget < 8:
         raise SettingsProblem("--budget must be at least 8 generations (half of them form the pool).")
     progress = progress or StageProgress()
     started = time.perf_counter()
-    device = resolve_device(settings.device)
-    target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
+    target = settings.model.load(settings.machine)
     _refuse_unsupported(target)
     rows_before = target.forward_rows
     suspect = scan_image_set(settings.suspect_dir, settings.strict, progress.track("hashing suspect images"))
@@ -183,12 +180,8 @@ def run_search(settings: SearchSettings, progress: StageProgress | None = None) 
         notes.append("No reference images: the share of suspect images with a near-copy cannot be compared with "
                      "what the model generates for images it never saw, so it is not evidence by itself.")
     return SearchResult(
-        model=target.description, settings=_public(settings), pool_size=len(pool_images),
+        model=target.description, settings=public_configuration(settings), pool_size=len(pool_images),
         guided_size=len(guided_images), clusters=len(clusters.centroids), kept_clusters=len(clusters.kept),
         matches=matches, share=share, model_calls=target.forward_rows - rows_before,
         seconds=time.perf_counter() - started, notes=notes, generations=generations,
     )
-
-
-def _public(settings: SearchSettings) -> dict:
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(settings).items()}

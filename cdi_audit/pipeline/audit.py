@@ -24,6 +24,7 @@ from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.inputs.images import ImageSet, scan_image_set, small_images_note
 from cdi_audit.inputs.sharding import ALL, Shard
+from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.results.schema import (
     AuditResult,
     ControlModelResult,
@@ -85,15 +86,12 @@ VERSIONED_PACKAGES = ("cdi-audit", "torch", "diffusers", "numpy", "scipy", "scik
 class ModelSettings:
     """How features are computed: shared by ``check`` and ``evaluate``."""
 
-    model_path: Path | None = None  # None when the model is reached through ``endpoint``
-    model_config: Path | None = None  # configs of a single-file checkpoint
+    model: ModelSpec | None = None  # None when the model is reached through ``endpoint``
+    machine: Machine = Machine()  # where the network runs: device, dtype, torch.compile
     access: str = "auto"  # "auto": all a local model gives; "blackbox": use it through variations only
     endpoint: EndpointSettings | None = None
     features: str = "auto"
     seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    compile_network: bool = False  # torch.compile the network (values move by float rounding only)
     batch_size: int = 32
     max_batch_grad: int = 16
     caption: str | None = None  # one caption for every image (text-to-image models)
@@ -112,10 +110,8 @@ class AuditSettings(ModelSettings):
     permutations: int = 1000
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
     shift_alpha: float = DEFAULT_SHIFT_ALPHA
-    # A model known not to have seen the suspect images (for a fine-tune, its base model), and the configs
-    # of a single-file control checkpoint.
-    control_model: Path | None = None
-    control_model_config: Path | None = None
+    # A model known not to have seen the suspect images (for a fine-tune, its base model).
+    control: ModelSpec | None = None
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -217,12 +213,8 @@ def open_target(settings: ModelSettings, store_root: Path | None) -> Target | Bl
 
         return open_endpoint(settings.endpoint, store_root)
     from cdi_audit.blackbox.variation import local_black_box
-    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
-    device = resolve_device(settings.device)
-    target = load_target(settings.model_path, device, resolve_dtype(settings.dtype, device), settings.model_config)
-    if settings.compile_network:
-        target.compile_network()
+    target = settings.model.load(settings.machine)
     return local_black_box(target) if settings.access == "blackbox" else target
 
 
@@ -239,8 +231,7 @@ class ModelPool:
     def open(self, settings: ModelSettings, store_root: Path | None) -> Target | BlackBoxTarget:
         if settings.endpoint is not None:
             return open_target(settings, store_root)
-        key = (str(Path(settings.model_path).resolve()), str(settings.model_config), settings.access,
-               settings.device, settings.dtype, settings.compile_network)
+        key = (settings.model.key, settings.access, settings.machine)
         if key in self._targets:
             self._targets.move_to_end(key)
             return self._targets[key]
@@ -251,12 +242,17 @@ class ModelPool:
         return self._targets[key]
 
 
-def public_configuration(settings: ModelSettings) -> dict[str, str | int | float | bool | None]:
-    """The effective settings as the report records them: paths as text, endpoint secrets left out."""
+def public_configuration(settings: object) -> dict[str, str | int | float | bool | None]:
+    """The effective settings (of an audit, an evaluation or a search) as the report records them: paths as
+    text, model specs and the machine flattened, endpoint secrets left out."""
     configuration: dict[str, str | int | float | bool | None] = {}
     for key, value in vars(settings).items():
         if key == "endpoint":
             configuration.update(value.public() if value is not None else {})
+        elif key in ("model", "control"):
+            configuration.update(ModelSpec.public_of(value, "model" if key == "model" else "control_model"))
+        elif key == "machine":
+            configuration.update(vars(value))
         elif isinstance(value, tuple):
             configuration[key] = ",".join(map(str, value))
         else:
@@ -309,8 +305,8 @@ def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> Au
     """The control model audited like the suspect: the same features and seed, through the same kind of
     access (black-box, by local variations, when the suspect is an endpoint or audited black-box)."""
     black_box = settings.endpoint is not None or settings.access == "blackbox"
-    return replace(settings, model_path=settings.control_model, model_config=settings.control_model_config,
-                   endpoint=None, access="blackbox" if black_box else "auto",
+    return replace(settings, model=settings.control, control=None, endpoint=None,
+                   access="blackbox" if black_box else "auto",
                    features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
 
 
@@ -331,7 +327,7 @@ def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_
         control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
                                    "control_", refuse_suspect_model, models)
     except AuditError as error:
-        raise type(error)(f"Control model {settings.control_model}: {error}") from error
+        raise type(error)(f"Control model {settings.control.path}: {error}") from error
     missing = sorted(set(suspect.table.columns) - set(control.table.columns))
     if missing:
         control.notes.append(f"The control model could not serve {', '.join(missing)}; its effect is measured "
@@ -423,7 +419,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
                           settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
                           shift)
     control_model = None
-    if settings.control_model is not None:
+    if settings.control is not None:
         control_features = extract_with_control(settings, extracted, [inputs.suspect, inputs.reference], progress,
                                                 timings, models)
         control_suspect, control_reference = control_features.image_sets

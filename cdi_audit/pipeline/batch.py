@@ -22,6 +22,7 @@ from scipy import stats
 from cdi_audit.console import StageProgress
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
 from cdi_audit.models.single_file import SHIPPED
+from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.pipeline.audit import AuditSettings, ModelPool, run_audit
 from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
 from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
@@ -100,6 +101,19 @@ def _entry_settings(table: dict, where: str, folder: Path) -> dict:
     return values
 
 
+def _audit_settings(values: dict, where: str) -> AuditSettings:
+    """AuditSettings from a table's flat values: the model paths become model specs, the machine's options a
+    ``Machine``."""
+    values = dict(values)
+    model = ModelSpec(values.pop("model_path"), values.pop("model_config", None))
+    control_path, control_config = values.pop("control_model", None), values.pop("control_model_config", None)
+    if control_config is not None and control_path is None:
+        raise SettingsProblem(f"{where}: control_model_config is given without a control_model.")
+    control = None if control_path is None else ModelSpec(control_path, control_config)
+    machine = Machine(**{key: values.pop(key) for key in ("device", "dtype", "compile_network") if key in values})
+    return AuditSettings(model=model, control=control, machine=machine, **values)
+
+
 def _check_values(settings: AuditSettings, where: str) -> None:
     from cdi_audit.features.registry import resolve_extractors
 
@@ -123,11 +137,11 @@ def _check_model_paths(settings: AuditSettings, where: str) -> None:
     a typo would otherwise fail its audit with exit 4 after the others ran. The image folders are left to
     the audit: a missing one fails that audit alone (README, Many audits at once)."""
     hint = "correct it in the batch file (relative paths start at its folder)"
-    for key, path in (("model", settings.model_path), ("control_model", settings.control_model)):
-        if path is not None and not Path(path).exists():
-            raise SettingsProblem(f"{where}: the {key} {path} does not exist; {hint}.")
-    for key, config in (("model_config", settings.model_config),
-                        ("control_model_config", settings.control_model_config)):
+    specs = (("model", settings.model), ("control_model", settings.control))
+    for key, spec in specs:
+        if spec is not None and not Path(spec.path).exists():
+            raise SettingsProblem(f"{where}: the {key} {spec.path} does not exist; {hint}.")
+    for key, config in ((f"{key}_config", spec.config) for key, spec in specs if spec is not None):
         if config is None:
             continue
         if not Path(config).is_absolute() and str(config) not in SHIPPED:  # a bare name (see _resolve)
@@ -171,7 +185,7 @@ def read_batch_file(path: Path, machine: dict | None = None) -> list[BatchEntry]
                                           ("model", "model_path")) if values.get(field) is None]
         if missing:
             raise SettingsProblem(f"{where}: missing {', '.join(missing)}.")
-        settings = AuditSettings(**values)
+        settings = _audit_settings(values, where)
         _check_values(settings, where)
         entries.append(BatchEntry(name, settings))
         places.append(where)
@@ -218,8 +232,8 @@ def run_batch(
     audits that have one together. A failed audit is recorded with its exit code; the others go on."""
     progress = progress or StageProgress()
     models = models or ModelPool()
-    by_model = sorted(range(len(entries)), key=lambda i: (str(entries[i].settings.model_path),
-                                                          str(entries[i].settings.control_model)))
+    by_model = sorted(range(len(entries)), key=lambda i: (str(entries[i].settings.model.path),
+                                                          str(getattr(entries[i].settings.control, "path", ""))))
     outcomes: dict[int, AuditResult | AuditError] = {}
     for position, index in enumerate(by_model, start=1):
         if on_start is not None:

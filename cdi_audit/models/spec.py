@@ -1,0 +1,65 @@
+"""A model as the user names it, and where it runs: the one way every command loads a model.
+
+A ``ModelSpec`` is the model's identity: its path, the configs of a single-file checkpoint, and its adapters
+(none until adapters are supported). It knows every file loading reads, so the fingerprint, the manifest
+and the report speak of the same files. A ``Machine`` says where and how the network runs; ``check``,
+``extract``, ``batch``, ``evaluate``, ``serve``, ``extract-evidence`` and the control model all load through
+``ModelSpec.load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cdi_audit.models.target import Target
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where and how a model's network runs (the same options for every command)."""
+
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto, float32, bfloat16 or float16 (forward passes; the VAE and inversions stay float32)
+    compile_network: bool = False  # torch.compile the network (values move by float rounding only)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One local model: a pipeline folder or a single-file checkpoint with its configs."""
+
+    path: Path
+    config: Path | None = None  # configs of a single-file checkpoint: a folder or a shipped name
+    adapters: tuple[Path, ...] = ()  # always empty in this version
+
+    def __post_init__(self) -> None:
+        if self.adapters:
+            raise ValueError("adapters are not supported in this version")
+
+    @property
+    def key(self) -> tuple[str, str | None, tuple[str, ...]]:
+        """Equal for two specs that name the same files (a model pool keeps one copy)."""
+        config = None if self.config is None else str(Path(self.config).resolve() if Path(self.config).exists()
+                                                         else self.config)
+        return (str(Path(self.path).resolve()), config, tuple(str(Path(a).resolve()) for a in self.adapters))
+
+    @staticmethod
+    def public_of(spec: ModelSpec | None, prefix: str) -> dict[str, str | None]:
+        """A spec (or its absence) as the report's configuration records it: ``model_path`` and
+        ``model_config`` for the suspect model, ``control_model`` and ``control_model_config`` for a control."""
+        path_key = "model_path" if prefix == "model" else prefix
+        if spec is None:
+            return {path_key: None, f"{prefix}_config": None}
+        return {path_key: str(spec.path), f"{prefix}_config": None if spec.config is None else str(spec.config)}
+
+    def load(self, machine: Machine) -> Target:
+        """The model's Target on ``machine`` (offline, safetensors only; see ``models/loading.py``)."""
+        from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
+
+        device = resolve_device(machine.device)
+        target = load_target(self, device, resolve_dtype(machine.dtype, device))
+        if machine.compile_network:
+            target.compile_network()
+        return target
