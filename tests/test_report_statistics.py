@@ -8,10 +8,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from cdi_audit.results.schema import SampleSizeCurvePoint
 from cdi_audit.statistics.diagnostics import feature_diagnostics
 from cdi_audit.statistics.evaluation import sample_size_grid
 from cdi_audit.statistics.power import (
-    SampleSizePoint,
     curve_images_for_power,
     images_for_power,
     sample_size_curve,
@@ -99,7 +99,7 @@ def test_t_test_power_agrees_with_simulated_t_tests() -> None:
 
 
 def test_the_curve_gives_the_smallest_n_that_reaches_the_power() -> None:
-    points = [SampleSizePoint(10, 0.2, 0.3, 100), SampleSizePoint(20, 0.01, 0.79, 100),
-              SampleSizePoint(30, 0.001, 0.8, 100), SampleSizePoint(50, 1e-5, 0.95, 100)]
+    points = [SampleSizeCurvePoint(n=n, median_p=p, fraction_below_alpha=share, resamples=100)
+              for n, p, share in ((10, 0.2, 0.3), (20, 0.01, 0.79), (30, 0.001, 0.8), (50, 1e-5, 0.95))]
     assert curve_images_for_power(points) == 30
     assert curve_images_for_power(points[:2]) is None

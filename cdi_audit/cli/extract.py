@@ -130,6 +130,6 @@ def extract(
                   f"{summary.images_from_cache} already cached, {summary.model_calls} model calls, "
                   f"{summary.seconds:.1f} s; model {shown(description.path)} (sha256 {description.fingerprint[:12]}…)")
     if json_output:
-        typer.echo(json.dumps({"shard": str(chosen), "rank": rank, **vars(summary),
+        typer.echo(json.dumps({"shard": str(chosen), "rank": rank, **summary.model_dump(),
                                "model_fingerprint": description.fingerprint}))
 

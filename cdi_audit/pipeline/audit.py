@@ -30,17 +30,13 @@ from cdi_audit.results.schema import (
     ControlModelResult,
     Controls,
     DuplicateGroupInfo,
-    Effect,
     ExtractionInfo,
-    FeatureDiagnosticRow,
     ImageScore,
     LeftOutImage,
     ModelInfo,
     NearDuplicateInfo,
     PowerEstimate,
     SampleSizeCurve,
-    SampleSizeCurvePoint,
-    ShiftStatisticInfo,
     SkippedFileInfo,
 )
 from cdi_audit.statistics.power import (
@@ -68,7 +64,6 @@ if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
     from cdi_audit.blackbox.variation import BlackBoxTarget
     from cdi_audit.features.base import Extractor
     from cdi_audit.models.target import Target
-    from cdi_audit.pipeline.extraction import ExtractionSummary
 
 MIN_IMAGES = 10
 LOW_POWER_IMAGES = 50
@@ -197,7 +192,7 @@ class ModelFeatures:
     """Features of every image, and the image sets as the model saw them (with captions or class ids)."""
 
     table: FeatureTable
-    summary: ExtractionSummary
+    summary: ExtractionInfo
     target: Target | BlackBoxTarget
     extractors: list[Extractor]
     image_sets: list[ImageSet]
@@ -344,17 +339,17 @@ def control_model_result(comparison: ControlComparison, control: ModelFeatures) 
         p_value=outcome.p_value if outcome else None,
         statistic=outcome.statistic if scored else None,
         permutations_run=outcome.permutations_run if outcome else None,
-        effect=Effect(**vars(decision.effect)) if decision.effect else None,
+        effect=decision.effect,
         negative_control_p_value=decision.negative_control.p_value if decision.negative_control else None,
         separates_sets=comparison.separates_sets, auc_difference=comparison.auc_difference,
         auc_difference_ci=comparison.auc_difference_ci, auc_difference_level=comparison.level,
         passed=comparison.passed,
-        features=list(decision.used_columns), extraction=ExtractionInfo(**vars(control.summary)),
+        features=list(decision.used_columns), extraction=control.summary,
     )
 
 
 def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = ALL,
-                   progress: StageProgress | None = None) -> tuple[ExtractionSummary, ModelInfo]:
+                   progress: StageProgress | None = None) -> tuple[ExtractionInfo, ModelInfo]:
     """Features only, into the cache (``cdi-audit extract``): the images of ``shard`` in ``folders``. A later
     ``check`` with the same model, features and seed reads them back and makes no model call for them."""
     if not settings.use_cache:
@@ -448,7 +443,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
         permutations_run=outcome.permutations_run if outcome else None,
         n_suspect=len(inputs.suspect),
         n_reference=len(inputs.reference),
-        effect=Effect(**vars(effect)) if effect else None,
+        effect=effect,
         features=list(decision.used_columns),
         dropped_features=list(decision.dropped),
         controls=Controls(
@@ -457,7 +452,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
             shift_p_value=shift.p_value,
             shift_alpha=shift.alpha,
             shift_passed=shift.passed,
-            shift_statistics=[ShiftStatisticInfo(**vars(item)) for item in shift.most_different],
+            shift_statistics=list(shift.most_different),
             near_duplicates=near_duplicate_infos(inputs.screened.screen),
             duplicate_groups=[duplicate_group_info(group) for group in inputs.screened.screen.groups],
             control_model=control_model,
@@ -468,16 +463,16 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
         reference_dir=str(settings.reference_dir),
         skipped_files=skipped,
         warnings=inputs.warnings + extracted.notes,
-        extraction=ExtractionInfo(**vars(summary)),
+        extraction=summary,
         timings_seconds=timings,
         versions=package_versions(),
         configuration=public_configuration(settings),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         images=image_scores(suspect, reference, outcome),
         sample_size_curve=SampleSizeCurve(
-            test=CURVE_TEST, seed=settings.seed, points=[SampleSizeCurvePoint(**vars(p)) for p in decision.curve]
+            test=CURVE_TEST, seed=settings.seed, points=list(decision.curve)
         ) if decision.curve else None,
-        feature_diagnostics=[FeatureDiagnosticRow(**vars(row)) for row in decision.diagnostics],
+        feature_diagnostics=list(decision.diagnostics),
         power=PowerEstimate(
             target_power=POWER_TARGET, cohens_d=effect.cohens_d,
             images_per_set_from_effect=images_for_power(effect.cohens_d, settings.alpha),

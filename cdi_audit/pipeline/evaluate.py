@@ -28,11 +28,7 @@ from cdi_audit.pipeline.audit import (
     timed,
 )
 from cdi_audit.results.schema import (
-    CurvePointResult,
     EvaluationResult,
-    ExtractionInfo,
-    FalsePositiveRateResult,
-    FeatureSetDiscrimination,
     ImagesNeededResult,
     SkippedFileInfo,
 )
@@ -135,8 +131,7 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
 
     with timed(timings, "discrimination"):
         separation = [
-            FeatureSetDiscrimination(feature_set=name, columns=sets[name],
-                                     **vars(discrimination(matrix[:, indices], is_member, settings.seed)))
+            discrimination(matrix[:, indices], is_member, name, sets[name], settings.seed)
             for name, indices in set_indices.items()
         ]
     member_rows, nonmember_rows = np.flatnonzero(is_member), np.flatnonzero(~is_member)
@@ -169,18 +164,17 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
             for name, test in pairs
         ],
         false_positive_rates=[
-            FalsePositiveRateResult(feature_set=name, test=test,
-                                    **vars(false_positives(points, name, test, settings.alpha)))
+            false_positives(points, name, test, settings.alpha)
             for name, test in pairs
         ],
-        curves=[CurvePointResult(**{**vars(point), "p_values": list(point.p_values)}) for point in points],
+        curves=points,
         skipped_files=[
             SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
             for images, role in ((members, "members"), (nonmembers, "nonmembers"))
             for item in images.skipped
         ],
         warnings=_grid_warnings(sizes) + extracted.notes,
-        extraction=ExtractionInfo(**vars(extracted.summary)),
+        extraction=extracted.summary,
         timings_seconds=timings,
         versions=package_versions(),
         configuration=public_configuration(settings),

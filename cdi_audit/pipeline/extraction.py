@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,19 +16,12 @@ from cdi_audit.features.fused import ForwardBatcher, default_max_rows, run_fused
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.inputs.images import ImageRecord, load_model_pixels
 from cdi_audit.models.target import Target
+from cdi_audit.results.schema import ExtractionInfo
 
 # Bump when image loading or preprocessing changes what the model sees.
 PREPROCESSING_VERSION = "centre-crop-lanczos-1"
 # Images per backward pass: bounds the activation memory of gradient features.
 DEFAULT_MAX_BATCH_GRAD = 16
-
-
-@dataclass(frozen=True)
-class ExtractionSummary:
-    images: int
-    images_from_cache: int
-    model_calls: int  # rows the network evaluated (one image at one timestep = one call)
-    seconds: float
 
 
 def cache_key(target: Target | BlackBoxTarget, extractor: Extractor, seed: int) -> dict:
@@ -97,7 +89,7 @@ def extract_features(
     on_images_done: Callable[[int, int], None] | None = None,
     max_batch_grad: int = DEFAULT_MAX_BATCH_GRAD,
     max_rows: int | None = None,
-) -> tuple[FeatureTable, ExtractionSummary]:
+) -> tuple[FeatureTable, ExtractionInfo]:
     """Features of every image in ``records`` (unique by key), computed or read from ``store``.
 
     Images are loaded, encoded once and run through every extractor that has
@@ -163,7 +155,7 @@ def extract_features(
         values=np.array(rows, dtype=np.float64).reshape(len(keys), len(columns)),
         log_columns=frozenset(column for e in extractors for column in e.log_columns),
     )
-    summary = ExtractionSummary(
+    summary = ExtractionInfo(
         images=len(unique),
         images_from_cache=len(unique) - len(missing),
         model_calls=target.forward_rows - calls_before,

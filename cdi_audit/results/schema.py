@@ -15,6 +15,10 @@ Verdict = Literal["evidence", "no_evidence", "inconclusive"]
 
 
 class Effect(BaseModel):
+    """How much higher the suspect set scores than the reference set (descriptive; the p-value is the evidence).
+    Intervals are percentile bootstraps that resample the two sets' scores independently; they ignore the
+    dependence that cross-fitting creates between scores and are a guide, not a test."""
+
     auc: float
     auc_ci: tuple[float, float]
     mean_score_difference: float
@@ -154,6 +158,9 @@ class DroppedFeature(BaseModel):
 
 
 class ExtractionInfo(BaseModel):
+    """The feature stage: images featurised, how many came from the cache, the rows the network evaluated (one
+    image at one level = one), and the time it took."""
+
     images: int
     images_from_cache: int
     model_calls: int

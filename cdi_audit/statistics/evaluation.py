@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_curve
 
+from cdi_audit.results.schema import CurvePointResult, FalsePositiveRateResult, FeatureSetDiscrimination
 from cdi_audit.statistics.testing import AnyTestName, cross_fitted_scores, run_test
 from cdi_audit.statistics.testing import auc as set_auc
 
@@ -55,18 +56,10 @@ def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
     return float(set_auc(member_scores, nonmember_scores))
 
 
-@dataclass(frozen=True)
-class Discrimination:
-    """How well cross-fitted scores separate all members from all non-members, with bootstrap 95% intervals."""
-
-    auc: float
-    auc_ci: tuple[float, float]
-    tpr_at_1pct_fpr: float
-    tpr_at_1pct_fpr_ci: tuple[float, float]
-
-
-def discrimination(features: np.ndarray, is_member: np.ndarray, seed: int = 0, resamples: int = 1000) -> Discrimination:
-    """Cross-fitted (5-fold) scoring-model scores, then AUC and TPR at 1% FPR.
+def discrimination(features: np.ndarray, is_member: np.ndarray, feature_set: str, columns: list[str], seed: int = 0,
+                   resamples: int = 1000) -> FeatureSetDiscrimination:
+    """Cross-fitted (5-fold) scoring-model scores of the feature set ``feature_set`` (the (n, k) ``features``,
+    named ``columns``), then AUC and TPR at 1% FPR.
 
     Intervals are percentile bootstraps resampling members and non-members
     independently (they ignore the dependence cross-fitting creates).
@@ -79,8 +72,9 @@ def discrimination(features: np.ndarray, is_member: np.ndarray, seed: int = 0, r
                                  vectorized=False, rng=np.random.default_rng(seed))
         return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
-    return Discrimination(auc(members, nonmembers), interval(auc), tpr_at_fpr(members, nonmembers),
-                          interval(tpr_at_fpr))
+    return FeatureSetDiscrimination(feature_set=feature_set, columns=columns, auc=auc(members, nonmembers),
+                                    auc_ci=interval(auc), tpr_at_1pct_fpr=tpr_at_fpr(members, nonmembers),
+                                    tpr_at_1pct_fpr_ci=interval(tpr_at_fpr))
 
 
 @dataclass(frozen=True)
@@ -127,56 +121,36 @@ def draw_p_values(matrix: np.ndarray, draw: Draw, feature_sets: dict[str, list[i
     }
 
 
-@dataclass(frozen=True)
-class CurvePoint:
-    feature_set: str
-    test: str
-    kind: CurveKind
-    n: int
-    median_p: float
-    fraction_below_alpha: float
-    p_values: tuple[float, ...]
-
-
-def curve_points(results: list[tuple[Draw, dict[tuple[str, str], float]]], alpha: float) -> list[CurvePoint]:
+def curve_points(results: list[tuple[Draw, dict[tuple[str, str], float]]], alpha: float
+                 ) -> list[CurvePointResult]:
     """Median p and rejection rate per (feature set, test, kind, n), over the repeats."""
     grouped: dict[tuple[str, str, CurveKind, int], list[float]] = {}
     for draw, p_values in results:
         for (name, test), p in p_values.items():
             grouped.setdefault((name, test, draw.kind, draw.n), []).append(p)
     return [
-        CurvePoint(name, test, kind, n, float(np.median(values)), float(np.mean(np.array(values) < alpha)),
-                   tuple(values))
+        CurvePointResult(feature_set=name, test=test, kind=kind, n=n, median_p=float(np.median(values)),
+                         fraction_below_alpha=float(np.mean(np.array(values) < alpha)), p_values=values)
         for (name, test, kind, n), values in grouped.items()
     ]
 
 
-def images_needed(points: list[CurvePoint], feature_set: str, test: str) -> int | None:
+def images_needed(points: list[CurvePointResult], feature_set: str, test: str) -> int | None:
     """The smallest n whose median p on the members curve is below 0.01; None if no n on the grid reached it."""
     reached = [p.n for p in points if (p.feature_set, p.test, p.kind) == (feature_set, test, "members")
                and p.median_p < NEEDED_P]
     return min(reached, default=None)
 
 
-@dataclass(frozen=True)
-class FalsePositives:
-    """Rejections at alpha over every null draw of one (feature set, test).
-
-    ``binomial_p_value``: chance of at least this many rejections if the true
-    rate were alpha (small values mean the test rejects too often). Draws at
-    different n reuse the same non-members, so this is a guide, not exact.
-    """
-
-    runs: int
-    rejections: int
-    rate: float
-    binomial_p_value: float
-
-
-def false_positives(points: list[CurvePoint], feature_set: str, test: str, alpha: float) -> FalsePositives:
+def false_positives(points: list[CurvePointResult], feature_set: str, test: str, alpha: float
+                    ) -> FalsePositiveRateResult:
+    """Rejections at alpha over every null draw of one (feature set, test): ``binomial_p_value`` is the chance
+    of at least this many if the true rate were alpha. Draws at different n reuse the same non-members, so
+    this is a guide, not exact."""
     values = [p for point in points if (point.feature_set, point.test, point.kind) == (feature_set, test, "null")
               for p in point.p_values]
     rejections = int(np.sum(np.array(values) < alpha))
     runs = len(values)
     tail = stats.binomtest(rejections, runs, alpha, alternative="greater").pvalue if runs else math.nan
-    return FalsePositives(runs, rejections, rejections / runs if runs else math.nan, float(tail))
+    return FalsePositiveRateResult(feature_set=feature_set, test=test, runs=runs, rejections=rejections,
+                                   rate=rejections / runs if runs else math.nan, binomial_p_value=float(tail))

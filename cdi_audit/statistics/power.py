@@ -15,36 +15,27 @@ variation between independent audits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from cdi_audit.results.schema import SampleSizeCurvePoint
 from cdi_audit.statistics.evaluation import curve_points, draw_p_values, draws, sample_size_grid
 
 CURVE_TEST = "split"
 DEFAULT_CURVE_RESAMPLES = 100
 
 
-@dataclass(frozen=True)
-class SampleSizePoint:
-    """Split-test p-values of ``resamples`` audits of n vs n images: their median, and the share below alpha."""
-
-    n: int
-    median_p: float
-    fraction_below_alpha: float
-    resamples: int
-
-
 def sample_size_curve(features: np.ndarray, is_suspect: np.ndarray, alpha: float, seed: int,
-                      resamples: int = DEFAULT_CURVE_RESAMPLES) -> list[SampleSizePoint]:
+                      resamples: int = DEFAULT_CURVE_RESAMPLES) -> list[SampleSizeCurvePoint]:
     """The curve over ``sample_size_grid(min(n_P, n_U))``; ``features`` is the (n, k) scoring matrix."""
     suspect_rows, reference_rows = np.flatnonzero(is_suspect), np.flatnonzero(~is_suspect)
     sizes = sample_size_grid(min(len(suspect_rows), len(reference_rows)))
     all_columns = {"audit": list(range(features.shape[1]))}
     results = [(draw, draw_p_values(features, draw, all_columns, (CURVE_TEST,), permutations=0))
                for draw in draws("members", sizes, resamples, suspect_rows, reference_rows, seed)]
-    return sorted((SampleSizePoint(point.n, point.median_p, point.fraction_below_alpha, len(point.p_values))
+    return sorted((SampleSizeCurvePoint(n=point.n, median_p=point.median_p,
+                                        fraction_below_alpha=point.fraction_below_alpha, resamples=len(point.p_values))
                    for point in curve_points(results, alpha)), key=lambda point: point.n)
 
 
@@ -75,6 +66,6 @@ def images_for_power(cohens_d: float, alpha: float, power: float = POWER_TARGET)
     return low
 
 
-def curve_images_for_power(points: list[SampleSizePoint], power: float = POWER_TARGET) -> int | None:
+def curve_images_for_power(points: list[SampleSizeCurvePoint], power: float = POWER_TARGET) -> int | None:
     """The smallest n on the curve at which at least ``power`` of the resampled audits had p < alpha."""
     return min((point.n for point in points if point.fraction_below_alpha >= power), default=None)

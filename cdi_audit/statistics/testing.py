@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cdi_audit.results.schema import Effect
 from cdi_audit.statistics.scoring import cross_fitted_score_matrix
 
 # Tests an audit may decide with; ``cdi-reference`` (the paper's uncalibrated
@@ -192,22 +193,6 @@ def run_test(
     raise ValueError(f"unknown test {test!r}")
 
 
-@dataclass(frozen=True)
-class EffectSize:
-    """How much higher P scores than U (descriptive; the p-value is the evidence).
-
-    Intervals are percentile bootstraps that resample P and U scores
-    independently; they ignore the dependence that cross-fitting creates
-    between scores and are a guide, not a test.
-    """
-
-    auc: float
-    auc_ci: tuple[float, float]
-    mean_score_difference: float
-    mean_score_difference_ci: tuple[float, float]
-    cohens_d: float
-
-
 def auc(suspect: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
     """AUC of P against U = Mann-Whitney U / (n_P n_U) (ties count one half)."""
     statistic = stats.mannwhitneyu(suspect, reference, axis=axis).statistic
@@ -218,7 +203,7 @@ def _mean_difference(suspect: np.ndarray, reference: np.ndarray, axis: int = -1)
     return suspect.mean(axis=axis) - reference.mean(axis=axis)
 
 
-def effect_size(scores: np.ndarray, is_suspect: np.ndarray, seed: int = 0, resamples: int = 2000) -> EffectSize:
+def effect_size(scores: np.ndarray, is_suspect: np.ndarray, seed: int = 0, resamples: int = 2000) -> Effect:
     suspect, reference = scores[is_suspect], scores[~is_suspect]
 
     def interval(statistic) -> tuple[float, float]:
@@ -233,7 +218,7 @@ def effect_size(scores: np.ndarray, is_suspect: np.ndarray, seed: int = 0, resam
         / (len(suspect) + len(reference) - 2)
     )
     difference = float(_mean_difference(suspect, reference))
-    return EffectSize(
+    return Effect(
         auc=float(auc(suspect, reference)),
         auc_ci=interval(auc),
         mean_score_difference=difference,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cdi_audit.inputs.image_statistics import STATISTIC_NAMES
+from cdi_audit.results.schema import ShiftStatisticInfo
 from cdi_audit.statistics.testing import TestName, TestOutcome, auc, permutation_test, run_test
 from cdi_audit.verdict.screening import DescribedImage
 
@@ -36,22 +37,12 @@ def negative_control(
 
 
 @dataclass(frozen=True)
-class ShiftedStatistic:
-    """One image statistic: AUC of suspect over reference (0.5 = no difference) and each set's mean."""
-
-    name: str
-    auc: float
-    suspect_mean: float
-    reference_mean: float
-
-
-@dataclass(frozen=True)
 class ShiftCheck:
     """The audit's own test run on model-free image statistics: can the sets be told apart without the model?"""
 
     p_value: float
     alpha: float
-    most_different: tuple[ShiftedStatistic, ...]
+    most_different: tuple[ShiftStatisticInfo, ...]
 
     @property
     def passed(self) -> bool:
@@ -74,5 +65,5 @@ def shift_check(suspect: list[DescribedImage], reference: list[DescribedImage], 
     aucs = auc(matrix[is_suspect], matrix[~is_suspect], axis=0)
     order = np.argsort(-np.abs(aucs - 0.5), kind="stable")[:shown]
     return ShiftCheck(outcome.p_value, alpha, tuple(
-        ShiftedStatistic(names[i], float(aucs[i]), float(matrix[is_suspect, i].mean()),
-                         float(matrix[~is_suspect, i].mean())) for i in order))
+        ShiftStatisticInfo(name=names[i], auc=float(aucs[i]), suspect_mean=float(matrix[is_suspect, i].mean()),
+                           reference_mean=float(matrix[~is_suspect, i].mean())) for i in order))

@@ -13,10 +13,10 @@ import numpy as np
 
 from cdi_audit.console import StageProgress
 from cdi_audit.features.table import FeatureTable
-from cdi_audit.results.schema import DroppedFeature, Verdict
-from cdi_audit.statistics.diagnostics import FeatureDiagnostic, feature_diagnostics
-from cdi_audit.statistics.power import DEFAULT_CURVE_RESAMPLES, SampleSizePoint, sample_size_curve
-from cdi_audit.statistics.testing import EffectSize, TestName, TestOutcome, effect_size, run_test
+from cdi_audit.results.schema import DroppedFeature, Effect, FeatureDiagnosticRow, SampleSizeCurvePoint, Verdict
+from cdi_audit.statistics.diagnostics import feature_diagnostics
+from cdi_audit.statistics.power import DEFAULT_CURVE_RESAMPLES, sample_size_curve
+from cdi_audit.statistics.testing import TestName, TestOutcome, effect_size, run_test
 from cdi_audit.verdict.controls import ShiftCheck, negative_control
 
 
@@ -29,10 +29,10 @@ class Decision:
     used_columns: tuple[str, ...]
     dropped: tuple[DroppedFeature, ...]
     outcome: TestOutcome | None = None
-    effect: EffectSize | None = None
+    effect: Effect | None = None
     negative_control: TestOutcome | None = None
-    curve: tuple[SampleSizePoint, ...] = ()
-    diagnostics: tuple[FeatureDiagnostic, ...] = ()
+    curve: tuple[SampleSizeCurvePoint, ...] = ()
+    diagnostics: tuple[FeatureDiagnosticRow, ...] = ()
 
 
 def _usable_columns(table: FeatureTable, matrix: np.ndarray) -> tuple[list[int], list[DroppedFeature]]:
