@@ -18,7 +18,8 @@ VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "t
 
 def _unet_key(key: str, layers: int) -> str:
     fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's
     for new, old in fixed.items():
         if key.startswith(new + "."):
             return old + key[len(new):]
@@ -94,4 +95,44 @@ def stable_diffusion_to_ldm(components: dict) -> dict[str, torch.Tensor]:
     for key, value in components["text_encoder"].state_dict().items():
         # SD 1.x files hold the CLIP text model under this prefix (transformers >= 5.6 drops "text_model.").
         state["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
+    return {key: value.contiguous() for key, value in state.items()}
+
+
+# diffusers' CLIP layer names -> OpenCLIP's (SDXL's second text encoder in the original layout).
+OPEN_CLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                   "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def open_clip_to_ldm(encoder: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModelWithProjection`` in OpenCLIP's layout: q, k and v stacked into ``in_proj``, the
+    positional embedding and the (transposed) projection as bare tensors."""
+    state = {key.removeprefix("text_model."): value for key, value in encoder.state_dict().items()
+             if not key.endswith("position_ids")}
+    result = {prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+              prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+              prefix + "text_projection": state.pop("text_projection.weight").T}
+    for kind in ("weight", "bias"):
+        result[prefix + f"ln_final.{kind}"] = state.pop(f"final_layer_norm.{kind}")
+    layers = {int(key.split(".")[2]) for key in state if key.startswith("encoder.layers.")}
+    for layer in sorted(layers):
+        source, target = f"encoder.layers.{layer}.", f"{prefix}transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            result[target + f"attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{source}self_attn.{part}_proj.{kind}") for part in ("q", "k", "v")])
+            for new, old in OPEN_CLIP_LAYER.items():
+                result[target + f"{old}.{kind}"] = state.pop(f"{source}{new}.{kind}")
+    if state:
+        raise KeyError(f"unmapped text-encoder weights: {sorted(state)[:3]}")
+    return result
+
+
+def sdxl_to_ldm(components: dict) -> dict[str, torch.Tensor]:
+    """An SDXL pipeline as an original single file: the UNet (its added embedding as ``label_emb``), the VAE,
+    CLIP-L under ``conditioner.embedders.0.transformer.`` and OpenCLIP under ``conditioner.embedders.1.model.``."""
+    state = {**unet_to_ldm(components["unet"]), **vae_to_ldm(components["vae"])}
+    for key, value in components["text_encoder"].state_dict().items():
+        if not key.endswith("position_ids"):
+            name = key if key.startswith("text_model.") else "text_model." + key
+            state["conditioner.embedders.0.transformer." + name] = value
+    state.update(open_clip_to_ldm(components["text_encoder_2"], "conditioner.embedders.1.model."))
     return {key: value.contiguous() for key, value in state.items()}

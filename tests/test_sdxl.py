@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import write_images
 from PIL import Image
-from tiny_sdxl import WIDTH, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
+from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
@@ -48,11 +48,11 @@ def test_the_condition_is_the_pipelines_encode_prompt_with_each_images_own_time_
         states, negative, pooled, negative_pooled = pipeline.encode_prompt(CAPTIONS, device=CPU)
     torch.testing.assert_close(condition["encoder_hidden_states"], states)
     torch.testing.assert_close(condition["text_embeds"], pooled)
-    assert states.shape == (2, 16, 2 * WIDTH)
+    assert states.shape == (2, 16, sum(WIDTHS)) and pooled.shape == (2, POOLED)
     # The real size before resizing, and the centre crop's offset at the 16 px the model sees: a 40 x 24 image
     # is resized to 26 x 16 and loses 5 columns on the left; a 16 x 30 one keeps its width and loses 7 rows.
-    expected = [pipeline._get_add_time_ids((24, 40), (0, 5), (16, 16), torch.float32, WIDTH),
-                pipeline._get_add_time_ids((30, 16), (7, 0), (16, 16), torch.float32, WIDTH)]
+    expected = [pipeline._get_add_time_ids((24, 40), (0, 5), (16, 16), torch.float32, POOLED),
+                pipeline._get_add_time_ids((30, 16), (7, 0), (16, 16), torch.float32, POOLED)]
     torch.testing.assert_close(condition["time_ids"], torch.cat(expected))
     assert [sdxl_crop_geometry(r.path, 16) for r in records] == [(24, 40, 0, 5), (30, 16, 7, 0)]
     # That offset is the crop preprocessing made: the 16 px input is columns 8..31 of the 40 px image.
@@ -164,3 +164,60 @@ def test_a_trained_sdxl_model_gives_evidence_for_its_members_and_none_for_unseen
     code, unseen = audit(trained_sdxl, "other")
     assert (code, unseen["verdict"]) == (0, "no_evidence")
     assert unseen["p_value"] >= 0.01 and unseen["controls"]["negative_control_passed"]
+
+
+def test_a_single_file_sdxl_checkpoint_audits_equal_to_its_folder(sdxl, image_folders, tmp_path):
+    """The tiny SDXL pipeline written in the original layout (our inverse of diffusers' conversion, checked by
+    the round trip: every weight comes back) with its configs as --model-config gives the folder's audit."""
+    from diffusers import StableDiffusionXLPipeline
+    from ldm_checkpoint import sdxl_to_ldm
+    from safetensors.torch import save_file
+
+    from cdi_audit.models.single_file import checkpoint_family
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl, local_files_only=True)
+    components = {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    checkpoint = tmp_path / "tiny_sdxl.safetensors"
+    save_file(sdxl_to_ldm(components), checkpoint)
+    assert checkpoint_family(checkpoint) == "sdxl"
+    configs = tmp_path / "configs"
+    shutil.copytree(sdxl, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+    single = load_target(checkpoint, CPU, config=configs)
+    assert single.description.family == "text-to-image SDXL (single file)"
+    for name, module in components.items():
+        loaded = getattr(single, {"unet": "denoiser", "vae": "autoencoder"}.get(name, name))
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=f"{name} {key}")
+    suspect, reference = image_folders
+    arguments = [str(suspect), "--reference", str(reference), "--permutations", "200"]
+    folder_run = check([*arguments, "--model", str(sdxl)])
+    single_run = check([*arguments, "--model", str(checkpoint), "--model-config", str(configs)])
+    folder_result, single_result = json.loads(folder_run.stdout), json.loads(single_run.stdout)
+    assert (single_run.exit_code, single_result["verdict"]) == (folder_run.exit_code, folder_result["verdict"])
+    assert single_result["p_value"] == folder_result["p_value"]
+    assert single_result["effect"]["auc"] == pytest.approx(folder_result["effect"]["auc"], abs=1e-9)
+
+
+def test_the_shipped_sdxl_config_builds_sdxl_base_and_is_chosen_for_an_sdxl_file(tmp_path):
+    """Parameter counts of SDXL base 1.0: UNet 2,567,463,684; CLIP-L text 123,060,480; OpenCLIP-bigG text with
+    projection 694,659,840; VAE 83,653,863. An SDXL-layout file needs no --model-config."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from cdi_audit.models.single_file import CONFIGS, SDXL_TEXT_KEYS, materialised_config, packaged_config_for
+
+    root = CONFIGS / "stable-diffusion-xl-base"
+    with torch.device("meta"):
+        models = (UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+                  AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+                  CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+                  CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2")))
+    assert [sum(p.numel() for p in model.parameters()) for model in models] == [
+        2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
+    assert models[0].config.sample_size * 8 == 1024 and models[1].config.scaling_factor == 0.13025
+    with materialised_config("stable-diffusion-xl-base") as folder:
+        second = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+    assert second.pad_token == "!" and second("a photo").input_ids == [49406, 320, 1125, 49407]
+    save_file({key: torch.zeros(77, 8) for key in SDXL_TEXT_KEYS}, tmp_path / "sdxl.safetensors")
+    assert packaged_config_for(tmp_path / "sdxl.safetensors") == "stable-diffusion-xl-base"

@@ -10,7 +10,10 @@ import torch
 from tiny_pipelines import TEXT_TOKENS, tiny_autoencoder_kl, write_clip_tokenizer
 
 TIME_EMBED = 8  # addition_time_embed_dim: each of the six time ids becomes 8 sinusoidal features
-WIDTH = 32  # both text encoders' hidden size and the second one's projection
+# The text encoders' widths differ, as CLIP-L's 768 and OpenCLIP-bigG's 1280 do: diffusers tells the two apart
+# by width when it reads a single-file checkpoint. The second's projection is the pooled embedding.
+WIDTHS = (32, 48)
+POOLED = 48
 
 
 def tiny_sdxl_components(folder: Path, seed: int = 0) -> dict:
@@ -27,21 +30,21 @@ def tiny_sdxl_components(folder: Path, seed: int = 0) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
 
-    def text_config(**extra) -> CLIPTextConfig:
-        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2,
+    def text_config(width: int, **extra) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=37, num_hidden_layers=2,
                               num_attention_heads=4, max_position_embeddings=TEXT_TOKENS,
                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
 
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=2 * WIDTH, attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED, projection_class_embeddings_input_dim=6 * TIME_EMBED + WIDTH,
+        cross_attention_dim=sum(WIDTHS), attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED, projection_class_embeddings_input_dim=6 * TIME_EMBED + POOLED,
     )
     scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                        beta_schedule="scaled_linear", steps_offset=1)
-    return {"vae": tiny_autoencoder_kl(), "text_encoder": CLIPTextModel(text_config()),
-            "text_encoder_2": CLIPTextModelWithProjection(text_config(projection_dim=WIDTH)),
+    return {"vae": tiny_autoencoder_kl(), "text_encoder": CLIPTextModel(text_config(WIDTHS[0])),
+            "text_encoder_2": CLIPTextModelWithProjection(text_config(WIDTHS[1], projection_dim=POOLED)),
             "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "unet": unet, "scheduler": scheduler}
 
 

@@ -105,8 +105,9 @@ def check_dtype(value: str) -> str:
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
-         "a pixel DDPM/DDIM, LDM, DiT or Stable Diffusion 1.x/2.x pipeline; or a Stable Diffusion single-file "
-         ".safetensors checkpoint with --model-config. Not needed with --endpoint or --endpoint-cmd.")]
+         "a pixel DDPM/DDIM, LDM, DiT, Stable Diffusion 1.x/2.x or SDXL pipeline; or a Stable Diffusion or SDXL "
+         "single-file .safetensors checkpoint (SD 2.x and others with --model-config). Not needed with --endpoint "
+         "or --endpoint-cmd.")]
 AccessOption = Annotated[AccessChoice, typer.Option(
     rich_help_panel=ENDPOINT_PANEL,
     help="'auto': use all a local model gives (weights, noise predictions); 'blackbox': use it only through "
@@ -151,7 +152,7 @@ EndpointConditioningOption = Annotated[ConditioningChoice | None, typer.Option(
          "class_label ('class'); default: what the endpoint says, else none.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
-    help="For a single-file Stable Diffusion checkpoint (.safetensors) that is not SD 1.x: a shipped config "
+    help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
          "('stable-diffusion-v2' for 768 px v-prediction, 'stable-diffusion-v2-base' for 512 px epsilon) or a "
          "pipeline folder of the same architecture holding its configs and tokenizer (weights not needed); "
          "nothing is looked up online.")]

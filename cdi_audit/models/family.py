@@ -81,6 +81,7 @@ class Family(abc.ABC):
     # The diffusers pipeline whose ``from_single_file`` reads this family's single-file checkpoints (None: only
     # pipeline folders are supported).
     single_file_pipeline: ClassVar[str | None] = None
+    single_file_options: ClassVar[Mapping[str, Any]] = {}  # more keyword arguments of its from_single_file
 
     @abc.abstractmethod
     def recognises(self, index: PipelineIndex) -> bool:

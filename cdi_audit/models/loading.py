@@ -49,8 +49,8 @@ EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline, "
     "a StableDiffusionPipeline (SD 1.x/2.x) or a StableDiffusionXLPipeline, or a bare folder holding unet/ and "
-    "scheduler/; or a Stable Diffusion single-file .safetensors checkpoint (SD 1.x as it is, SD 2.x or others "
-    "with --model-config)"
+    "scheduler/; or a Stable Diffusion or SDXL single-file .safetensors checkpoint (SD 1.x and SDXL as they are, "
+    "SD 2.x or others with --model-config)"
 )
 
 
@@ -106,8 +106,8 @@ def _refuse_path(root: Path, config: Path | None) -> None:
             )
         if config is None and family is None:
             raise ModelUnavailable(
-                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x or 2.x, whose configs ship "
-                "with cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
+                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, 2.x or SDXL, whose configs "
+                "ship with cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
                 "architecture holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, "
                 "tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), since nothing "
                 f"may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
@@ -335,10 +335,9 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
     import diffusers
 
     pipeline_class = getattr(diffusers, str(family.single_file_pipeline))
-    extra = {"safety_checker": None, "requires_safety_checker": False} if family.name == "sd" else {}
     try:
         pipeline = pipeline_class.from_single_file(str(checkpoint), config=str(config), local_files_only=True,
-                                                   **extra)
+                                                   **family.single_file_options)
     except Exception as error:
         raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
                                f"({brief(error)}).") from error

@@ -1,11 +1,11 @@
-"""Configs shipped with cdi-audit, so Stable Diffusion single-file checkpoints load with no hub.
+"""Configs shipped with cdi-audit, so Stable Diffusion and SDXL single-file checkpoints load with no hub.
 
-A single file holds the weights but no configs and no tokenizer. ``configs`` holds the
-component configs of SD 1.x, SD 2.x (768 px, v-prediction) and SD 2.x base (512 px, epsilon),
-written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (from openai/CLIP,
-MIT licence, beside it), from which the tokenizer's vocab.json and merges.txt are built when a
-checkpoint is loaded. SD 1.x is recognised from its weights; the two SD 2.x variants have the same
-weights layout, so the user names one (``--model-config stable-diffusion-v2`` or ``-v2-base``).
+A single file holds the weights but no configs and no tokenizer. ``configs`` holds the component
+configs of SD 1.x, SD 2.x (768 px, v-prediction), SD 2.x base (512 px, epsilon) and SDXL base (1024 px),
+written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (from openai/CLIP, MIT
+licence, beside it), from which each tokenizer's vocab.json and merges.txt are built when a checkpoint is
+loaded. SD 1.x and SDXL are recognised from their weights; the two SD 2.x variants have the same weights
+layout, so the user names one (``--model-config stable-diffusion-v2`` or ``-v2-base``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 BPE_FILE = CONFIGS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary: 256 bytes, the same with an end-of-word mark, 48,894 merges, 2 special tokens.
 MERGES = 49408 - 2 * 256 - 2
-SHIPPED = ("stable-diffusion-v1", "stable-diffusion-v2", "stable-diffusion-v2-base")
+SHIPPED = ("stable-diffusion-v1", "stable-diffusion-v2", "stable-diffusion-v2-base", "stable-diffusion-xl-base")
 # A tensor only SD 1.x files have: the CLIP ViT-L/14 text model (width 768) under the LDM prefix.
 SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
 # SD 2.x files hold an OpenCLIP text model instead.
 SD2_TEXT_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+# SDXL files hold both of its text encoders under the "conditioner" prefix (the names diffusers checks too).
+SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+                  "conditioner.embedders.1.model.positional_embedding")
+# Which shipped config a recognised file loads with (SD 2.x has two; the user names one).
+FAMILY_CONFIGS = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-base"}
 
 
 def byte_symbols() -> list[str]:
@@ -49,25 +54,28 @@ def write_clip_vocabulary(folder: Path) -> None:
 
 
 def checkpoint_family(checkpoint: Path) -> str | None:
-    """"sd1" or "sd2" from the text-encoder tensors a Stable Diffusion single file holds, else None."""
+    """"sd1", "sd2" or "sdxl" from the text-encoder tensors a single file holds, else None."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as handle:
         keys = set(handle.keys())
         if SD1_TEXT_KEY in keys and handle.get_slice(SD1_TEXT_KEY).get_shape()[-1] == 768:
             return "sd1"
+    if all(key in keys for key in SDXL_TEXT_KEYS):
+        return "sdxl"
     return "sd2" if SD2_TEXT_KEY in keys else None
 
 
 def packaged_config_for(checkpoint: Path) -> str | None:
-    """The shipped config folder that fits ``checkpoint`` unambiguously (SD 1.x), or None."""
-    return "stable-diffusion-v1" if checkpoint_family(checkpoint) == "sd1" else None
+    """The shipped config folder that fits ``checkpoint`` unambiguously (SD 1.x, SDXL), or None."""
+    return FAMILY_CONFIGS.get(checkpoint_family(checkpoint) or "")
 
 
 @contextlib.contextmanager
 def materialised_config(name: str) -> Iterator[Path]:
-    """A temporary copy of the shipped config folder ``name``, with its tokenizer vocabulary written out."""
+    """A temporary copy of the shipped config folder ``name``, with each tokenizer's vocabulary written out."""
     with tempfile.TemporaryDirectory(prefix="cdi-audit-config-") as temporary:
         folder = Path(shutil.copytree(CONFIGS / name, Path(temporary) / name))
-        write_clip_vocabulary(folder / "tokenizer")
+        for tokenizer in sorted(folder.glob("tokenizer*")):
+            write_clip_vocabulary(tokenizer)
         yield folder
