@@ -8,6 +8,7 @@ per byte and no merges, so every caption tokenizes without a downloaded vocabula
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -155,8 +156,6 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
     The VAE's scaling factor is set so the members' latents have unit variance (methods.md 0.4);
     with the default 0.18215 a random VAE's latents would be so small that denoising is trivial.
     """
-    import torch.nn.functional as F
-
     from cdi_audit.inputs.conditions import with_captions
     from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
@@ -173,6 +172,18 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
         ids = tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
                         truncation=True, return_tensors="pt").input_ids
         embeddings = text_encoder(ids)[0]
+    fit_noise_prediction(unet, latents, scheduler, steps, seed,
+                         lambda noisy, timesteps, rows: unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]))
+    return save_stable_diffusion(folder, components)
+
+
+def fit_noise_prediction(unet: torch.nn.Module, latents: torch.Tensor, scheduler, steps: int, seed: int,
+                         predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> None:
+    """Train ``unet`` (AdamW, lr 1e-3, 32 rows a step, uniform timesteps) to predict the noise that
+    ``scheduler.add_noise`` puts on ``latents``; ``predict(noisy, timesteps, rows)`` calls the UNet with the
+    conditions of those rows and returns its output."""
+    import torch.nn.functional as F
+
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     unet.train()
@@ -180,10 +191,8 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
         rows = torch.randint(0, len(latents), (32,), generator=generator)
         noise = torch.randn(latents[rows].shape, generator=generator)
         timesteps = torch.randint(0, 1000, (32,), generator=generator)
-        noisy = scheduler.add_noise(latents[rows], noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]).sample, noise)
+        loss = F.mse_loss(predict(scheduler.add_noise(latents[rows], noise, timesteps), timesteps, rows).sample, noise)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     unet.eval()
-    return save_stable_diffusion(folder, components)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from tiny_pipelines import TEXT_TOKENS, tiny_autoencoder_kl, write_clip_tokenizer
+from tiny_pipelines import TEXT_TOKENS, fit_noise_prediction, tiny_autoencoder_kl, write_clip_tokenizer
 
 TIME_EMBED = 8  # addition_time_embed_dim: each of the six time ids becomes 8 sinusoidal features
 # The text encoders' widths differ, as CLIP-L's 768 and OpenCLIP-bigG's 1280 do: diffusers tells the two apart
@@ -73,7 +73,6 @@ def train_tiny_sdxl(members: Path, folder: Path, steps: int, seed: int = 0) -> P
     """Train the tiny SDXL UNet on the captioned images in ``members`` (the VAE and both text encoders stay
     random and frozen) with each image's own time ids, and save the pipeline to ``folder``. The VAE's
     scaling factor gives the members' latents unit variance, as for the tiny Stable Diffusion model."""
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from cdi_audit.inputs.conditions import with_captions
@@ -94,19 +93,8 @@ def train_tiny_sdxl(members: Path, folder: Path, steps: int, seed: int = 0) -> P
     # The same variance-preserving noising as SDXL's Euler scheduler in its scaled form (and its betas).
     noising = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                             beta_schedule="scaled_linear")
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    unet.train()
-    for _ in range(steps):
-        rows = torch.randint(0, len(latents), (32,), generator=generator)
-        noise = torch.randn(latents[rows].shape, generator=generator)
-        timesteps = torch.randint(0, 1000, (32,), generator=generator)
-        noisy = noising.add_noise(latents[rows], noise, timesteps)
-        predicted = unet(noisy, timesteps, encoder_hidden_states=states[rows],
-                         added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": time_ids[rows]}).sample
-        loss = F.mse_loss(predicted, noise)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    unet.eval()
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    fit_noise_prediction(unet, latents, noising, steps, seed, lambda noisy, timesteps, rows: unet(
+        noisy, timesteps, encoder_hidden_states=states[rows],
+        added_cond_kwargs={name: values[rows] for name, values in added.items()}))
     return save_sdxl(folder, components)

@@ -136,9 +136,18 @@ class Extractor(abc.ABC):
 
         By default the plan's requests run one network call each, in order (as the reference code does).
         """
-        from cdi_audit.features.fused import run_alone
-
         return run_alone(self.plan(target, batch, noise), target)
+
+
+def run_alone(plan: Plan, target: Target) -> torch.Tensor:
+    """The plan's values with one network call per request, in the order it asks (the reference structure);
+    ``features/fused.py`` runs many plans together instead."""
+    try:
+        requests = next(plan)
+        while True:
+            requests = plan.send([target.predict_noise(r.z, r.t, r.condition) for r in requests])
+    except StopIteration as finished:
+        return finished.value
 
 
 def nominal_timestep_label(t: int) -> str:

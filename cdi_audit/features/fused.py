@@ -33,16 +33,6 @@ def default_max_rows(device: torch.device) -> int:
     return DEFAULT_MAX_ROWS.get(device.type, DEFAULT_MAX_ROWS["cpu"])
 
 
-def run_alone(plan: Plan, target: Target) -> torch.Tensor:
-    """The plan's values with one network call per request, in the order it asks (the reference structure)."""
-    try:
-        requests = next(plan)
-        while True:
-            requests = plan.send([target.predict_noise(r.z, r.t, r.condition) for r in requests])
-    except StopIteration as finished:
-        return finished.value
-
-
 @dataclass
 class ForwardBatcher:
     """Evaluates lists of requests in as few network calls as ``max_rows`` allows; remembers a smaller

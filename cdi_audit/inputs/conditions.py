@@ -20,10 +20,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from cdi_audit.errors import InputProblem
 from cdi_audit.inputs.images import ImageSet
-from cdi_audit.models.target import Conditioning
+
+# What a model is conditioned on, hence what each image needs: nothing, a class id (DiT), or a caption.
+Conditioning = Literal["none", "class", "text"]
 
 
 class _Malformed(ValueError):

@@ -27,7 +27,6 @@ from cdi_audit.models.family import Component, Family, LoadedParts, PipelineInde
 from cdi_audit.models.prediction import PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
-from cdi_audit.models.spec import ModelSpec
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import FileDigest, ModelInfo
 
@@ -344,16 +343,15 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
     return {component.folder: getattr(pipeline, component.folder) for component in components}
 
 
-def load_target(model: ModelSpec | Path, device: torch.device, dtype: torch.dtype | None = None,
-                config: Path | None = None) -> Target:
-    """Build the ``Target`` of ``model`` on ``device``; forward passes in ``dtype`` (None or float32: full
-    precision; see ``resolve_dtype``). Commands load through ``ModelSpec.load``; a bare path (with
-    ``config``, the configs of a single-file checkpoint) stands for ``ModelSpec(path, config)``."""
+def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None
+                ) -> Target:
+    """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype`` (None or
+    float32: full precision; see ``resolve_dtype``). ``config``: the configs of a single-file checkpoint (a
+    pipeline folder without weights, or a shipped name). Commands load through ``ModelSpec.load``."""
     import diffusers
 
     _quiet(diffusers)
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(Path(model), config)
-    root, config = Path(spec.path), spec.config
+    root = Path(path)
     _refuse_path(root, config)
     if root.is_file():
         with _single_file_configs(root, config) as configs:

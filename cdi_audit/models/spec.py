@@ -59,7 +59,7 @@ class ModelSpec:
         from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
         device = resolve_device(machine.device)
-        target = load_target(self, device, resolve_dtype(machine.dtype, device))
+        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config)
         if machine.compile_network:
             target.compile_network()
         return target

@@ -15,14 +15,13 @@ from typing import ClassVar, Literal
 
 import torch
 
+from cdi_audit.inputs.conditions import Conditioning
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.prediction import PREDICTION_TYPES, to_noise
 from cdi_audit.models.schedule import Level, NoiseSchedule
 from cdi_audit.results.schema import ModelInfo
 
 Access = Literal["black", "grey", "white"]
-# What a model is conditioned on: nothing, a class id (DiT), or a caption (Stable Diffusion).
-Conditioning = Literal["none", "class", "text"]
 # From least to most: an image-to-image endpoint, noise predictions, weights and gradients.
 ACCESS_LEVELS: tuple[Access, ...] = ("black", "grey", "white")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from cdi_audit.cache import atomic_write
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.results.manifest import Manifest, build_manifest
-from cdi_audit.results.schema import AuditResult
+from cdi_audit.results.schema import AuditResult, report_json
 
 SCORES_HEADER = ("path", "sha256", "role", "diagnostic_score")
 REPORT_FORMATS = ("html", "pdf")
@@ -26,11 +26,6 @@ def write_file(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, content.encode() if isinstance(content, str) else content)
     return path
-
-
-def report_json(result: AuditResult) -> str:
-    """report.json's text; the manifest hashes exactly these bytes (``manifest.report_entry``)."""
-    return result.model_dump_json(indent=2) + "\n"
 
 
 def manifest_json(manifest: Manifest) -> str:

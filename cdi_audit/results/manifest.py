@@ -16,7 +16,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from cdi_audit.inputs.images import file_sha256
-from cdi_audit.results.schema import AuditResult
+from cdi_audit.results.schema import AuditResult, report_json
 
 # 2: the report (report.json, path relative to the manifest's folder) is listed too. Version 1 manifests,
 # without it, still verify.
@@ -63,7 +63,6 @@ def _dimensions(path: Path) -> tuple[int | None, int | None]:
 def report_entry(result: AuditResult) -> ManifestEntry:
     """The report as the output folder holds it: the bytes ``report_json`` writes, by a path relative to the
     manifest's folder (the two lie side by side, wherever the folder is moved)."""
-    from cdi_audit.report.files import report_json
 
     content = report_json(result).encode()
     return ManifestEntry(path=REPORT_NAME, role="report", sha256=hashlib.sha256(content).hexdigest(),

@@ -357,3 +357,7 @@ def report_schema() -> dict:
     """The JSON Schema of report.json (committed as docs/report.schema.json)."""
     return AuditResult.model_json_schema()
 
+
+def report_json(result: AuditResult) -> str:
+    """report.json's text; the manifest hashes exactly these bytes (``manifest.report_entry``)."""
+    return result.model_dump_json(indent=2) + "\n"
