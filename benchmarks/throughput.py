@@ -9,11 +9,11 @@ Both compute the same features with the same noise; the table below gives their 
 Each implementation runs in its own process (peak memory is per process), after a warm-up batch:
 
     python benchmarks/throughput.py [--device cpu] [--threads 2] [--features fast] [--batch-size 32]
-        [--repeats 3] [--model sample|sd15] [--size 512] [--dtype float32] [--compile] [--memory-images 128 512]
+        [--repeats 3] [--model sample|sd15|sdxl] [--size 512] [--dtype float32] [--compile] [--memory-images 128 512]
 
-``--model sd15`` builds a Stable Diffusion 1.5-sized pipeline from the shipped configs with random
-weights (speed does not depend on them), for GPU measurements. Keep the machine otherwise idle: two
-torch processes on two cores slow each other ~10x.
+``--model sd15`` and ``--model sdxl`` build a Stable Diffusion 1.5- or SDXL-sized pipeline from the
+shipped configs with random weights (speed does not depend on them), for GPU measurements (SDXL at
+``--size 1024``). Keep the machine otherwise idle: two torch processes on two cores slow each other ~10x.
 """
 
 from __future__ import annotations
@@ -51,29 +51,51 @@ def random_images(folder: Path, count: int, size: int, seed: int) -> Path:
     return folder
 
 
-def sd15_random_target(device, size: int):
-    """A Stable Diffusion 1.5-sized LatentTarget (UNet, VAE, CLIP text encoder) with random weights."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+# Shipped configs of the published architectures that ``--model`` can build with random weights.
+RANDOM_MODELS = {"sd15": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-base"}
 
-    from cdi_audit.models.latent import LatentTarget
+
+def random_target(name: str, device, size: int):
+    """A published architecture (``RANDOM_MODELS``) built from the shipped configs with random weights, through
+    its family's own ``build`` (speed and memory do not depend on the weights)."""
+    import json
+
+    import diffusers
+    import torch
+    import transformers
+
+    from cdi_audit.models.families import family_for
+    from cdi_audit.models.family import LoadedParts, PipelineIndex
     from cdi_audit.models.schedule import DiscreteSchedule
     from cdi_audit.models.single_file import materialised_config
     from cdi_audit.results.schema import ModelInfo
 
-    with materialised_config("stable-diffusion-v1") as folder:
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"),
-                                                sample_size=size // 8)
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-    info = ModelInfo(path="sd15-random", fingerprint="sd15-random", family="text-to-image Stable Diffusion",
-                     sample_size=size, num_train_timesteps=1000, prediction_type="epsilon", device=str(device),
-                     dtype="float32", files=[])
+    with materialised_config(RANDOM_MODELS[name]) as folder:
+        data = json.loads((folder / "model_index.json").read_text())
+        index = PipelineIndex(data["_class_name"], {key: value[1] for key, value in data.items()
+                                                    if isinstance(value, list) and value[1] is not None})
+        family = family_for(index)
+        parts = {}
+        for component in family.components(index):
+            where = folder / component.folder
+            if component.kind == "tokenizer":
+                parts[component.folder] = transformers.CLIPTokenizer.from_pretrained(where)
+            elif component.kind == "text_encoder":
+                config = transformers.CLIPTextConfig.from_pretrained(where)
+                parts[component.folder] = getattr(transformers, config.architectures[0])(config)
+            else:
+                model_class = getattr(diffusers, index.components[component.folder])
+                overrides = {"sample_size": size // 8} if component.role == "denoiser" else {}
+                parts[component.folder] = model_class.from_config(model_class.load_config(where), **overrides)
+        scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    roles = {c.role: c.folder for c in family.components(index) if c.role != "condition"}
+    info = ModelInfo(path=f"{name}-random", fingerprint=f"{name}-random", family=family.label, sample_size=size,
+                     num_train_timesteps=1000, prediction_type="epsilon", device=str(device), dtype="float32", files=[])
     schedule = DiscreteSchedule(torch.as_tensor(scheduler.alphas_cumprod), "latent")
-    return LatentTarget(unet, vae, schedule, "epsilon", device, info, text, tokenizer)
+    loaded = LoadedParts(parts, roles, schedule, "epsilon", device, info,
+                         {key: value for key, value in data.items() if not isinstance(value, list)})
+    family.check(loaded)
+    return family.build(loaded)
 
 
 def reference_structure(records, target, extractors, seed: int, batch_size: int):
@@ -114,8 +136,8 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.model == "sd15":
-        target = sd15_random_target(device, args.size)
+    if args.model in RANDOM_MODELS:
+        target = random_target(args.model, device, args.size)
     else:
         target = load_target(REPO / "sample_data" / "model", device)
     dtype = resolve_dtype(args.dtype, device)
@@ -209,9 +231,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-rows", type=int, default=None, help="rows per network call (default: by device)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", choices=("sample", "sd15"), default="sample")
-    parser.add_argument("--size", type=int, default=512, help="image size for --model sd15")
-    parser.add_argument("--images", type=int, default=64, help="random images for --model sd15")
+    parser.add_argument("--model", choices=("sample", *RANDOM_MODELS), default="sample")
+    parser.add_argument("--size", type=int, default=512, help="image size for --model sd15 or sdxl")
+    parser.add_argument("--images", type=int, default=64, help="random images for --model sd15 or sdxl")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (fused run only)")
     parser.add_argument("--memory-images", type=int, nargs="*", default=[128, 512],
@@ -230,7 +252,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         temporary = Path(temporary)
-        if args.model == "sd15":
+        if args.model in RANDOM_MODELS:
             folders = [str(random_images(temporary / "images", args.images, args.size, 0))]
         else:
             folders = [str(REPO / "sample_data" / name) for name in ("published", "unpublished")]

@@ -23,6 +23,7 @@ from cdi_audit.blackbox.variation import (
 )
 from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
 from cdi_audit.features.structural import ssim
+from cdi_audit.models.schedule import NOMINAL_STEPS
 from cdi_audit.models.target import Target
 
 # methods.md section 2: pixel models t=200 with n=10; latent models t in 10..50 with n in 1..2.
@@ -69,7 +70,9 @@ class ReDiffuse(Extractor):
 
     @property
     def strength(self) -> float:
-        return self.timestep / 1000
+        """The variation's strength for the nominal ``timestep``: the share of a 1000-step schedule it noises
+        (each back end maps strength to its own schedule, ``NoiseSchedule.strength_level``)."""
+        return self.timestep / NOMINAL_STEPS
 
     def extract(self, target: Target | BlackBoxTarget, batch: LatentBatch, noise: NoiseSource) -> torch.Tensor:
         source = target if isinstance(target, BlackBoxTarget) else local_black_box(target)
