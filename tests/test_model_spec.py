@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
+from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.spec import Machine, ModelSpec
 
 
@@ -68,5 +69,7 @@ def test_specs_naming_the_same_files_share_a_key(tiny_model: Path, tmp_path: Pat
     monkeypatch.chdir(tiny_model.parent)
     assert ModelSpec(Path(tiny_model.name)).key == ModelSpec(tiny_model).key
     assert ModelSpec(tiny_model, Path("stable-diffusion-v2")).key != ModelSpec(tiny_model).key
-    with pytest.raises(ValueError, match="adapters are not supported"):
-        ModelSpec(tiny_model, adapters=(tmp_path / "lora.safetensors",))
+    lora = tmp_path / "lora.safetensors"
+    assert ModelSpec(tiny_model, adapters=(Adapter(lora),)).key != ModelSpec(tiny_model).key
+    half, whole = (ModelSpec(tiny_model, adapters=(Adapter(lora, scale),)) for scale in (0.5, 1.0))
+    assert half.key != whole.key

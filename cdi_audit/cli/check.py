@@ -13,6 +13,7 @@ from cdi_audit.cli.options import (
     FEATURES_HELP,
     AccessChoice,
     AccessOption,
+    AdapterOption,
     AlphaOption,
     BatchSizeOption,
     CacheDirOption,
@@ -40,6 +41,7 @@ from cdi_audit.cli.options import (
     SeedOption,
     StrictOption,
     TestChoice,
+    adapters_of,
     check_features,
     check_report_formats,
     report_formats_of,
@@ -61,6 +63,7 @@ def check(
         help="Folder of your unpublished images from the same source (never trained on).")],
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
+    adapter: AdapterOption = None,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     alpha: AlphaOption = 0.01,
     seed: SeedOption = 0,
@@ -134,6 +137,8 @@ def check(
         require_reachable(permutations, alpha, "alpha")
     console = stderr_console()
     require_one_model(model, endpoint, endpoint_cmd, access)
+    if adapter and model is None:
+        raise typer.BadParameter("an adapter is fused into a local base; give it as --model.", param_hint="--adapter")
     if control_model_config is not None and control_model is None:
         raise typer.BadParameter("it configures the control model; add --control-model PATH.",
                                  param_hint="--control-model-config")
@@ -148,7 +153,7 @@ def check(
     )
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference,
-        model=None if model is None else ModelSpec(model, model_config),
+        model=None if model is None else ModelSpec(model, model_config, adapters_of(adapter)),
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
         batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,

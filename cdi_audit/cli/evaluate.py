@@ -14,6 +14,7 @@ from cdi_audit.cli.options import (
     FEATURES_HELP,
     AccessChoice,
     AccessOption,
+    AdapterOption,
     BatchSizeOption,
     CacheDirOption,
     CaptionOption,
@@ -29,6 +30,7 @@ from cdi_audit.cli.options import (
     NoCacheOption,
     SeedOption,
     StrictOption,
+    adapters_of,
     check_alpha,
     check_features,
     require_one_model,
@@ -52,6 +54,7 @@ def evaluate(
         help="Folder of images from the same distribution known NOT to be in it (at least 20).")],
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
+    adapter: AdapterOption = None,
     features: Annotated[str, typer.Option(
         callback=check_features, metavar="NAMES",
         help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
@@ -104,7 +107,7 @@ def evaluate(
     console = stderr_console()
     prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model=ModelSpec(model, model_config),
+        members_dir=members, nonmembers_dir=nonmembers, model=ModelSpec(model, model_config, adapters_of(adapter)),
         access=access.value, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
         machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,

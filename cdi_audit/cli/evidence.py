@@ -11,6 +11,7 @@ import typer
 from cdi_audit.cli.app import guarded, prepare_out, run_stage, write_outputs
 from cdi_audit.cli.options import (
     AccessChoice,
+    AdapterOption,
     AlphaOption,
     CacheDirOption,
     CompileOption,
@@ -23,6 +24,7 @@ from cdi_audit.cli.options import (
     NoCacheOption,
     SeedOption,
     StrictOption,
+    adapters_of,
     require_one_model,
 )
 from cdi_audit.cli.reports import render_saved
@@ -36,6 +38,7 @@ def extract_evidence(
                                                 help="Folder of your published images.")],
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
+    adapter: AdapterOption = None,
     reference: Annotated[Path | None, typer.Option(
         "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images: the share of them with a near-copy is what the suspect "
@@ -81,7 +84,7 @@ def extract_evidence(
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
     prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
-    settings = SearchSettings(model=ModelSpec(model, model_config), suspect_dir=suspect_dir,
+    settings = SearchSettings(model=ModelSpec(model, model_config, adapters_of(adapter)), suspect_dir=suspect_dir,
                               reference_dir=reference, budget=budget, seed=seed, steps=steps,
                               guidance_scale=guidance_scale, threshold=threshold,
                               machine=Machine(device, dtype, compile_network), batch_size=batch_size,

@@ -14,6 +14,7 @@ from cdi_audit.cli.options import (
     FEATURES_HELP,
     AccessChoice,
     AccessOption,
+    AdapterOption,
     BatchSizeOption,
     CacheDirOption,
     CaptionOption,
@@ -27,6 +28,7 @@ from cdi_audit.cli.options import (
     ModelOption,
     SeedOption,
     StrictOption,
+    adapters_of,
     check_features,
     require_one_model,
 )
@@ -85,6 +87,7 @@ def extract(
                                                   help="Folder of the reference images.")],
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
+    adapter: AdapterOption = None,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     shard: Annotated[str, typer.Option(
         callback=_check_shard, metavar="i/N",
@@ -120,9 +123,10 @@ def extract(
     require_one_model(model, None, None, access)
     console = stderr_console()
     chosen, launch, device = _place_this_process(shard, device)
-    settings = ModelSettings(model=ModelSpec(model, model_config), access=access.value, features=features,
-                             seed=seed, machine=Machine(device, dtype, compile_network), batch_size=batch_size,
-                             max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, strict=strict)
+    settings = ModelSettings(model=ModelSpec(model, model_config, adapters_of(adapter)), access=access.value,
+                             features=features, seed=seed, machine=Machine(device, dtype, compile_network),
+                             batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption,
+                             cache_dir=cache_dir, strict=strict)
     summary, description = run_stage(
         lambda progress: run_extraction(settings, [suspect_dir, reference_dir], chosen, progress), console)
     rank = launch.rank if launch is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cdi_audit.cli.app import check_cache_dir
+from cdi_audit.models.adapters import Adapter
 from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
@@ -150,6 +152,11 @@ EndpointConditioningOption = Annotated[ConditioningChoice | None, typer.Option(
     show_default=False, rich_help_panel=ENDPOINT_PANEL,
     help="What the endpoint's model is conditioned on: captions are sent as the prompt ('text'), class ids as "
          "class_label ('class'); default: what the endpoint says, else none.")]
+AdapterOption = Annotated[list[str] | None, typer.Option(
+    "--adapter", metavar="FILE[:SCALE]", show_default=False,
+    help="A LoRA adapter (.safetensors, diffusers or kohya format) to fuse into --model, at SCALE (default 1.0); "
+         "repeat for several, applied in order. Its sha256 and scale become part of the model's fingerprint. "
+         "Stable Diffusion 1.x/2.x and SDXL bases.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
     help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
@@ -208,3 +215,11 @@ def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: st
         raise typer.BadParameter("--access blackbox is for a local --model; an endpoint gives black-box access "
                                  "anyway", param_hint="--access")
 
+
+def adapters_of(values: list[str] | None) -> tuple[Adapter, ...]:
+    """The --adapter values as adapters; a scale that is not a finite number is a usage error."""
+    adapters = tuple(Adapter.parse(value) for value in values or ())
+    for adapter in adapters:
+        if not math.isfinite(adapter.scale):
+            raise typer.BadParameter(f"the scale of {adapter.path} must be a finite number.", param_hint="--adapter")
+    return adapters

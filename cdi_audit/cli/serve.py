@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from cdi_audit.cli.app import guarded, run_stage
-from cdi_audit.cli.options import CompileOption, DebugOption, DeviceOption, DtypeOption, ModelConfigOption
+from cdi_audit.cli.options import (
+    AdapterOption,
+    CompileOption,
+    DebugOption,
+    DeviceOption,
+    DtypeOption,
+    ModelConfigOption,
+    adapters_of,
+)
 from cdi_audit.console import StageProgress, shown, stderr_console
 from cdi_audit.errors import SettingsProblem
 
@@ -19,6 +27,7 @@ def serve(
         metavar="MODEL", show_default=False,
         help="The local model to serve: a diffusers pipeline folder or a single-file .safetensors checkpoint.")],
     model_config: ModelConfigOption = None,
+    adapter: AdapterOption = None,
     host: Annotated[str, typer.Option(
         metavar="ADDRESS", help="Address to listen on. Keep the loopback default unless others must reach it: the "
                                 "server has no authentication of its own.")] = "127.0.0.1",
@@ -40,7 +49,7 @@ def serve(
     console = stderr_console()
 
     def load(progress: StageProgress) -> LocalVariation:
-        target = ModelSpec(model, model_config).load(Machine(device, dtype, compile_network))
+        target = ModelSpec(model, model_config, adapters_of(adapter)).load(Machine(device, dtype, compile_network))
         target.load_weights()  # a broken model fails now, not at the first request
         return LocalVariation(target)
 

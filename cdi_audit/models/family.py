@@ -82,6 +82,8 @@ class Family(abc.ABC):
     # pipeline folders are supported).
     single_file_pipeline: ClassVar[str | None] = None
     single_file_options: ClassVar[Mapping[str, Any]] = {}  # more keyword arguments of its from_single_file
+    # The diffusers LoRA loader mixin that places adapters on this family's components (None: no adapters).
+    lora_loader: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def recognises(self, index: PipelineIndex) -> bool:

@@ -21,6 +21,7 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.inputs.images import file_sha256
+from cdi_audit.models.adapters import Adapter, base_hash_warning, check_adapter_file, fuse_adapters, training_claims
 from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.families import family_for
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
@@ -28,7 +29,7 @@ from cdi_audit.models.prediction import PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 from cdi_audit.models.target import Target
-from cdi_audit.results.schema import FileDigest, ModelInfo
+from cdi_audit.results.schema import AdapterInfo, FileDigest, ModelInfo
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
@@ -343,16 +344,19 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
     return {component.folder: getattr(pipeline, component.folder) for component in components}
 
 
-def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None
-                ) -> Target:
+def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None,
+                adapters: tuple[Adapter, ...] = ()) -> Target:
     """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype`` (None or
     float32: full precision; see ``resolve_dtype``). ``config``: the configs of a single-file checkpoint (a
-    pipeline folder without weights, or a shipped name). Commands load through ``ModelSpec.load``."""
+    pipeline folder without weights, or a shipped name). ``adapters``: LoRA files fused into the base, in order
+    (``models/adapters.py``). Commands load through ``ModelSpec.load``."""
     import diffusers
 
     _quiet(diffusers)
     root = Path(path)
     _refuse_path(root, config)
+    for adapter in adapters:
+        check_adapter_file(adapter)
     if root.is_file():
         with _single_file_configs(root, config) as configs:
             family, index, options = _check_configs(configs)
@@ -377,6 +381,16 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         parts = {component.folder: _load_component(root, component) for component in components}
         roles = {c.role: c.folder for c in components if c.role != "condition"}
         sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), root, roles)
+    adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
+                                 claims=training_claims(a.path)) for a in adapters]
+    notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)
+             if (note := base_hash_warning(info.claims, adapter.path, files[0].sha256 if root.is_file() else None))]
+    if adapters:
+        _apply_adapters(family, parts, adapters, components)
+        files += [FileDigest(path=info.path, sha256=info.sha256, size_bytes=Path(info.path).stat().st_size)
+                  for info in adapter_infos]
+        parts_of_identity = [fingerprint, *(f"adapter:{info.sha256}:{info.scale!r}" for info in adapter_infos)]
+        fingerprint = hashlib.sha256("|".join(parts_of_identity).encode()).hexdigest()
     description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=fingerprint,
@@ -387,14 +401,29 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         device=str(device),
         dtype=str(dtype or torch.float32).removeprefix("torch."),
         files=files,
+        adapters=adapter_infos,
     )
     schedule = DiscreteSchedule(alphas_cumprod, "latent" if "autoencoder" in roles else "pixel")
     loaded = LoadedParts(parts, roles, schedule, prediction_type, device, description, options)
     family.check(loaded)
     target = family.build(loaded)
-    target.notes = loaded.warnings
+    target.notes = loaded.warnings + notes
     target.forward_dtype = None if dtype in (None, torch.float32) else dtype
     return target
+
+
+def _apply_adapters(family: Family, parts: dict, adapters: tuple[Adapter, ...],
+                    components: tuple[Component, ...]) -> None:
+    """Fuse ``adapters`` into the denoiser and the text encoders (their weights are read now: an adapter
+    changes them)."""
+    if family.lora_loader is None:
+        raise ModelUnavailable(f"Adapters (--adapter) are supported on Stable Diffusion 1.x/2.x and SDXL bases; this "
+                               f"is a {family.label}.")
+    adapted = [c.folder for c in components if c.kind != "tokenizer" and c.role != "autoencoder"]
+    modules = {name: parts[name].module if isinstance(parts[name], DeferredModule) else parts[name]
+               for name in adapted}
+    fuse_adapters(family.lora_loader, modules, adapters, family.label)
+    parts.update(modules)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

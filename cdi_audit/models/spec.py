@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdi_audit.models.adapters import Adapter
+
 if TYPE_CHECKING:
     from cdi_audit.models.target import Target
 
@@ -32,18 +34,15 @@ class ModelSpec:
 
     path: Path
     config: Path | None = None  # configs of a single-file checkpoint: a folder or a shipped name
-    adapters: tuple[Path, ...] = ()  # always empty in this version
-
-    def __post_init__(self) -> None:
-        if self.adapters:
-            raise ValueError("adapters are not supported in this version")
+    adapters: tuple[Adapter, ...] = ()  # LoRA files fused into the base, in this order
 
     @property
     def key(self) -> tuple[str, str | None, tuple[str, ...]]:
         """Equal for two specs that name the same files (a model pool keeps one copy)."""
         config = None if self.config is None else str(Path(self.config).resolve() if Path(self.config).exists()
                                                          else self.config)
-        return (str(Path(self.path).resolve()), config, tuple(str(Path(a).resolve()) for a in self.adapters))
+        return (str(Path(self.path).resolve()), config,
+                tuple((str(Path(a.path).resolve()), a.scale) for a in self.adapters))
 
     @staticmethod
     def public_of(spec: ModelSpec | None, prefix: str) -> dict[str, str | None]:
@@ -51,15 +50,17 @@ class ModelSpec:
         ``model_config`` for the suspect model, ``control_model`` and ``control_model_config`` for a control."""
         path_key = "model_path" if prefix == "model" else prefix
         if spec is None:
-            return {path_key: None, f"{prefix}_config": None}
-        return {path_key: str(spec.path), f"{prefix}_config": None if spec.config is None else str(spec.config)}
+            return {path_key: None, f"{prefix}_config": None, f"{prefix}_adapters": None}
+        adapters = ",".join(f"{a.path}:{a.scale:g}" for a in spec.adapters) or None
+        return {path_key: str(spec.path), f"{prefix}_config": None if spec.config is None else str(spec.config),
+                f"{prefix}_adapters": adapters}
 
     def load(self, machine: Machine) -> Target:
         """The model's Target on ``machine`` (offline, safetensors only; see ``models/loading.py``)."""
         from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
         device = resolve_device(machine.device)
-        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config)
+        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config, self.adapters)
         if machine.compile_network:
             target.compile_network()
         return target

@@ -21,6 +21,7 @@ from scipy import stats
 
 from cdi_audit.console import StageProgress
 from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
+from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.single_file import SHIPPED
 from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.pipeline.audit import AuditSettings, ModelPool, run_audit
@@ -88,6 +89,12 @@ def _entry_settings(table: dict, where: str, folder: Path) -> dict:
             if not isinstance(value, str):
                 raise SettingsProblem(f"{where}: {key} must be a path in quotes.")
             values[PATH_KEYS[key]] = _resolve(key, value, folder)
+        elif key == "adapters":
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise SettingsProblem(f"{where}: adapters must be a list of paths in quotes (\"FILE\" or "
+                                      "\"FILE:SCALE\").")
+            parsed = [Adapter.parse(item) for item in value]
+            values["adapters"] = tuple(Adapter(_resolve(key, str(a.path), folder), a.scale) for a in parsed)
         elif key in VALUE_KEYS:
             kind = VALUE_KEYS[key]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -96,7 +103,7 @@ def _entry_settings(table: dict, where: str, folder: Path) -> dict:
                 raise SettingsProblem(f"{where}: {key} must be a {kind.__name__} (got {value!r}).")
             values[key] = value
         elif key != "name":
-            known = ", ".join(sorted([*PATH_KEYS, *VALUE_KEYS]))
+            known = ", ".join(sorted([*PATH_KEYS, *VALUE_KEYS, "adapters"]))
             raise SettingsProblem(f"{where}: unknown key {key!r}; the keys are name, {known}.")
     return values
 
@@ -105,7 +112,7 @@ def _audit_settings(values: dict, where: str) -> AuditSettings:
     """AuditSettings from a table's flat values: the model paths become model specs, the machine's options a
     ``Machine``."""
     values = dict(values)
-    model = ModelSpec(values.pop("model_path"), values.pop("model_config", None))
+    model = ModelSpec(values.pop("model_path"), values.pop("model_config", None), values.pop("adapters", ()))
     control_path, control_config = values.pop("control_model", None), values.pop("control_model_config", None)
     if control_config is not None and control_path is None:
         raise SettingsProblem(f"{where}: control_model_config is given without a control_model.")
@@ -141,6 +148,9 @@ def _check_model_paths(settings: AuditSettings, where: str) -> None:
     for key, spec in specs:
         if spec is not None and not Path(spec.path).exists():
             raise SettingsProblem(f"{where}: the {key} {spec.path} does not exist; {hint}.")
+    for adapter in settings.model.adapters:
+        if not adapter.path.is_file():
+            raise SettingsProblem(f"{where}: the adapter {adapter.path} does not exist; {hint}.")
     for key, config in ((f"{key}_config", spec.config) for key, spec in specs if spec is not None):
         if config is None:
             continue

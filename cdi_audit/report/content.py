@@ -15,7 +15,15 @@ from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
 from cdi_audit.results.manifest import Manifest
-from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, ControlModelResult, Controls, ModelInfo
+from cdi_audit.results.schema import (
+    CORRECTION_NAMES,
+    AdapterInfo,
+    AuditResult,
+    ControlModelResult,
+    Controls,
+    ModelInfo,
+    TrainingClaims,
+)
 
 VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
 # The verdict banner's colour in the HTML and PDF (red, green, amber).
@@ -407,7 +415,45 @@ def model_facts(model: ModelInfo) -> Facts:
                   ("fingerprint", model.fingerprint), ("sample size", f"{model.sample_size} px"),
                   ("training timesteps", str(model.num_train_timesteps)),
                   ("prediction type", str(model.prediction_type)),
-                  ("device, precision", f"{model.device}, {model.dtype}")))
+                  ("device, precision", f"{model.device}, {model.dtype}"),
+                  *((f"adapter {index}", adapter_text(adapter))
+                    for index, adapter in enumerate(model.adapters, start=1))))
+
+
+CLAIMS_NOTE = ("The adapter file's header is unsigned and anyone can edit or strip it, so these are leads, not "
+               "evidence: they change neither the p-value nor the verdict.")
+
+
+def claim_rows(claims: TrainingClaims) -> tuple[tuple[str, str], ...]:
+    """The header's training claims as label-value pairs (only those it has)."""
+    rows = (("output name", claims.output_name), ("comment", claims.training_comment),
+            ("dataset folders", "; ".join(claims.dataset_folders) or None),
+            ("training images (repeats included)", None if claims.train_images is None else str(claims.train_images)),
+            ("most frequent tags", ", ".join(claims.top_tags) or None), ("resolution", claims.resolution),
+            ("base model", claims.base_model_name), ("base model hash", claims.base_model_hash),
+            ("training started", claims.training_started), ("training finished", claims.training_finished))
+    return tuple((label, value) for label, value in rows if value)
+
+
+def adapter_claims_section(result: AuditResult) -> Section | None:
+    """What each adapter file says about its training, beside the verdict and outside it."""
+    if not result.model.adapters:
+        return None
+    blocks: list[Block] = []
+    for adapter in result.model.adapters:
+        blocks.append(Subheading(Path(adapter.path).name))
+        if adapter.claims is None:
+            blocks.append(Paragraph("The file has no training metadata (kohya's ss_* fields are absent or were "
+                                    "stripped)."))
+        else:
+            blocks.append(Facts(claim_rows(adapter.claims)))
+    blocks.append(Paragraph(CLAIMS_NOTE))
+    return Section("What the adapter file says about its training (unverified)", tuple(blocks))
+
+
+def adapter_text(adapter: AdapterInfo) -> str:
+    """One adapter as the report names it: its file, its sha256 (abbreviated) and the scale it was fused at."""
+    return f"{Path(adapter.path).name} (sha256 {adapter.sha256[:12]}…, scale {adapter.scale:g})"
 
 
 def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section, ...]:
@@ -485,6 +531,7 @@ def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigur
         evidence_section(evidence, result) if evidence is not None else None,
         features_section(result),
         controls_section(result),
+        adapter_claims_section(result),
         method_section(result),
         limitations_section(result),
         *appendix_sections(result, manifest),

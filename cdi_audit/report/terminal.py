@@ -11,6 +11,8 @@ from cdi_audit.console import shown
 from cdi_audit.report.content import (
     ACCESS_LABELS,
     VERDICT_LABELS,
+    adapter_text,
+    claim_rows,
     control_model_numbers,
     control_model_status,
     near_duplicates_text,
@@ -87,6 +89,11 @@ def summary_table(result: AuditResult) -> Table:
     else:
         table.add_row("model", f"{shown(model.path)}  ({model.family}; sha256 {model.fingerprint[:12]}…; "
                                f"{model.device}, {model.dtype})")
+    for adapter in model.adapters:
+        table.add_row("adapter", shown(adapter_text(adapter)))
+        claims = claim_rows(adapter.claims) if adapter.claims is not None else (("training metadata", "none"),)
+        table.add_row("  the file says", shown("; ".join(f"{label}: {value}" for label, value in claims)) +
+                      " (unverified; not used by the test)")
     table.add_row("access", ACCESS_LABELS.get(model.access, model.access))
     extraction = result.extraction
     calls = "image-to-image calls" if model.access == "black" else "model calls"

@@ -126,6 +126,32 @@ class ImageScore(BaseModel):
     score: float | None
 
 
+class TrainingClaims(BaseModel):
+    """What an adapter file's header says about its training (kohya's ``ss_*`` fields). Unsigned and easy to
+    edit or strip: a lead for the owner, never evidence; it changes neither the p-value nor the verdict."""
+
+    output_name: str | None = None
+    training_comment: str | None = None
+    dataset_folders: list[str] = []  # "folder: N images x R repeats", as recorded
+    train_images: int | None = None  # repeats included
+    top_tags: list[str] = []  # "tag (count)", most frequent first
+    resolution: str | None = None
+    base_model_name: str | None = None
+    base_model_hash: str | None = None
+    training_started: str | None = None
+    training_finished: str | None = None
+
+
+class AdapterInfo(BaseModel):
+    """One adapter (LoRA) file applied to the base model, at ``scale``, and what its header claims (None: the
+    file has no training metadata)."""
+
+    path: str
+    sha256: str
+    scale: float
+    claims: TrainingClaims | None = None
+
+
 class ModelInfo(BaseModel):
     """What the report says about the model: where it is, what it is, its content hash, where it ran."""
 
@@ -142,8 +168,11 @@ class ModelInfo(BaseModel):
     # (an image-to-image endpoint only; then ``endpoint`` says which, without credentials).
     access: str = "white"
     endpoint: str | None = None
-    # The weight and config files the fingerprint covers (none for an endpoint).
+    # The weight and config files the fingerprint covers (none for an endpoint), adapters included.
     files: list[FileDigest] = []
+    # Adapters fused into the base before the audit, in the order applied (their sha256 and scale are part of
+    # the fingerprint).
+    adapters: list[AdapterInfo] = []
 
 
 class SkippedFileInfo(BaseModel):

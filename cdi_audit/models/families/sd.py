@@ -73,6 +73,7 @@ class StableDiffusion(Family):
     label = "text-to-image Stable Diffusion"
     single_file_pipeline = "StableDiffusionPipeline"
     single_file_options = {"safety_checker": None, "requires_safety_checker": False}
+    lora_loader = "StableDiffusionLoraLoaderMixin"
 
     def recognises(self, index: PipelineIndex) -> bool:
         return (index.has("unet", "UNet2DConditionModel") and index.has("vae") and index.has("text_encoder")

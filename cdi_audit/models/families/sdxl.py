@@ -80,6 +80,7 @@ class StableDiffusionXL(Family):
     name = "sdxl"
     label = "text-to-image SDXL"
     single_file_pipeline = "StableDiffusionXLPipeline"
+    lora_loader = "StableDiffusionXLLoraLoaderMixin"
 
     def recognises(self, index: PipelineIndex) -> bool:
         return (index.has("unet", "UNet2DConditionModel") and index.has("vae") and index.has("text_encoder")

@@ -1,0 +1,225 @@
+"""LoRA adapters on a local base, loaded by diffusers' own loaders (with peft) and fused into the base.
+
+What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
+kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
+``dora_scale``). diffusers' ``load_lora_weights`` reads both (it converts kohya keys itself); no key is
+converted here. An adapter whose keys the loader cannot place in the base is refused, naming the file and
+the base it seems to be for: a silently ignored adapter would audit the base under the adapter's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdi_audit.errors import InputProblem, ModelUnavailable, brief
+from cdi_audit.results.schema import TrainingClaims
+
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One adapter file and the scale it is applied at (1.0: as trained)."""
+
+    path: Path
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> Adapter:
+        """``FILE`` or ``FILE:SCALE`` (the scale a number, e.g. 0.8)."""
+        path, separator, scale = text.rpartition(":")
+        if separator and path and not scale.startswith(("/", "\\")):
+            try:
+                return cls(Path(path), float(scale))
+            except ValueError:
+                pass
+        return cls(Path(text))
+
+
+def base_guess(keys: list[str]) -> str:
+    """Which kind of base an adapter's keys were written for, in words (for a refusal)."""
+    if any(key.startswith(("lora_te1_", "lora_te2_")) or "text_encoder_2" in key or "add_embedding" in key
+           for key in keys):
+        return "an SDXL base"
+    if any(key.startswith(("transformer.", "lora_transformer_", "lora_unet_double_blocks")) for key in keys):
+        return "a transformer base (Flux or SD3), which this version does not support"
+    if any(key.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for key in keys):
+        return "a Stable Diffusion 1.x/2.x or SDXL UNet of another size"
+    return "an unknown base"
+
+
+@contextmanager
+def _warnings_of(*names: str) -> Iterator[list[str]]:
+    """The warnings the named loggers emit within the block (diffusers and peft only warn about keys they
+    could not place)."""
+    caught: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                caught.append(record.getMessage())
+
+    handler = Catch()
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Adapter, ...], family: str) -> None:
+    """Load each adapter into ``modules`` (component name -> loaded module, changed in place) with the diffusers
+    LoRA loader mixin ``loader``, fuse it at its scale, and drop the adapter layers."""
+    import diffusers
+
+    mixin = getattr(diffusers.loaders, loader)
+    # What the mixin reads of a pipeline: each component by name, all of them, and no device map (everything
+    # is on one device).
+    holder = type("AdapterTarget", (mixin,), {"hf_device_map": None, "components": dict(modules)})()
+    for name, module in modules.items():
+        setattr(holder, name, module)
+    for index, adapter in enumerate(adapters):
+        name = f"adapter_{index}"
+        before = _adapted(modules)
+        try:
+            with _warnings_of("diffusers", "peft") as warnings:
+                holder.load_lora_weights(str(adapter.path), adapter_name=name)
+        except Exception as error:
+            raise ModelUnavailable(f"The adapter {adapter.path} cannot be loaded onto this {family} base "
+                                   f"({brief(error)}).") from error
+        placed, expected = _adapted(modules) - before, _layers_in(adapter.path)
+        if placed < expected or any("unexpected" in warning.lower() for warning in warnings):
+            how_many = "any of its layers" if placed == 0 else f"{expected - placed} of its {expected} layers"
+            raise ModelUnavailable(f"The adapter {adapter.path} does not fit this {family} base: the loader could "
+                                   f"not place {how_many}; it seems to be for {base_guess(_keys(adapter.path))}.")
+        holder.fuse_lora(components=[c for c in mixin._lora_loadable_modules if c in modules],
+                         lora_scale=adapter.scale, adapter_names=[name])
+    holder.unload_lora_weights()
+
+
+def _adapted(modules: Mapping[str, object]) -> int:
+    """How many layers carry an adapter (peft's tuner layers), over all modules."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(layer, BaseTunerLayer) for module in modules.values() for layer in module.modules())
+
+
+def _layers_in(path: Path) -> int:
+    """How many layers the adapter file changes: its distinct module names, in either format (diffusers:
+    ``NAME.lora_A.weight``; kohya: ``NAME.lora_down.weight``, ``NAME.alpha``, ``NAME.dora_scale``)."""
+    return len({re.split(r"\.(?:lora|alpha|dora_scale)", key)[0] for key in _keys(path)})
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def check_adapter_file(adapter: Adapter) -> None:
+    """A missing, pickled or unreadable adapter is refused before any loading, in one sentence."""
+    path = adapter.path
+    if not path.is_file():
+        raise InputProblem(f"No adapter at {path}: the file does not exist.")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelUnavailable(f"{path} is a pickle adapter, which can run code when loaded; convert it to "
+                               "safetensors.")
+    if path.suffix.lower() != ".safetensors":
+        raise ModelUnavailable(f"{path} is not a .safetensors adapter.")
+    try:
+        _keys(path)
+    except Exception as error:  # safetensors raises its own error types for a damaged header
+        raise ModelUnavailable(f"{path} is not a readable safetensors adapter ({brief(error)}).") from error
+
+
+# How many of the most frequent training tags the report shows.
+TOP_TAGS = 10
+
+
+def training_claims(path: Path) -> TrainingClaims | None:
+    """kohya's training metadata from the adapter's safetensors header, or None when it has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    fields = {key: value for key, value in header.items() if key.startswith("ss_")}
+    if not fields:
+        return None
+    return TrainingClaims(
+        output_name=fields.get("ss_output_name"), training_comment=fields.get("ss_training_comment"),
+        dataset_folders=_dataset_folders(fields.get("ss_dataset_dirs")),
+        train_images=_integer(fields.get("ss_num_train_images")), top_tags=_top_tags(fields.get("ss_tag_frequency")),
+        resolution=fields.get("ss_resolution"), base_model_name=fields.get("ss_sd_model_name"),
+        base_model_hash=fields.get("ss_new_sd_model_hash") or fields.get("ss_sd_model_hash"),
+        training_started=_timestamp(fields.get("ss_training_started_at")),
+        training_finished=_timestamp(fields.get("ss_training_finished_at")))
+
+
+def _json(text: str | None):
+    import json
+
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _dataset_folders(text: str | None) -> list[str]:
+    folders = _json(text)
+    if not isinstance(folders, dict):
+        return []
+    return [f"{name}: {entry.get('img_count', '?')} images x {entry.get('n_repeats', '?')} repeats"
+            if isinstance(entry, dict) else str(name) for name, entry in folders.items()]
+
+
+def _top_tags(text: str | None) -> list[str]:
+    """Tags summed over the dataset folders, most frequent first."""
+    frequency = _json(text)
+    counts: dict[str, int] = {}
+    if isinstance(frequency, dict):
+        for tags in frequency.values():
+            if isinstance(tags, dict):
+                for tag, count in tags.items():
+                    if isinstance(count, int):
+                        counts[tag.strip()] = counts.get(tag.strip(), 0) + count
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_TAGS]
+    return [f"{tag} ({count})" for tag, count in ranked]
+
+
+def _integer(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _timestamp(text: str | None) -> str | None:
+    """A Unix time as kohya writes it, as UTC ISO text (the text itself if it is not a number)."""
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(text), tz=timezone.utc).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return text
+
+
+def base_hash_warning(claims: TrainingClaims | None, adapter: Path, base_sha256: str | None) -> str | None:
+    """A warning when the header names a base by its file hash and the given single-file base has another."""
+    if claims is None or not claims.base_model_hash or base_sha256 is None:
+        return None
+    recorded = claims.base_model_hash.lower()
+    if len(recorded) < 10 or base_sha256.startswith(recorded):
+        return None
+    return (f"The adapter {adapter.name} says it was trained on a base with hash {recorded[:12]}…, and this base's "
+            f"file has sha256 {base_sha256[:12]}…: it may be meant for another base (the header is unverified).")

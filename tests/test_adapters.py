@@ -1,0 +1,222 @@
+"""LoRA adapters on a local base: loaded by diffusers' loaders in either format, fused at their scale, part of
+the model's identity, and refused clearly when they cannot be used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_lora import as_kohya, random_unet_lora
+from tiny_pipelines import save_tiny_stable_diffusion
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+from cdi_audit.errors import ModelUnavailable
+from cdi_audit.inputs.images import file_sha256
+from cdi_audit.models.adapters import Adapter
+from cdi_audit.models.condition import Condition
+from cdi_audit.models.loading import load_target
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def base_and_lora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(tiny SD base, a LoRA on its UNet in diffusers format, the same LoRA in kohya format)."""
+    from diffusers import StableDiffusionPipeline
+
+    root = tmp_path_factory.mktemp("lora")
+    base = save_tiny_stable_diffusion(root / "base")
+    lora = random_unet_lora(StableDiffusionPipeline, base, root / "diffusers")
+    return base, lora, as_kohya(lora, root / "kohya.safetensors")
+
+
+def noise_predictions(target, z: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return target.predict_noise(z, 300, Condition({"encoder_hidden_states": states}))
+
+
+def test_an_adapter_in_either_format_predicts_as_the_pipeline_with_it_loaded(base_and_lora) -> None:
+    """Fused into the base, the adapter gives what diffusers' own pipeline gives with it loaded (unfused) to
+    1e-5, in diffusers' and in kohya's format; the base alone differs."""
+    from diffusers import StableDiffusionPipeline
+
+    base, lora, kohya = base_and_lora
+    plain = load_target(base, CPU)
+    adapted = load_target(base, CPU, adapters=(Adapter(lora),))
+    from_kohya = load_target(base, CPU, adapters=(Adapter(kohya),))
+    pipeline = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+    pipeline.load_lora_weights(str(lora))
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        states = plain.embed_captions(["a red square", "a blue circle"])
+        expected = pipeline.unet(z, torch.tensor([300, 300]), encoder_hidden_states=states).sample
+    for target in (adapted, from_kohya):
+        torch.testing.assert_close(noise_predictions(target, z, states), expected, rtol=1e-5, atol=1e-5)
+    assert (noise_predictions(plain, z, states) - expected).abs().max() > 1e-2
+    info = adapted.description.adapters
+    assert [(Path(a.path), a.sha256, a.scale) for a in info] == [(lora.resolve(), file_sha256(lora), 1.0)]
+    assert str(lora.resolve()) in {file.path for file in adapted.description.files}
+
+
+def test_the_adapter_and_its_scale_are_part_of_the_fingerprint(base_and_lora) -> None:
+    base, lora, _ = base_and_lora
+    fingerprints = {load_target(base, CPU, adapters=adapters).description.fingerprint
+                    for adapters in ((), (Adapter(lora),), (Adapter(lora, 0.5),))}
+    assert len(fingerprints) == 3
+    zero = load_target(base, CPU, adapters=(Adapter(lora, 0.0),))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    plain = load_target(base, CPU)
+    with torch.no_grad():
+        states = plain.embed_captions(["a red square"])
+    torch.testing.assert_close(noise_predictions(zero, z, states), noise_predictions(plain, z, states),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixes_them(
+        base_and_lora, image_sets, tmp_path) -> None:
+    base, lora, _ = base_and_lora
+    suspect, reference = image_sets
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json",
+                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1"]
+    plain = json.loads(CliRunner().invoke(app, arguments).stdout)
+    result = CliRunner().invoke(app, [*arguments, "--adapter", f"{lora}:0.5"])
+    adapted = json.loads(result.stdout)
+    assert result.exit_code in (0, 5), result.stdout
+    assert adapted["model"]["adapters"] == [{"path": str(lora.resolve()), "sha256": file_sha256(lora), "scale": 0.5}]
+    assert adapted["configuration"]["model_adapters"] == f"{lora}:0.5"
+    assert adapted["model"]["fingerprint"] != plain["model"]["fingerprint"]
+    assert adapted["extraction"]["images_from_cache"] == 0  # the base's cached features are not the adapter's
+    assert "adapter" in result.stderr and file_sha256(lora)[:12] in result.stderr
+
+
+@pytest.mark.parametrize(("case", "code", "message"), [
+    ("missing", 3, "No adapter at"),
+    ("pickle", 4, "pickle adapter"),
+    ("truncated", 4, "not a readable safetensors adapter"),
+    ("flux", 4, "does not fit this text-to-image Stable Diffusion base"),
+    ("pixel base", 4, "supported on Stable Diffusion 1.x/2.x and SDXL bases"),
+    ("bad scale", 2, "must be a finite number"),
+])
+def test_an_adapter_that_cannot_be_used_is_refused_in_one_line(base_and_lora, tiny_model, image_sets, tmp_path,
+                                                               case, code, message) -> None:
+    from safetensors.torch import load_file, save_file
+
+    base, lora, _ = base_and_lora
+    suspect, reference = image_sets
+    adapter, model = str(lora), base
+    if case == "missing":
+        adapter = str(tmp_path / "absent.safetensors")
+    elif case == "pickle":
+        (tmp_path / "lora.pt").write_bytes(b"\x80\x04")
+        adapter = str(tmp_path / "lora.pt")
+    elif case == "truncated":
+        (tmp_path / "cut.safetensors").write_bytes(lora.read_bytes()[:100])
+        adapter = str(tmp_path / "cut.safetensors")
+    elif case == "flux":
+        save_file({key.replace("unet.", "transformer."): value for key, value in load_file(lora).items()},
+                  tmp_path / "flux.safetensors")
+        adapter = str(tmp_path / "flux.safetensors")
+    elif case == "pixel base":
+        model = tiny_model
+    else:
+        adapter = f"{lora}:nan"
+    result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(model),
+                                      "--adapter", adapter, "--json", "--no-cache"])
+    assert result.exit_code == code, result.stdout
+    text = result.stdout + result.stderr
+    assert message in text and "Traceback" not in text
+
+
+def test_an_adapter_that_fits_only_partly_names_what_it_could_not_place(base_and_lora, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    base, lora, _ = base_and_lora
+    save_file({key.replace("down_blocks.0", "down_blocks.7"): value for key, value in load_file(lora).items()},
+              tmp_path / "partly.safetensors")
+    with pytest.raises(ModelUnavailable, match=r"could not place 8 of its 32 layers"):
+        load_target(base, CPU, adapters=(Adapter(tmp_path / "partly.safetensors"),))
+
+
+def test_an_sdxl_adapter_loads_through_the_sdxl_loader(tmp_path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+    from tiny_sdxl import save_sdxl, tiny_sdxl_components
+
+    base = save_sdxl(tmp_path / "sdxl", tiny_sdxl_components(tmp_path / "sdxl"))
+    lora = random_unet_lora(StableDiffusionXLPipeline, base, tmp_path / "lora")
+    adapted = load_target(base, CPU, adapters=(Adapter(lora),))
+    pipeline = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
+    pipeline.load_lora_weights(str(lora))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        condition = adapted.condition_for(["a red square"], [None])
+        added = {"text_embeds": condition["text_embeds"], "time_ids": condition["time_ids"]}
+        expected = pipeline.unet(z, torch.tensor([300]), encoder_hidden_states=condition["encoder_hidden_states"],
+                                 added_cond_kwargs=added).sample
+        torch.testing.assert_close(adapted.predict_noise(z, 300, condition), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adapters_in_a_batch_file_are_paths_relative_to_it(base_and_lora, tmp_path) -> None:
+    from cdi_audit.pipeline.batch import read_batch_file
+
+    base, lora, _ = base_and_lora
+    (tmp_path / "lora.safetensors").write_bytes(lora.read_bytes())
+    batch = tmp_path / "audits.toml"
+    batch.write_text(f'[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "{base}"\n'
+                     'adapters = ["lora.safetensors:0.8"]\n')
+    [entry] = read_batch_file(batch)
+    assert entry.settings.model.adapters == (Adapter(tmp_path / "lora.safetensors", 0.8),)
+    batch.write_text(f'[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "{base}"\nadapters = "lora.safetensors"\n')
+    with pytest.raises(Exception, match="adapters must be a list"):
+        read_batch_file(batch)
+
+
+KOHYA_HEADER = {
+    "ss_output_name": "my_style", "ss_training_comment": "trained on the portfolio",
+    "ss_dataset_dirs": json.dumps({"20_portfolio": {"n_repeats": 20, "img_count": 34}}),
+    "ss_num_train_images": "680", "ss_resolution": "(512, 512)", "ss_sd_model_name": "v1-5-pruned.safetensors",
+    "ss_new_sd_model_hash": "e1441589a6f3c5a53f5f54d0975a18a7feb7cdf0b0dee276dfc3331ae376a053",
+    "ss_tag_frequency": json.dumps({"20_portfolio": {"portrait": 30, "studio": 12, " harbour": 4}}),
+    "ss_training_started_at": "1767225600", "ss_training_finished_at": "1767229200",
+}
+
+
+def test_what_a_kohya_header_says_is_shown_everywhere_and_changes_nothing(base_and_lora, image_sets, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, _, kohya = base_and_lora
+    with_header = tmp_path / "with_header.safetensors"
+    save_file(load_file(kohya), with_header, metadata=KOHYA_HEADER)
+    suspect, reference = image_sets
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json", "--no-cache",
+                 "--permutations", "200", "--jobs", "1"]
+    bare = CliRunner().invoke(app, [*arguments, "--adapter", str(kohya)])
+    told = CliRunner().invoke(app, [*arguments, "--adapter", str(with_header), "--out", str(tmp_path / "out"),
+                                    "--report", "html"])
+    bare_result, told_result = json.loads(bare.stdout), json.loads(told.stdout)
+    claims = told_result["model"]["adapters"][0]["claims"]
+    assert bare_result["model"]["adapters"][0]["claims"] is None
+    assert claims["output_name"] == "my_style" and claims["train_images"] == 680
+    assert claims["dataset_folders"] == ["20_portfolio: 34 images x 20 repeats"]
+    assert claims["top_tags"] == ["portrait (30)", "studio (12)", "harbour (4)"]
+    assert claims["training_started"] == "2026-01-01T00:00:00+00:00"
+    assert claims["base_model_hash"].startswith("e1441589")
+    assert (told_result["verdict"], told_result["p_value"]) == (bare_result["verdict"], bare_result["p_value"])
+    assert "my_style" in told.stderr and "unverified" in told.stderr
+    assert "training metadata: none" in bare.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "What the adapter file says about its training (unverified)" in html and "portrait (30)" in html
+
+
+def test_a_recorded_base_hash_that_differs_from_the_base_file_is_warned_about() -> None:
+    from cdi_audit.models.adapters import base_hash_warning
+    from cdi_audit.results.schema import TrainingClaims
+
+    claims = TrainingClaims(base_model_hash="e1441589a6f3c5a53f5f54d0975a18a7")
+    warning = base_hash_warning(claims, Path("style.safetensors"), "0" * 64)
+    assert warning is not None and "style.safetensors" in warning and "e1441589a6f3" in warning
+    assert base_hash_warning(claims, Path("style.safetensors"), "e1441589a6f3c5a53f5f54d0975a18a7" + "0" * 32) is None
+    assert base_hash_warning(claims, Path("style.safetensors"), None) is None  # a folder base: nothing to compare
+    assert base_hash_warning(TrainingClaims(base_model_hash="925997e9"), Path("x"), "0" * 64) is None  # legacy hash

@@ -1,0 +1,38 @@
+"""Random LoRA adapters for the tiny pipelines, written as diffusers saves them and, through diffusers' own
+conversion, in kohya's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A rank-``rank`` LoRA on the attention projections of the UNet in ``folder``, with random up weights (peft
+    starts them at zero, which would change nothing), saved by ``pipeline_class.save_lora_weights``."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipeline = pipeline_class.from_pretrained(folder, local_files_only=True)
+    unet = pipeline.unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    pipeline_class.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
+    return out / "pytorch_lora_weights.safetensors"
+
+
+def as_kohya(diffusers_file: Path, out: Path) -> Path:
+    """The same adapter in kohya's key format (``lora_unet_*.lora_down.weight``, ``.alpha``), converted by
+    diffusers' ``convert_state_dict_to_kohya``."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    save_file(convert_state_dict_to_kohya(load_file(diffusers_file)), out)
+    return out
