@@ -85,7 +85,8 @@ def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixe
     result = CliRunner().invoke(app, [*arguments, "--adapter", f"{lora}:0.5"])
     adapted = json.loads(result.stdout)
     assert result.exit_code in (0, 5), result.stdout
-    assert adapted["model"]["adapters"] == [{"path": str(lora.resolve()), "sha256": file_sha256(lora), "scale": 0.5}]
+    assert adapted["model"]["adapters"] == [{"path": str(lora.resolve()), "sha256": file_sha256(lora), "scale": 0.5,
+                                             "claims": None}]  # diffusers writes no kohya training metadata
     assert adapted["configuration"]["model_adapters"] == f"{lora}:0.5"
     assert adapted["model"]["fingerprint"] != plain["model"]["fingerprint"]
     assert adapted["extraction"]["images_from_cache"] == 0  # the base's cached features are not the adapter's
