@@ -221,3 +221,12 @@ def test_a_recorded_base_hash_that_differs_from_the_base_file_is_warned_about() 
     assert base_hash_warning(claims, Path("style.safetensors"), "e1441589a6f3c5a53f5f54d0975a18a7" + "0" * 32) is None
     assert base_hash_warning(claims, Path("style.safetensors"), None) is None  # a folder base: nothing to compare
     assert base_hash_warning(TrainingClaims(base_model_hash="925997e9"), Path("x"), "0" * 64) is None  # legacy hash
+
+
+def test_an_adapter_without_a_local_base_is_a_usage_error(base_and_lora, image_sets) -> None:
+    _, lora, _ = base_and_lora
+    suspect, reference = image_sets
+    result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--endpoint",
+                                      "http://127.0.0.1:9/vary", "--adapter", str(lora), "--json"])
+    words = " ".join(word for word in (result.stdout + result.stderr).split() if word != "│")
+    assert result.exit_code == 2 and "an adapter is fused into a local base; give it as --model" in words
