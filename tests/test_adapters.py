@@ -230,3 +230,26 @@ def test_an_adapter_without_a_local_base_is_a_usage_error(base_and_lora, image_s
                                       "http://127.0.0.1:9/vary", "--adapter", str(lora), "--json"])
     words = " ".join(word for word in (result.stdout + result.stderr).split() if word != "│")
     assert result.exit_code == 2 and "an adapter is fused into a local base; give it as --model" in words
+
+
+def test_a_pickle_adapter_is_read_only_when_allowed_and_then_only_as_tensors(base_and_lora, image_sets, tmp_path):
+    """--allow-pickle reads a .pt adapter with torch.load(weights_only=True): the same model as its safetensors
+    twin; a pickle that would run code is still refused."""
+    from safetensors.torch import load_file
+
+    base, lora, _ = base_and_lora
+    pickled = tmp_path / "lora.pt"
+    torch.save(load_file(lora), pickled)
+    from_pickle = load_target(base, CPU, adapters=(Adapter(pickled, allow_pickle=True),))
+    from_safetensors = load_target(base, CPU, adapters=(Adapter(lora),))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        states = from_safetensors.embed_captions(["a red square"])
+    expected = noise_predictions(from_safetensors, z, states)
+    torch.testing.assert_close(noise_predictions(from_pickle, z, states), expected, rtol=0, atol=0)
+    assert from_pickle.description.adapters[0].sha256 == file_sha256(pickled)
+    torch.save({"weights": load_file(lora), "hook": print}, tmp_path / "code.pt")  # not plain tensors
+    suspect, reference = image_sets
+    result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(base),
+                                      "--adapter", str(tmp_path / "code.pt"), "--allow-pickle", "--json", "--no-cache"])
+    assert result.exit_code == 4 and "not a readable pickle adapter" in result.stdout

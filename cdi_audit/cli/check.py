@@ -14,6 +14,7 @@ from cdi_audit.cli.options import (
     AccessChoice,
     AccessOption,
     AdapterOption,
+    AllowPickleOption,
     AlphaOption,
     BatchSizeOption,
     CacheDirOption,
@@ -41,9 +42,9 @@ from cdi_audit.cli.options import (
     SeedOption,
     StrictOption,
     TestChoice,
-    adapters_of,
     check_features,
     check_report_formats,
+    model_spec,
     report_formats_of,
     require_one_model,
     require_out_for_reports,
@@ -64,6 +65,7 @@ def check(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    allow_pickle: AllowPickleOption = False,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     alpha: AlphaOption = 0.01,
     seed: SeedOption = 0,
@@ -129,7 +131,7 @@ def check(
     --endpoint-cmd TEMPLATE), which allows the black-box feature (ReDiffuse) only.
     """
     from cdi_audit.blackbox.endpoints import EndpointSettings
-    from cdi_audit.models.spec import Machine, ModelSpec
+    from cdi_audit.models.spec import Machine
     from cdi_audit.pipeline.audit import AuditSettings, run_audit
     from cdi_audit.report.terminal import print_summary
 
@@ -153,12 +155,12 @@ def check(
     )
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference,
-        model=None if model is None else ModelSpec(model, model_config, adapters_of(adapter)),
+        model=model_spec(model, model_config, adapter, allow_pickle),
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
         batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
         use_cache=not no_cache, strict=strict, n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
-        control=None if control_model is None else ModelSpec(control_model, control_model_config),
+        control=model_spec(control_model, control_model_config, None, False),
     )
     result = run_stage(lambda progress: run_audit(settings, progress), console)
     payload = result.model_dump_json(indent=2)

@@ -15,6 +15,7 @@ from cdi_audit.cli.options import (
     AccessChoice,
     AccessOption,
     AdapterOption,
+    AllowPickleOption,
     BatchSizeOption,
     CacheDirOption,
     CaptionOption,
@@ -30,9 +31,9 @@ from cdi_audit.cli.options import (
     NoCacheOption,
     SeedOption,
     StrictOption,
-    adapters_of,
     check_alpha,
     check_features,
+    model_spec,
     require_one_model,
     require_reachable,
 )
@@ -55,6 +56,7 @@ def evaluate(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    allow_pickle: AllowPickleOption = False,
     features: Annotated[str, typer.Option(
         callback=check_features, metavar="NAMES",
         help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
@@ -95,7 +97,7 @@ def evaluate(
     median p over REPEATS random n-vs-n audits is below 0.01), next to the
     false-positive rate measured by auditing non-members against non-members.
     """
-    from cdi_audit.models.spec import Machine, ModelSpec
+    from cdi_audit.models.spec import Machine
     from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
     from cdi_audit.report.evaluation_table import print_evaluation
     from cdi_audit.statistics.evaluation import EVALUATION_TESTS, NEEDED_P
@@ -107,7 +109,7 @@ def evaluate(
     console = stderr_console()
     prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model=ModelSpec(model, model_config, adapters_of(adapter)),
+        members_dir=members, nonmembers_dir=nonmembers, model=model_spec(model, model_config, adapter, allow_pickle),
         access=access.value, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
         machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,

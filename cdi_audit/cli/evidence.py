@@ -12,6 +12,7 @@ from cdi_audit.cli.app import guarded, prepare_out, run_stage, write_outputs
 from cdi_audit.cli.options import (
     AccessChoice,
     AdapterOption,
+    AllowPickleOption,
     AlphaOption,
     CacheDirOption,
     CompileOption,
@@ -24,7 +25,7 @@ from cdi_audit.cli.options import (
     NoCacheOption,
     SeedOption,
     StrictOption,
-    adapters_of,
+    model_spec,
     require_one_model,
 )
 from cdi_audit.cli.reports import render_saved
@@ -39,6 +40,7 @@ def extract_evidence(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    allow_pickle: AllowPickleOption = False,
     reference: Annotated[Path | None, typer.Option(
         "--reference", "-r", metavar="DIR", show_default=False,
         help="Folder of your unpublished images: the share of them with a near-copy is what the suspect "
@@ -79,12 +81,12 @@ def extract_evidence(
     from cdi_audit.evidence.output import print_summary, result_json
     from cdi_audit.evidence.output import write_outputs as write_evidence_files
     from cdi_audit.evidence.search import SearchSettings, run_search
-    from cdi_audit.models.spec import Machine, ModelSpec
+    from cdi_audit.models.spec import Machine
 
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
     prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
-    settings = SearchSettings(model=ModelSpec(model, model_config, adapters_of(adapter)), suspect_dir=suspect_dir,
+    settings = SearchSettings(model=model_spec(model, model_config, adapter, allow_pickle), suspect_dir=suspect_dir,
                               reference_dir=reference, budget=budget, seed=seed, steps=steps,
                               guidance_scale=guidance_scale, threshold=threshold,
                               machine=Machine(device, dtype, compile_network), batch_size=batch_size,

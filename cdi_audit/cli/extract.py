@@ -15,6 +15,7 @@ from cdi_audit.cli.options import (
     AccessChoice,
     AccessOption,
     AdapterOption,
+    AllowPickleOption,
     BatchSizeOption,
     CacheDirOption,
     CaptionOption,
@@ -28,8 +29,8 @@ from cdi_audit.cli.options import (
     ModelOption,
     SeedOption,
     StrictOption,
-    adapters_of,
     check_features,
+    model_spec,
     require_one_model,
 )
 from cdi_audit.console import shown, stderr_console
@@ -88,6 +89,7 @@ def extract(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    allow_pickle: AllowPickleOption = False,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     shard: Annotated[str, typer.Option(
         callback=_check_shard, metavar="i/N",
@@ -117,13 +119,13 @@ def extract(
     (or torchrun ... -m cdi_audit extract ...). Each process then extracts its own shard (RANK+1 of
     WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
-    from cdi_audit.models.spec import Machine, ModelSpec
+    from cdi_audit.models.spec import Machine
     from cdi_audit.pipeline.audit import ModelSettings, run_extraction
 
     require_one_model(model, None, None, access)
     console = stderr_console()
     chosen, launch, device = _place_this_process(shard, device)
-    settings = ModelSettings(model=ModelSpec(model, model_config, adapters_of(adapter)), access=access.value,
+    settings = ModelSettings(model=model_spec(model, model_config, adapter, allow_pickle), access=access.value,
                              features=features, seed=seed, machine=Machine(device, dtype, compile_network),
                              batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption,
                              cache_dir=cache_dir, strict=strict)

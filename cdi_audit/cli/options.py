@@ -12,6 +12,7 @@ import typer
 
 from cdi_audit.cli.app import check_cache_dir
 from cdi_audit.models.adapters import Adapter
+from cdi_audit.models.spec import ModelSpec
 from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
@@ -157,6 +158,10 @@ AdapterOption = Annotated[list[str] | None, typer.Option(
     help="A LoRA adapter (.safetensors, diffusers or kohya format) to fuse into --model, at SCALE (default 1.0); "
          "repeat for several, applied in order. Its sha256 and scale become part of the model's fingerprint. "
          "Stable Diffusion 1.x/2.x and SDXL bases.")]
+AllowPickleOption = Annotated[bool, typer.Option(
+    "--allow-pickle",
+    help="Read --adapter files that are pickles (.pt, .bin, .ckpt) with torch.load(weights_only=True), which "
+         "loads tensors but runs no code; without it they are refused. Models themselves must be safetensors.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
     help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
@@ -216,10 +221,16 @@ def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: st
                                  "anyway", param_hint="--access")
 
 
-def adapters_of(values: list[str] | None) -> tuple[Adapter, ...]:
+def adapters_of(values: list[str] | None, allow_pickle: bool = False) -> tuple[Adapter, ...]:
     """The --adapter values as adapters; a scale that is not a finite number is a usage error."""
-    adapters = tuple(Adapter.parse(value) for value in values or ())
+    adapters = tuple(Adapter.parse(value, allow_pickle) for value in values or ())
     for adapter in adapters:
         if not math.isfinite(adapter.scale):
             raise typer.BadParameter(f"the scale of {adapter.path} must be a finite number.", param_hint="--adapter")
     return adapters
+
+
+def model_spec(model: Path | None, config: Path | None, adapters: list[str] | None, allow_pickle: bool
+               ) -> ModelSpec | None:
+    """The model the --model, --model-config, --adapter and --allow-pickle options name (None without --model)."""
+    return None if model is None else ModelSpec(model, config, adapters_of(adapters, allow_pickle))

@@ -10,12 +10,13 @@ import typer
 from cdi_audit.cli.app import guarded, run_stage
 from cdi_audit.cli.options import (
     AdapterOption,
+    AllowPickleOption,
     CompileOption,
     DebugOption,
     DeviceOption,
     DtypeOption,
     ModelConfigOption,
-    adapters_of,
+    model_spec,
 )
 from cdi_audit.console import StageProgress, shown, stderr_console
 from cdi_audit.errors import SettingsProblem
@@ -28,6 +29,7 @@ def serve(
         help="The local model to serve: a diffusers pipeline folder or a single-file .safetensors checkpoint.")],
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    allow_pickle: AllowPickleOption = False,
     host: Annotated[str, typer.Option(
         metavar="ADDRESS", help="Address to listen on. Keep the loopback default unless others must reach it: the "
                                 "server has no authentication of its own.")] = "127.0.0.1",
@@ -44,12 +46,12 @@ def serve(
     """
     from cdi_audit.blackbox.server import VariationServer, is_loopback
     from cdi_audit.blackbox.variation import LocalVariation
-    from cdi_audit.models.spec import Machine, ModelSpec
+    from cdi_audit.models.spec import Machine
 
     console = stderr_console()
 
     def load(progress: StageProgress) -> LocalVariation:
-        target = ModelSpec(model, model_config, adapters_of(adapter)).load(Machine(device, dtype, compile_network))
+        target = model_spec(model, model_config, adapter, allow_pickle).load(Machine(device, dtype, compile_network))
         target.load_weights()  # a broken model fails now, not at the first request
         return LocalVariation(target)
 

@@ -28,17 +28,32 @@ class Adapter:
 
     path: Path
     scale: float = 1.0
+    # A pickle file (.pt, .bin, .ckpt) is read only when the user allows it, and then with torch.load's
+    # weights_only=True, which unpickles tensors and plain containers but no code.
+    allow_pickle: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> Adapter:
+    def parse(cls, text: str, allow_pickle: bool = False) -> Adapter:
         """``FILE`` or ``FILE:SCALE`` (the scale a number, e.g. 0.8)."""
         path, separator, scale = text.rpartition(":")
         if separator and path and not scale.startswith(("/", "\\")):
             try:
-                return cls(Path(path), float(scale))
+                return cls(Path(path), float(scale), allow_pickle)
             except ValueError:
                 pass
-        return cls(Path(text))
+        return cls(Path(text), allow_pickle=allow_pickle)
+
+    @property
+    def pickled(self) -> bool:
+        return self.path.suffix.lower() in PICKLE_SUFFIXES
+
+    def weights(self) -> str | dict:
+        """What diffusers' loader is given: the safetensors path, or the tensors of an allowed pickle."""
+        if not self.pickled:
+            return str(self.path)
+        import torch
+
+        return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
 def base_guess(keys: list[str]) -> str:
@@ -91,15 +106,15 @@ def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Ad
         before = _adapted(modules)
         try:
             with _warnings_of("diffusers", "peft") as warnings:
-                holder.load_lora_weights(str(adapter.path), adapter_name=name)
+                holder.load_lora_weights(adapter.weights(), adapter_name=name)
         except Exception as error:
             raise ModelUnavailable(f"The adapter {adapter.path} cannot be loaded onto this {family} base "
                                    f"({brief(error)}).") from error
-        placed, expected = _adapted(modules) - before, _layers_in(adapter.path)
+        placed, expected = _adapted(modules) - before, _layers_in(adapter)
         if placed < expected or any("unexpected" in warning.lower() for warning in warnings):
             how_many = "any of its layers" if placed == 0 else f"{expected - placed} of its {expected} layers"
             raise ModelUnavailable(f"The adapter {adapter.path} does not fit this {family} base: the loader could "
-                                   f"not place {how_many}; it seems to be for {base_guess(_keys(adapter.path))}.")
+                                   f"not place {how_many}; it seems to be for {base_guess(_keys(adapter))}.")
         holder.fuse_lora(components=[c for c in mixin._lora_loadable_modules if c in modules],
                          lora_scale=adapter.scale, adapter_names=[name])
     holder.unload_lora_weights()
@@ -112,16 +127,21 @@ def _adapted(modules: Mapping[str, object]) -> int:
     return sum(isinstance(layer, BaseTunerLayer) for module in modules.values() for layer in module.modules())
 
 
-def _layers_in(path: Path) -> int:
+def _layers_in(adapter: Adapter) -> int:
     """How many layers the adapter file changes: its distinct module names, in either format (diffusers:
     ``NAME.lora_A.weight``; kohya: ``NAME.lora_down.weight``, ``NAME.alpha``, ``NAME.dora_scale``)."""
-    return len({re.split(r"\.(?:lora|alpha|dora_scale)", key)[0] for key in _keys(path)})
+    return len({re.split(r"\.(?:lora|alpha|dora_scale)", key)[0] for key in _keys(adapter)})
 
 
-def _keys(path: Path) -> list[str]:
+def _keys(adapter: Adapter) -> list[str]:
+    if adapter.pickled:
+        weights = adapter.weights()
+        if not isinstance(weights, dict):
+            raise ValueError(f"it holds a {type(weights).__name__}, not a dictionary of tensors")
+        return list(weights)
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(adapter.path), framework="pt") as handle:
         return list(handle.keys())
 
 
@@ -130,26 +150,31 @@ def check_adapter_file(adapter: Adapter) -> None:
     path = adapter.path
     if not path.is_file():
         raise InputProblem(f"No adapter at {path}: the file does not exist.")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if adapter.pickled and not adapter.allow_pickle:
         raise ModelUnavailable(f"{path} is a pickle adapter, which can run code when loaded; convert it to "
-                               "safetensors.")
-    if path.suffix.lower() != ".safetensors":
+                               "safetensors, or give --allow-pickle to read only its tensors (torch.load with "
+                               "weights_only=True).")
+    if not adapter.pickled and path.suffix.lower() != ".safetensors":
         raise ModelUnavailable(f"{path} is not a .safetensors adapter.")
+    kind = "pickle" if adapter.pickled else "safetensors"
     try:
-        _keys(path)
-    except Exception as error:  # safetensors raises its own error types for a damaged header
-        raise ModelUnavailable(f"{path} is not a readable safetensors adapter ({brief(error)}).") from error
+        _keys(adapter)
+    except Exception as error:  # safetensors and torch raise their own error types for a damaged file
+        raise ModelUnavailable(f"{path} is not a readable {kind} adapter ({brief(error)}).") from error
 
 
 # How many of the most frequent training tags the report shows.
 TOP_TAGS = 10
 
 
-def training_claims(path: Path) -> TrainingClaims | None:
-    """kohya's training metadata from the adapter's safetensors header, or None when it has none."""
+def training_claims(adapter: Adapter) -> TrainingClaims | None:
+    """kohya's training metadata from the adapter's safetensors header, or None when it has none (a pickle
+    carries no header)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
+    if adapter.pickled:
+        return None
+    with safe_open(str(adapter.path), framework="pt") as handle:
         header = handle.metadata() or {}
     fields = {key: value for key, value in header.items() if key.startswith("ss_")}
     if not fields:

@@ -382,7 +382,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         roles = {c.role: c.folder for c in components if c.role != "condition"}
         sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), root, roles)
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
-                                 claims=training_claims(a.path)) for a in adapters]
+                                 claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)
              if (note := base_hash_warning(info.claims, adapter.path, files[0].sha256 if root.is_file() else None))]
     if adapters:
