@@ -253,3 +253,16 @@ def test_a_pickle_adapter_is_read_only_when_allowed_and_then_only_as_tensors(bas
     result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(base),
                                       "--adapter", str(tmp_path / "code.pt"), "--allow-pickle", "--json", "--no-cache"])
     assert result.exit_code == 4 and "not a readable pickle adapter" in result.stdout
+
+
+def test_several_adapters_are_fused_one_after_another(base_and_lora) -> None:
+    """The same LoRA twice at 0.5 adds the same change as once at 1.0 (fusing adds scale x up x down)."""
+    base, lora, kohya = base_and_lora
+    twice = load_target(base, CPU, adapters=(Adapter(lora, 0.5), Adapter(kohya, 0.5)))
+    once = load_target(base, CPU, adapters=(Adapter(lora),))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        states = once.embed_captions(["a blue circle"])
+    torch.testing.assert_close(noise_predictions(twice, z, states), noise_predictions(once, z, states),
+                               rtol=1e-5, atol=1e-5)
+    assert [a.scale for a in twice.description.adapters] == [0.5, 0.5]

@@ -117,7 +117,7 @@ def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Ad
                                    f"not place {how_many}; it seems to be for {base_guess(_keys(adapter))}.")
         holder.fuse_lora(components=[c for c in mixin._lora_loadable_modules if c in modules],
                          lora_scale=adapter.scale, adapter_names=[name])
-    holder.unload_lora_weights()
+        holder.unload_lora_weights()  # the fused weights stay; the next adapter gets layers of its own
 
 
 def _adapted(modules: Mapping[str, object]) -> int:
