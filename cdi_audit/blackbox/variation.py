@@ -241,6 +241,7 @@ class BlackBoxTarget:
         self.device = torch.device("cpu")
         self.forward_rows = 0
         self.calls_from_store = 0
+        self.notes: list[str] = []  # warnings for the report about the model (a local one's, through ``vary``)
         self.on_calls_done: Callable[[int, int], None] | None = None
 
     @property
@@ -296,4 +297,6 @@ def local_black_box(target: Target) -> BlackBoxTarget:
     """A local model used only through ``vary`` (``--access blackbox``): what an endpoint serving it gives."""
     backend = LocalVariation(target)
     description = target.description.model_copy(update={"access": "black"})
-    return BlackBoxTarget(backend, backend.info, description)
+    black_box = BlackBoxTarget(backend, backend.info, description)
+    black_box.notes = target.notes
+    return black_box

@@ -9,16 +9,15 @@ the base it seems to be for: a silently ignored adapter would audit the base und
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cdi_audit.errors import InputProblem, ModelUnavailable, brief
 from cdi_audit.results.schema import TrainingClaims
 
+# Files that unpickle when loaded: refused as models (loading.py), and as adapters without --allow-pickle.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 
 
@@ -68,28 +67,6 @@ def base_guess(keys: list[str]) -> str:
     return "an unknown base"
 
 
-@contextmanager
-def _warnings_of(*names: str) -> Iterator[list[str]]:
-    """The warnings the named loggers emit within the block (diffusers and peft only warn about keys they
-    could not place)."""
-    caught: list[str] = []
-
-    class Catch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                caught.append(record.getMessage())
-
-    handler = Catch()
-    loggers = [logging.getLogger(name) for name in names]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield caught
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-
-
 def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Adapter, ...], family: str) -> None:
     """Load each adapter into ``modules`` (component name -> loaded module, changed in place) with the diffusers
     LoRA loader mixin ``loader``, fuse it at its scale, and drop the adapter layers."""
@@ -103,18 +80,20 @@ def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Ad
         setattr(holder, name, module)
     for index, adapter in enumerate(adapters):
         name = f"adapter_{index}"
+        weights = adapter.weights()
+        keys = list(weights) if isinstance(weights, dict) else _keys(adapter)
         before = _adapted(modules)
         try:
-            with _warnings_of("diffusers", "peft") as warnings:
-                holder.load_lora_weights(adapter.weights(), adapter_name=name)
+            holder.load_lora_weights(weights, adapter_name=name)
         except Exception as error:
             raise ModelUnavailable(f"The adapter {adapter.path} cannot be loaded onto this {family} base "
                                    f"({brief(error)}).") from error
-        placed, expected = _adapted(modules) - before, _layers_in(adapter)
-        if placed < expected or any("unexpected" in warning.lower() for warning in warnings):
+        # diffusers only warns about keys it cannot place: count the layers it placed against the file's.
+        placed, expected = _adapted(modules) - before, _layers_in(keys)
+        if placed < expected:
             how_many = "any of its layers" if placed == 0 else f"{expected - placed} of its {expected} layers"
             raise ModelUnavailable(f"The adapter {adapter.path} does not fit this {family} base: the loader could "
-                                   f"not place {how_many}; it seems to be for {base_guess(_keys(adapter))}.")
+                                   f"not place {how_many}; it seems to be for {base_guess(keys)}.")
         holder.fuse_lora(components=[c for c in mixin._lora_loadable_modules if c in modules],
                          lora_scale=adapter.scale, adapter_names=[name])
         holder.unload_lora_weights()  # the fused weights stay; the next adapter gets layers of its own
@@ -127,10 +106,10 @@ def _adapted(modules: Mapping[str, object]) -> int:
     return sum(isinstance(layer, BaseTunerLayer) for module in modules.values() for layer in module.modules())
 
 
-def _layers_in(adapter: Adapter) -> int:
+def _layers_in(keys: list[str]) -> int:
     """How many layers the adapter file changes: its distinct module names, in either format (diffusers:
     ``NAME.lora_A.weight``; kohya: ``NAME.lora_down.weight``, ``NAME.alpha``, ``NAME.dora_scale``)."""
-    return len({re.split(r"\.(?:lora|alpha|dora_scale)", key)[0] for key in _keys(adapter)})
+    return len({re.split(r"\.(?:lora|alpha|dora_scale)", key)[0] for key in keys})
 
 
 def _keys(adapter: Adapter) -> list[str]:

@@ -32,10 +32,6 @@ class LatentTarget(Target):
         """``module`` on the target's device, in evaluation mode, frozen (weights may still be on disk)."""
         return module.to(self.device).eval().requires_grad_(False)
 
-    @staticmethod
-    def _load(*modules: torch.nn.Module) -> None:
-        load_now(*modules)
-
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         encoded = self.autoencoder.encode(pixels)
         mean = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
@@ -55,7 +51,7 @@ class LatentTarget(Target):
         return self.autoencoder.decode(z0 / self.scaling_factor + self.shift_factor).sample.float()
 
     def load_weights(self) -> None:
-        self._load(self.denoiser, self.autoencoder)
+        load_now(self.denoiser, self.autoencoder)
 
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         return self.denoiser(z_t, time).sample

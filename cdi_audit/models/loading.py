@@ -21,7 +21,14 @@ import torch
 
 from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.inputs.images import file_sha256
-from cdi_audit.models.adapters import Adapter, base_hash_warning, check_adapter_file, fuse_adapters, training_claims
+from cdi_audit.models.adapters import (
+    PICKLE_SUFFIXES,
+    Adapter,
+    base_hash_warning,
+    check_adapter_file,
+    fuse_adapters,
+    training_claims,
+)
 from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.families import family_for
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
@@ -31,7 +38,6 @@ from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialise
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import AdapterInfo, FileDigest, ModelInfo
 
-PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Files whose bytes decide what the model computes: they make up its fingerprint.
 FINGERPRINT_SUFFIXES = frozenset({".safetensors", ".json", ".txt"})
 # A schedule shorter than 2 steps has no noising to measure; one beyond 100,000 is no trained model's.
@@ -369,9 +375,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                                          ).hexdigest()
             if config is not None and Path(config).exists():
                 files += config_files  # the user's own configs are inputs too; shipped ones are in the package
-            roles = {c.role: c.folder for c in components if c.role != "condition"}
-            sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), configs,
-                                      roles)
+        config_folder = configs  # named in a refusal of its sample size; the configs themselves are read
     else:
         family, index, options = _check_folder(root)
         components = family.components(index)
@@ -379,8 +383,9 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         files = model_files(root)
         fingerprint = model_fingerprint(root, files)
         parts = {component.folder: _load_component(root, component) for component in components}
-        roles = {c.role: c.folder for c in components if c.role != "condition"}
-        sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), root, roles)
+        config_folder = root
+    roles = {c.role: c.folder for c in components if c.role != "condition"}
+    sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), config_folder, roles)
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
                                  claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)

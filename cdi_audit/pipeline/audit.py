@@ -274,7 +274,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     if check_target is not None:
         check_target(target)
     extractors, notes = extractors_for(settings.features, target)
-    notes[:0] = getattr(target, "notes", [])
+    notes[:0] = target.notes
     require_access(target.access, extractors)
     if target.access == "black":
         target.on_calls_done = progress.counter(label + "endpoint calls (this batch)")

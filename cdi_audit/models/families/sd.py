@@ -6,6 +6,7 @@ import torch
 
 from cdi_audit.inputs.images import ImageRecord
 from cdi_audit.models.condition import Condition, Tokens
+from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.latent import LatentTarget
@@ -54,7 +55,7 @@ class StableDiffusionTarget(LatentTarget):
 
     def load_weights(self) -> None:
         super().load_weights()
-        self._load(self.text_encoder)
+        load_now(self.text_encoder)
 
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         return self.denoiser(z_t, time, encoder_hidden_states=condition["encoder_hidden_states"]).sample

@@ -17,6 +17,7 @@ import torch
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.inputs.images import sdxl_crop_geometry
 from cdi_audit.models.condition import Condition, Tokens
+from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
 from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
@@ -67,7 +68,7 @@ class SDXLTarget(StableDiffusionTarget):
 
     def load_weights(self) -> None:
         super().load_weights()
-        self._load(self.text_encoder_2)
+        load_now(self.text_encoder_2)
 
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         added = {"text_embeds": condition["text_embeds"], "time_ids": condition["time_ids"]}
