@@ -266,3 +266,74 @@ def test_several_adapters_are_fused_one_after_another(base_and_lora) -> None:
     torch.testing.assert_close(noise_predictions(twice, z, states), noise_predictions(once, z, states),
                                rtol=1e-5, atol=1e-5)
     assert [a.scale for a in twice.description.adapters] == [0.5, 0.5]
+
+
+def test_a_dora_adapter_fused_predicts_as_the_pipeline_with_it_loaded(base_and_lora, tmp_path) -> None:
+    """DoRA (a LoRA with a learned magnitude per output, ``lora_magnitude_vector``) through the same loader:
+    fused, it predicts what diffusers' pipeline gives with it loaded, to 1e-5."""
+    from diffusers import StableDiffusionPipeline
+
+    base, _, _ = base_and_lora
+    dora = random_unet_lora(StableDiffusionPipeline, base, tmp_path / "dora", dora=True)
+    from safetensors import safe_open
+
+    with safe_open(str(dora), framework="pt") as handle:
+        assert any("lora_magnitude_vector" in key for key in handle.keys())
+    pipeline = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+    pipeline.load_lora_weights(str(dora))
+    adapted, plain = load_target(base, CPU, adapters=(Adapter(dora),)), load_target(base, CPU)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        states = plain.embed_captions(["a red square", "a blue circle"])
+        expected = pipeline.unet(z, torch.tensor([300, 300]), encoder_hidden_states=states).sample
+    torch.testing.assert_close(noise_predictions(adapted, z, states), expected, rtol=1e-5, atol=1e-5)
+    assert (noise_predictions(plain, z, states) - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(("marker", "name"), [("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("oft_blocks", "OFT")])
+def test_a_lycoris_adapter_is_refused_by_its_format(base_and_lora, tmp_path, marker, name) -> None:
+    from safetensors.torch import save_file
+
+    base, _, _ = base_and_lora
+    path = tmp_path / f"{name}.safetensors"
+    save_file({f"lora_unet_down_blocks_0_attentions_0_proj_in.{marker}": torch.zeros(4, 4)}, path)
+    with pytest.raises(ModelUnavailable, match=f"is a LyCORIS {name} adapter, which diffusers' LoRA loader cannot"):
+        load_target(base, CPU, adapters=(Adapter(path),))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--control-model", "BASE"], "with --adapter the base (--model) is the control model"),
+    (["--no-calibration", "NOADAPTER"], "calibration against the base applies to adapter audits only"),
+])
+def test_calibration_options_that_do_not_fit_are_usage_errors(base_and_lora, image_sets, extra, message) -> None:
+    base, lora, _ = base_and_lora
+    suspect, reference = image_sets
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json"]
+    if "NOADAPTER" not in extra:
+        arguments += ["--adapter", str(lora)]
+    arguments += [str(base) if item == "BASE" else item for item in extra if item != "NOADAPTER"]
+    result = CliRunner().invoke(app, arguments)
+    words = " ".join(word for word in (result.stdout + result.stderr).split() if word != "│")
+    assert result.exit_code == 2 and message in words, words
+
+
+def test_a_batch_file_with_adapters_takes_calibration_and_refuses_a_control_model(base_and_lora, tmp_path) -> None:
+    from cdi_audit.errors import SettingsProblem
+    from cdi_audit.pipeline.batch import read_batch_file
+
+    base, lora, _ = base_and_lora
+    batch = tmp_path / "audits.toml"
+    entry = f'[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "{base}"\nadapters = ["{lora}"]\n'
+    batch.write_text(entry + "calibration = false\n")
+    [read] = read_batch_file(batch)
+    assert (read.settings.calibration, read.settings.calibrated, read.settings.control_model) == (
+        False, False, read.settings.model.base)
+    batch.write_text(entry)
+    [read] = read_batch_file(batch)
+    assert read.settings.calibrated and read.settings.control_model.adapters == ()
+    batch.write_text(entry + f'control_model = "{base}"\n')
+    with pytest.raises(SettingsProblem, match="with adapters the base"):
+        read_batch_file(batch)
+    batch.write_text(entry + 'calibration = "no"\n')
+    with pytest.raises(SettingsProblem, match="calibration must be a bool"):
+        read_batch_file(batch)

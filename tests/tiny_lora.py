@@ -10,20 +10,24 @@ import torch
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0) -> Path:
-    """A rank-``rank`` LoRA on the attention projections of the UNet in ``folder``, with random up weights (peft
-    starts them at zero, which would change nothing), saved by ``pipeline_class.save_lora_weights``."""
+def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0,
+                     dora: bool = False) -> Path:
+    """A rank-``rank`` LoRA (``dora``: DoRA) on the attention projections of the UNet in ``folder``, with random up
+    weights (peft starts them at zero, which would change nothing) and DoRA magnitudes moved off their start,
+    saved by ``pipeline_class.save_lora_weights``."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     pipeline = pipeline_class.from_pretrained(folder, local_files_only=True)
     unet = pipeline.unet
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION, use_dora=dora))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in unet.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+            elif "lora_magnitude_vector" in name:
+                parameter.mul_(1 + 0.2 * torch.rand(parameter.shape, generator=generator))
     pipeline_class.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
 
@@ -36,3 +40,34 @@ def as_kohya(diffusers_file: Path, out: Path) -> Path:
 
     save_file(convert_state_dict_to_kohya(load_file(diffusers_file)), out)
     return out
+
+
+def train_unet_lora(pipeline_class, base: Path, members: Path, out: Path, steps: int = 400, rank: int = 4,
+                    seed: int = 0, learning_rate: float = 5e-3, caption: str | None = None) -> Path:
+    """A rank-``rank`` LoRA on the UNet attention of the tiny text-to-image ``base``, trained on the captioned
+    images in ``members`` as diffusers' training script does it (base frozen, only the adapter learns; the
+    noise-prediction loss at uniform timesteps), saved by ``pipeline_class.save_lora_weights``."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from tiny_pipelines import TEXT_TOKENS, fit_noise_prediction
+
+    from cdi_audit.inputs.conditions import with_captions
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
+
+    pipeline = pipeline_class.from_pretrained(base, local_files_only=True)
+    unet, vae = pipeline.unet, pipeline.vae
+    images, _ = with_captions(scan_image_set(members), caption)  # sidecar captions unless ``caption`` is given
+    pixels = torch.from_numpy(load_model_pixels(images.records, unet.config.sample_size * 2))
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        ids = pipeline.tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
+                                 truncation=True, return_tensors="pt").input_ids
+        embeddings = pipeline.text_encoder(ids)[0]
+    unet.requires_grad_(False)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=ATTENTION))
+    fit_noise_prediction(unet, latents, pipeline.scheduler, steps, seed,
+                         lambda noisy, timesteps, rows: unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]),
+                         learning_rate)
+    pipeline_class.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
+    return out / "pytorch_lora_weights.safetensors"

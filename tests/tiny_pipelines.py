@@ -74,9 +74,10 @@ def write_clip_tokenizer(folder: Path) -> None:
 
 
 def tiny_stable_diffusion_components(tokenizer_folder: Path, seed: int = 0, prediction_type: str = "epsilon",
-                                     scaling_factor: float = 1.0) -> dict:
+                                     scaling_factor: float = 1.0, widths: tuple[int, int] = (32, 64)) -> dict:
     """The components of a StableDiffusionPipeline: KL autoencoder, CLIP text encoder (2 layers, width 32),
-    cross-attention UNet on 4x8x8 latents, DDPM scheduler. The tokenizer is written to ``tokenizer_folder``."""
+    cross-attention UNet on 4x8x8 latents (``widths``: its two blocks' channels), DDPM scheduler. The tokenizer
+    is written to ``tokenizer_folder``."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -89,7 +90,7 @@ def tiny_stable_diffusion_components(tokenizer_folder: Path, seed: int = 0, pred
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=widths, layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )
@@ -149,7 +150,8 @@ def write_captioned_shapes(folder: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
-def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int = 0) -> Path:
+def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int = 0,
+                             widths: tuple[int, int] = (32, 64), caption: str | None = None) -> Path:
     """Train the tiny Stable Diffusion UNet on the captioned images in ``members`` (VAE and text encoder
     stay random and frozen) and save the pipeline to ``folder``.
 
@@ -159,10 +161,10 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
     from cdi_audit.inputs.conditions import with_captions
     from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 
-    components = tiny_stable_diffusion_components(folder / "tokenizer", seed)
+    components = tiny_stable_diffusion_components(folder / "tokenizer", seed, widths=widths)
     vae, text_encoder, tokenizer, unet, scheduler = (components[name] for name in
                                                      ("vae", "text_encoder", "tokenizer", "unet", "scheduler"))
-    images, _ = with_captions(scan_image_set(members))
+    images, _ = with_captions(scan_image_set(members), caption)  # sidecar captions unless ``caption`` is given
     pixels = torch.from_numpy(load_model_pixels(images.records, 16))
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mean
@@ -178,14 +180,15 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
 
 
 def fit_noise_prediction(unet: torch.nn.Module, latents: torch.Tensor, scheduler, steps: int, seed: int,
-                         predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]) -> None:
-    """Train ``unet`` (AdamW, lr 1e-3, 32 rows a step, uniform timesteps) to predict the noise that
-    ``scheduler.add_noise`` puts on ``latents``; ``predict(noisy, timesteps, rows)`` calls the UNet with the
-    conditions of those rows and returns its output."""
+                         predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object],
+                         learning_rate: float = 1e-3) -> None:
+    """Train the trainable parameters of ``unet`` (AdamW, 32 rows a step, uniform timesteps) to predict the
+    noise that ``scheduler.add_noise`` puts on ``latents``; ``predict(noisy, timesteps, rows)`` calls the UNet
+    with the conditions of those rows and returns its output."""
     import torch.nn.functional as F
 
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    optimiser = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=learning_rate)
     unet.train()
     for _ in range(steps):
         rows = torch.randint(0, len(latents), (32,), generator=generator)

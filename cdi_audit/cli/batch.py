@@ -41,8 +41,9 @@ def batch(
         metavar="AUDITS.toml", show_default=False,
         help="The audits to run: [[audit]] tables with name, suspect, reference, model and optionally "
              "control_model, features, alpha, test, permutations, seed, shift_alpha, curve_resamples, caption, "
-             "access, model_config, adapters (a list of \"FILE\" or \"FILE:SCALE\"); a [defaults] table gives "
-             "values to all. Paths are relative to the file.")],
+             "access, model_config, adapters (a list of \"FILE\" or \"FILE:SCALE\"; the base is then the control) "
+             "and calibration (true by default; false scores the adapted model's features themselves); a "
+             "[defaults] table gives values to all. Paths are relative to the file.")],
     correction: Annotated[CorrectionChoice, typer.Option(
         help="Correction for testing many audits at once: 'bh' (Benjamini-Hochberg, false discovery rate), "
              "'holm' (family-wise error rate) or 'none'. An audit is evidence only if its adjusted p < alpha.")

@@ -37,6 +37,7 @@ from cdi_audit.cli.options import (
     ModelConfigOption,
     ModelOption,
     NoCacheOption,
+    NoCalibrationOption,
     RetriesOption,
     RetryBackoffOption,
     SeedOption,
@@ -46,6 +47,7 @@ from cdi_audit.cli.options import (
     check_report_formats,
     model_spec,
     report_formats_of,
+    require_adapter_for_calibration,
     require_one_model,
     require_out_for_reports,
     require_reachable,
@@ -99,13 +101,15 @@ def check(
              "(exit 5).")] = 0.05,
     control_model: Annotated[Path | None, typer.Option(
         metavar="PATH", show_default=False,
-        help="A model known NOT to have seen your images (for a fine-tune: its base model), loaded like --model. "
+        help="A model known NOT to have seen your images (for a fine-tune: its base model), loaded like --model "
+             "(with --adapter, the base is the control and this is not needed). "
              "The same audit runs on it; 'evidence' then also needs the control to find no difference between "
              "the sets and the suspect model's AUC to exceed the control's, otherwise the verdict is "
              "inconclusive. Both results are reported.")] = None,
     control_model_config: Annotated[Path | None, typer.Option(
         metavar="DIR|NAME", show_default=False,
         help="Like --model-config, for a single-file control checkpoint.")] = None,
+    no_calibration: NoCalibrationOption = False,
     curve_resamples: Annotated[int, typer.Option(
         min=0, metavar="R",
         help="Random audits per point of the p-value-against-number-of-images curve (split test, so cheap); "
@@ -141,6 +145,10 @@ def check(
     require_one_model(model, endpoint, endpoint_cmd, access)
     if adapter and model is None:
         raise typer.BadParameter("an adapter is fused into a local base; give it as --model.", param_hint="--adapter")
+    if adapter and control_model is not None:
+        raise typer.BadParameter("with --adapter the base (--model) is the control model; leave --control-model out.",
+                                 param_hint="--control-model")
+    require_adapter_for_calibration(no_calibration, adapter)
     if control_model_config is not None and control_model is None:
         raise typer.BadParameter("it configures the control model; add --control-model PATH.",
                                  param_hint="--control-model-config")
@@ -160,7 +168,7 @@ def check(
         seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
         batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
         use_cache=not no_cache, strict=strict, n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
-        control=model_spec(control_model, control_model_config, None, False),
+        control=model_spec(control_model, control_model_config, None, False), calibration=not no_calibration,
     )
     result = run_stage(lambda progress: run_audit(settings, progress), console)
     payload = result.model_dump_json(indent=2)

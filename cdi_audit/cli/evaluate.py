@@ -29,11 +29,13 @@ from cdi_audit.cli.options import (
     ModelConfigOption,
     ModelOption,
     NoCacheOption,
+    NoCalibrationOption,
     SeedOption,
     StrictOption,
     check_alpha,
     check_features,
     model_spec,
+    require_adapter_for_calibration,
     require_one_model,
     require_reachable,
 )
@@ -57,6 +59,7 @@ def evaluate(
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
     allow_pickle: AllowPickleOption = False,
+    no_calibration: NoCalibrationOption = False,
     features: Annotated[str, typer.Option(
         callback=check_features, metavar="NAMES",
         help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
@@ -103,6 +106,7 @@ def evaluate(
     from cdi_audit.statistics.evaluation import EVALUATION_TESTS, NEEDED_P
 
     require_one_model(model, None, None, access)
+    require_adapter_for_calibration(no_calibration, adapter)
     tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS
     if "permutation" in tests:
         require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
@@ -114,6 +118,7 @@ def evaluate(
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
         machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,
         caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
+        calibration=not no_calibration,
     )
     result = run_stage(lambda progress: run_evaluation(settings, progress), console)
     payload = result.model_dump_json(indent=2)

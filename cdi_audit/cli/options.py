@@ -162,6 +162,11 @@ AllowPickleOption = Annotated[bool, typer.Option(
     "--allow-pickle",
     help="Read --adapter files that are pickles (.pt, .bin, .ckpt) with torch.load(weights_only=True), which "
          "loads tensors but runs no code; without it they are refused. Models themselves must be safetensors.")]
+NoCalibrationOption = Annotated[bool, typer.Option(
+    "--no-calibration",
+    help="With --adapter: score the adapted model's features alone, with the base as the control model. By "
+         "default the scoring model also gets how much the adapter changed each image's features relative to "
+         "the base, which removes each image's own difficulty.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
     help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
@@ -219,6 +224,12 @@ def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: st
     if access is AccessChoice.blackbox and model is None:
         raise typer.BadParameter("--access blackbox is for a local --model; an endpoint gives black-box access "
                                  "anyway", param_hint="--access")
+
+
+def require_adapter_for_calibration(no_calibration: bool, adapters: list[str] | None) -> None:
+    if no_calibration and not adapters:
+        raise typer.BadParameter("calibration against the base applies to adapter audits only; add --adapter.",
+                                 param_hint="--no-calibration")
 
 
 def adapters_of(values: list[str] | None, allow_pickle: bool = False) -> tuple[Adapter, ...]:

@@ -41,3 +41,27 @@ class FeatureTable:
             if column in self.log_columns:
                 matrix[:, index] = np.log(matrix[:, index] + LOG_OFFSET)
         return matrix
+
+
+CALIBRATED_SUFFIX = "_minus_base"
+
+
+def calibrated(adapted: FeatureTable, base: FeatureTable) -> FeatureTable:
+    """The scoring model's input for an adapter audit: the adapted model's features and how much the adapter
+    changed each of them, image by image (adapted minus base, on the scoring scale: norms logged first, so a
+    norm's change is the log of its ratio), for the columns and keys both tables have.
+
+    Both tables must come from the same images at the same noise (the same seed). The change removes what the
+    image itself contributes (its difficulty) where the base's value measures it; the features themselves
+    are kept because a base that generalises poorly measures difficulty badly, and the scoring model then
+    leans on them (benchmarks/RESULTS.md, LoRA calibration: neither alone is best on both kinds of base).
+    """
+    columns = tuple(column for column in adapted.columns if column in base.columns)
+    keys = tuple(key for key in adapted.keys if key in set(base.keys))
+
+    def scaled(table: FeatureTable) -> np.ndarray:
+        matrix = table.scoring_matrix(keys)
+        return matrix[:, [table.columns.index(column) for column in columns]]
+
+    return FeatureTable(keys=keys, columns=columns + tuple(column + CALIBRATED_SUFFIX for column in columns),
+                        values=np.hstack([scaled(adapted), scaled(adapted) - scaled(base)]), log_columns=frozenset())

@@ -2,8 +2,9 @@
 
 What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
-``dora_scale``). diffusers' ``load_lora_weights`` reads both (it converts kohya keys itself); no key is
-converted here. An adapter whose keys the loader cannot place in the base is refused, naming the file and
+``dora_scale``). diffusers' ``load_lora_weights`` reads both (it converts kohya keys itself), DoRA included
+(peft fuses its magnitude vector); no key is converted here. LyCORIS LoHa / LoKr files are refused by name:
+diffusers' loader cannot place them on these bases. An adapter whose keys the loader cannot place in the base is refused, naming the file and
 the base it seems to be for: a silently ignored adapter would audit the base under the adapter's name.
 """
 
@@ -67,6 +68,19 @@ def base_guess(keys: list[str]) -> str:
     return "an unknown base"
 
 
+# LyCORIS formats by the key parts that mark them; diffusers' LoRA loader places none of them on these bases.
+LYCORIS_FORMATS = {".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".oft_blocks": "OFT", ".oft_diag": "OFT",
+                   ".boft_": "BOFT"}
+
+
+def lycoris_format(keys: list[str]) -> str | None:
+    """The LyCORIS format an adapter's keys are in (LoHa, LoKr, ...), or None for a LoRA."""
+    for marker, name in LYCORIS_FORMATS.items():
+        if any(marker in key for key in keys):
+            return name
+    return None
+
+
 def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Adapter, ...], family: str) -> None:
     """Load each adapter into ``modules`` (component name -> loaded module, changed in place) with the diffusers
     LoRA loader mixin ``loader``, fuse it at its scale, and drop the adapter layers."""
@@ -82,6 +96,11 @@ def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Ad
         name = f"adapter_{index}"
         weights = adapter.weights()
         keys = list(weights) if isinstance(weights, dict) else _keys(adapter)
+        unsupported = lycoris_format(keys)
+        if unsupported is not None:
+            raise ModelUnavailable(f"The adapter {adapter.path} is a LyCORIS {unsupported} adapter, which diffusers' "
+                                   f"LoRA loader cannot place on a {family} base; merge it into the base with the "
+                                   "tool that trained it and give the merged model as --model.")
         before = _adapted(modules)
         try:
             holder.load_lora_weights(weights, adapter_name=name)

@@ -1,7 +1,7 @@
 """A model as the user names it, and where it runs: the one way every command loads a model.
 
 A ``ModelSpec`` is the model's identity: its path, the configs of a single-file checkpoint, and its adapters
-(none until adapters are supported). It knows every file loading reads, so the fingerprint, the manifest
+(LoRA files fused into it). It knows every file loading reads, so the fingerprint, the manifest
 and the report speak of the same files. A ``Machine`` says where and how the network runs; ``check``,
 ``extract``, ``batch``, ``evaluate``, ``serve``, ``extract-evidence`` and the control model all load through
 ``ModelSpec.load``.
@@ -9,7 +9,7 @@ and the report speak of the same files. A ``Machine`` says where and how the net
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,12 @@ class ModelSpec:
                                                          else self.config)
         return (str(Path(self.path).resolve()), config,
                 tuple((str(Path(a.path).resolve()), a.scale) for a in self.adapters))
+
+    @property
+    def base(self) -> ModelSpec:
+        """The model without its adapters: what they were trained on top of, so it never saw their training
+        images (an adapter audit's control and calibration)."""
+        return replace(self, adapters=())
 
     @staticmethod
     def public_of(spec: ModelSpec | None, prefix: str) -> dict[str, str | None]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from cdi_audit.cache import FeatureStore, default_cache_dir
 from cdi_audit.console import StageProgress
 from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
-from cdi_audit.features.table import FeatureTable
+from cdi_audit.features.table import FeatureTable, calibrated
 from cdi_audit.inputs.images import ImageSet, scan_image_set, small_images_note
 from cdi_audit.inputs.sharding import ALL, Shard
 from cdi_audit.models.spec import Machine, ModelSpec
@@ -94,6 +94,13 @@ class ModelSettings:
     use_cache: bool = True
     strict: bool = False
     n_jobs: int = 1
+    # With adapters: score the features and how much the adapters changed each (adapted minus base, per image).
+    calibration: bool = True
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether features are the adapters' per-image change against their base (models.md section 4)."""
+        return self.calibration and self.model is not None and bool(self.model.adapters)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,8 +112,16 @@ class AuditSettings(ModelSettings):
     permutations: int = 1000
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
     shift_alpha: float = DEFAULT_SHIFT_ALPHA
-    # A model known not to have seen the suspect images (for a fine-tune, its base model).
+    # A model known not to have seen the suspect images (for a fine-tune, its base model). An adapted model's
+    # control is its base, never another model.
     control: ModelSpec | None = None
+
+    @property
+    def control_model(self) -> ModelSpec | None:
+        """The model the audit is compared with: the control given, or an adapted model's base."""
+        if self.control is None and self.model is not None and self.model.adapters:
+            return self.model.base
+        return self.control
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -300,7 +315,7 @@ def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> Au
     """The control model audited like the suspect: the same features and seed, through the same kind of
     access (black-box, by local variations, when the suspect is an endpoint or audited black-box)."""
     black_box = settings.endpoint is not None or settings.access == "blackbox"
-    return replace(settings, model=settings.control, control=None, endpoint=None,
+    return replace(settings, model=settings.control_model, control=None, endpoint=None,
                    access="blackbox" if black_box else "auto",
                    features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
 
@@ -322,7 +337,8 @@ def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_
         control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
                                    "control_", refuse_suspect_model, models)
     except AuditError as error:
-        raise type(error)(f"Control model {settings.control.path}: {error}") from error
+        which = "Base model" if settings.control is None else "Control model"
+        raise type(error)(f"{which} {settings.control_model.path}: {error}") from error
     missing = sorted(set(suspect.table.columns) - set(control.table.columns))
     if missing:
         control.notes.append(f"The control model could not serve {', '.join(missing)}; its effect is measured "
@@ -350,14 +366,17 @@ def control_model_result(comparison: ControlComparison, control: ModelFeatures) 
 
 def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = ALL,
                    progress: StageProgress | None = None) -> tuple[ExtractionInfo, ModelInfo]:
-    """Features only, into the cache (``cdi-audit extract``): the images of ``shard`` in ``folders``. A later
-    ``check`` with the same model, features and seed reads them back and makes no model call for them."""
+    """Features only, into the cache (``cdi-audit extract``): the images of ``shard`` in ``folders``, on the
+    model and, for an adapted model, on its base (the control and calibration of its check). A later ``check`` with the same model, features and
+    seed reads them back and makes no model call for them."""
     if not settings.use_cache:
         raise SettingsProblem("extraction only fills the feature cache; it cannot run with --no-cache.")
     progress = progress or StageProgress()
     image_sets = [shard.select(scan_image_set(folder, settings.strict, progress.track(f"hashing {folder.name}")))
                   for folder in folders]
     extracted = load_and_extract(settings, image_sets, progress, {})
+    if settings.model is not None and settings.model.adapters:  # an adapter's check also needs its base's
+        load_and_extract(replace(settings, model=settings.model.base), image_sets, progress, {}, "base_")
     return extracted.summary, extracted.target.description
 
 
@@ -409,12 +428,8 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
     extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings, models=models)
     table, summary, target = extracted.table, extracted.summary, extracted.target
     suspect, reference = extracted.image_sets
-    with timed(timings, "test"):
-        decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
-                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
-                          shift)
-    control_model = None
-    if settings.control is not None:
+    control_features = control_decision = None
+    if settings.control_model is not None:
         control_features = extract_with_control(settings, extracted, [inputs.suspect, inputs.reference], progress,
                                                 timings, models)
         control_suspect, control_reference = control_features.image_sets
@@ -422,9 +437,19 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
             control_decision = decide(control_features.table, control_suspect.keys, control_reference.keys,
                                       settings.alpha, settings.test, settings.seed, settings.permutations,
                                       settings.n_jobs, progress, curve_resamples=0)
-        decision, comparison = judge_with_control(decision, control_decision, settings.alpha, settings.seed)
+        if settings.calibrated:
+            table = calibrated(table, control_features.table)
+    with timed(timings, "test"):
+        decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
+                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
+                          shift, calibrated=settings.calibrated)
+    control_model = None
+    if control_features is not None:
+        decision, comparison = judge_with_control(decision, control_decision, settings.alpha, settings.seed,
+                                                  against_base=settings.control is None)
         control_model = control_model_result(comparison, control_features)
-        extracted.notes.extend(f"Control model: {note}" for note in control_features.notes)
+        which = "Base model" if settings.control is None else "Control model"
+        extracted.notes.extend(f"{which}: {note}" for note in control_features.notes)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)
@@ -458,6 +483,7 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
             control_model=control_model,
         ),
         model=target.description,
+        calibration="base" if settings.calibrated else None,
         seed=settings.seed,
         suspect_dir=str(settings.suspect_dir),
         reference_dir=str(settings.reference_dir),

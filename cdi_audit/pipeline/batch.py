@@ -39,7 +39,7 @@ PATH_KEYS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "m
              "model_config": "model_config", "control_model": "control_model",
              "control_model_config": "control_model_config"}
 VALUE_KEYS = {"features": str, "alpha": float, "test": str, "permutations": int, "seed": int,
-              "shift_alpha": float, "curve_resamples": int, "caption": str, "access": str}
+              "shift_alpha": float, "curve_resamples": int, "caption": str, "access": str, "calibration": bool}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Exit codes of failed audits are all more severe than any verdict's; among verdicts, inconclusive is the
 # most severe, then evidence, then no evidence.
@@ -99,7 +99,7 @@ def _entry_settings(table: dict, where: str, folder: Path) -> dict:
             kind = VALUE_KEYS[key]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise SettingsProblem(f"{where}: {key} must be a {kind.__name__} (got {value!r}).")
             values[key] = value
         elif key != "name":
@@ -117,6 +117,11 @@ def _audit_settings(values: dict, where: str) -> AuditSettings:
     if control_config is not None and control_path is None:
         raise SettingsProblem(f"{where}: control_model_config is given without a control_model.")
     control = None if control_path is None else ModelSpec(control_path, control_config)
+    if model.adapters and control is not None:
+        raise SettingsProblem(f"{where}: with adapters the base (model) is the control model; leave control_model "
+                              "out.")
+    if not values.get("calibration", True) and not model.adapters:
+        raise SettingsProblem(f"{where}: calibration applies to audits with adapters only.")
     machine = Machine(**{key: values.pop(key) for key in ("device", "dtype", "compile_network") if key in values})
     return AuditSettings(model=model, control=control, machine=machine, **values)
 

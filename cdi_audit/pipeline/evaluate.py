@@ -7,7 +7,7 @@ audit then reuses them, so the cost of the curves is statistics only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from joblib import Parallel, delayed
 from cdi_audit.console import StageProgress
 from cdi_audit.features.base import Extractor
 from cdi_audit.features.registry import PRESETS, extractor_names
+from cdi_audit.features.table import CALIBRATED_SUFFIX, calibrated
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.pipeline.audit import (
     TEST_DESCRIPTIONS,
@@ -124,9 +125,15 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
     extracted = load_and_extract(settings, [members, nonmembers], progress, timings)
     table = extracted.table
     members, nonmembers = extracted.image_sets
+    sets = evaluated_feature_sets(settings.features, extracted.extractors, extracted.target.conditioning)
+    if settings.calibrated:  # as check does: the features and how much the adapters changed each of them
+        base = load_and_extract(replace(settings, model=settings.model.base, features=",".join(
+            dict.fromkeys(e.name for e in extracted.extractors))), [members, nonmembers], progress, timings, "base_")
+        table = calibrated(table, base.table)
+        sets = {name: [*columns, *(column + CALIBRATED_SUFFIX for column in columns)]
+                for name, columns in sets.items()}
     matrix = table.scoring_matrix([*members.keys, *nonmembers.keys])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
-    sets = evaluated_feature_sets(settings.features, extracted.extractors, extracted.target.conditioning)
     set_indices = {name: [table.columns.index(c) for c in columns] for name, columns in sets.items()}
 
     with timed(timings, "discrimination"):
@@ -150,6 +157,7 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
         members_dir=str(settings.members_dir),
         nonmembers_dir=str(settings.nonmembers_dir),
         model=extracted.target.description,
+        calibration="base" if settings.calibrated else None,
         alpha=settings.alpha,
         repeats=settings.repeats,
         permutations=settings.permutations,

@@ -147,6 +147,20 @@ def control_model_status(control: ControlModelResult, alpha: float) -> str:
     return "passed; it also tells the sets apart" if control.separates_sets else "passed"
 
 
+def control_label(result: AuditResult) -> str:
+    """What the control model is called: an adapter audit's control is the adapters' base."""
+    return "base model" if result.model.adapters else "control model"
+
+
+def calibration_text(result: AuditResult) -> str | None:
+    """How the features were scored, when not as they are: an adapter audit calibrated against its base."""
+    if result.calibration != "base":
+        return None
+    return ("the adapted model's features and how much the adapter changed each of them: the adapted model's "
+            "value minus the base's, image by image at the same noise (norms as log ratios), which removes each "
+            "image's own difficulty; --no-calibration scores the features alone")
+
+
 def control_model_numbers(control: ControlModelResult, result: AuditResult) -> str:
     """The control's p-value and AUC beside the suspect model's, and their difference with its interval."""
     if control.p_value is None or control.effect is None:
@@ -186,6 +200,7 @@ def verdict_section(result: AuditResult) -> Section:
         ("suspect images (published)", f"{result.n_suspect}"),
         ("reference images (unpublished)", f"{result.n_reference}"),
         ("model", _model_line(result)),
+        *((("features scored", calibration_text(result)),) if result.calibration else ()),
         ("model fingerprint", result.model.fingerprint),
         ("audit date (UTC)", result.created),
     ]
@@ -303,10 +318,12 @@ def controls_section(result: AuditResult) -> Section:
     if controls.control_model is not None:
         control = controls.control_model
         status = control_model_status(control, result.alpha)
-        rows.append(("control model", f"{control.model.path}: {control_model_numbers(control, result)} ({status}). "
-                                      "The same test on a model known not to have seen the suspect images: for "
-                                      "evidence, the suspect model's AUC must be larger beyond chance (the "
-                                      "interval's lower end above 0)."))
+        known = "the adapter's base, which cannot have seen the adapter's training images" if result.model.adapters \
+            else "a model known not to have seen the suspect images"
+        rows.append((control_label(result), f"{control.model.path}: {control_model_numbers(control, result)} "
+                                            f"({status}). The same test on {known}: for evidence, the suspect "
+                                            "model's AUC must be larger beyond chance (the interval's lower end "
+                                            "above 0)."))
     rows.append(("near-duplicates", near_duplicates_text(controls) + " (perceptual hash, layout and framings)"))
     skipped = f"{len(result.skipped_files)} unreadable or non-image files skipped" if result.skipped_files \
         else "none"

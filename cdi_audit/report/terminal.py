@@ -13,6 +13,7 @@ from cdi_audit.report.content import (
     VERDICT_LABELS,
     adapter_text,
     claim_rows,
+    control_label,
     control_model_numbers,
     control_model_status,
     near_duplicates_text,
@@ -62,7 +63,8 @@ def summary_table(result: AuditResult) -> Table:
         table.add_row("shift check", shift_text(result))
     if control.control_model is not None:
         status = control_model_status(control.control_model, result.alpha)
-        table.add_row("control model", f"{shown(control_model_numbers(control.control_model, result))}  ({status})")
+        table.add_row(control_label(result),
+                      f"{shown(control_model_numbers(control.control_model, result))}  ({status})")
     if control.near_duplicates:
         table.add_row("near-duplicates", near_duplicates_text(control))
     curve = result.sample_size_curve
@@ -82,7 +84,8 @@ def summary_table(result: AuditResult) -> Table:
             text += f", {power.images_per_set_from_curve} on the curve"
         table.add_row(f"{power.target_power:.0%} power", text)
     table.add_row("features", f"{len(result.features)} columns" +
-                  (f", {len(result.dropped_features)} dropped" if result.dropped_features else ""))
+                  (f", {len(result.dropped_features)} dropped" if result.dropped_features else "") +
+                  ("; half of them the change against the base, per image" if result.calibration else ""))
     model = result.model
     if model.endpoint is not None:
         table.add_row("model", f"{shown(model.endpoint)}  ({model.family}; id {model.fingerprint[:12]}…)")

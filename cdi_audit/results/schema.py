@@ -267,6 +267,9 @@ class AuditResult(BaseModel):
     dropped_features: list[DroppedFeature]
     controls: Controls
     model: ModelInfo
+    # "base": an adapter audit scored the features and how much the adapters changed each (adapted minus base,
+    # per image at the same noise); ``controls.control_model`` is the base's own audit. None: the features alone.
+    calibration: Literal["base"] | None = None
     seed: int
     suspect_dir: str
     reference_dir: str
@@ -362,6 +365,8 @@ class EvaluationResult(BaseModel):
     members_dir: str
     nonmembers_dir: str
     model: ModelInfo
+    # "base": the feature sets are the adapters' per-image change against their base (see AuditResult).
+    calibration: Literal["base"] | None = None
     alpha: float
     repeats: int
     permutations: int

@@ -79,20 +79,23 @@ def _usable(decision: Decision) -> bool:
     return decision.outcome is not None and not decision.outcome.degenerate and decision.effect is not None
 
 
-def judge_with_control(suspect: Decision, control: Decision, alpha: float,
-                       seed: int) -> tuple[Decision, ControlComparison]:
+def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed: int,
+                       against_base: bool = False) -> tuple[Decision, ControlComparison]:
     """The suspect model's decision after the control model's: ``evidence`` survives only if the suspect
     model's effect is larger than the control's beyond chance; an unusable control or a failed negative
     control on it gives ``inconclusive``. A suspect result that is already inconclusive keeps its own reason
-    (it came first)."""
+    (it came first). ``against_base``: the control is an adapter's base, and the suspect is the adapter (its
+    features, or how it changed them)."""
     level = 1 - 2 * alpha
     significant = suspect.verdict == "evidence"
+    control_name, suspect_name = ("the base model", "the adapter") if against_base else \
+        ("the control model", "the suspect model")
     if not _usable(control):
         comparison = ControlComparison(control, None, None, None, level, None)
         if not significant:
             return suspect, comparison
         return replace(suspect, verdict="inconclusive", reason=(
-            f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but the control model gave no "
+            f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but {control_name} gave no "
             f"usable scores ({control.reason.rstrip('.')}), so its effect cannot be compared; the result is not "
             "trusted.")), comparison
 
@@ -106,29 +109,31 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float,
     larger = interval is not None and interval[0] > 0
     comparison = ControlComparison(control, separates, difference, interval, level,
                                    not negative_failed and (larger or not significant))
-    found = (f"the control model {'also tells the sets apart' if separates else 'shows no significant difference'} "
+    found = (f"{control_name} {'also tells the sets apart' if separates else 'shows no significant difference'} "
              f"(p = {control_p:.3g}; AUC {control_auc:.3f})")
     compared = "" if interval is None else (
         f"difference in AUC {difference:+.3f}, {level:.0%} interval {interval[0]:+.3f} to {interval[1]:+.3f}")
+    why_not = (" A base that saw the suspect images makes even an adapter trained on other images change them "
+               "differently from unseen ones, so only an effect beyond the base's own counts.") if against_base else ""
 
     if suspect.verdict == "inconclusive":
         return suspect, comparison
     if negative_failed:
         return replace(suspect, verdict="inconclusive", reason=(
-            f"The negative control on the control model came out significant (p = "
+            f"The negative control on {control_name} came out significant (p = "
             f"{control.negative_control.p_value:.3g} < {alpha}), which should not happen; the result is not "
             "trusted.")), comparison
     if significant and not larger:
         return replace(suspect, verdict="inconclusive", reason=(
-            f"The suspect images score higher on the suspect model (p = {suspect.outcome.p_value:.3g}, AUC "
-            f"{suspect.effect.auc:.3f}), but not clearly more than on the control model, which should not have seen "
-            f"them: {found}; {compared or 'the two cannot be compared'}. The difference is not laid to the "
-            "suspect model's training.")), comparison
+            f"The suspect images stand out on {suspect_name} (p = {suspect.outcome.p_value:.3g}, AUC "
+            f"{suspect.effect.auc:.3f}), but not clearly more than on {control_name}, which should not have seen "
+            f"them: {found}; {compared or 'the two cannot be compared'}. The difference is not laid to "
+            f"{suspect_name}'s training.{why_not}")), comparison
     if significant:
-        note = (" The control's own difference comes from the images themselves or from having seen them; the "
-                "suspect model's is beyond it.") if separates else ""
+        note = (f" {control_name.capitalize()}'s own difference comes from the images themselves or from having "
+                f"seen them; {suspect_name}'s is beyond it.") if separates else ""
         return replace(suspect, reason=(
-            f"{suspect.reason} Beside it, {found}; the suspect model's AUC is {suspect.effect.auc:.3f}, "
+            f"{suspect.reason} Beside it, {found}; {suspect_name}'s AUC is {suspect.effect.auc:.3f}, "
             f"{compared}.{note}")), comparison
     if separates:
         return replace(suspect, reason=(

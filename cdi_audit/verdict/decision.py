@@ -58,8 +58,10 @@ def decide(
     progress: StageProgress | None = None,
     curve_resamples: int = DEFAULT_CURVE_RESAMPLES,
     shift: ShiftCheck | None = None,
+    calibrated: bool = False,
 ) -> Decision:
-    """Test whether the model scores the suspect images as more member-like than the reference images.
+    """Test whether the model scores the suspect images as more member-like than the reference images
+    (``calibrated``: whether the table's per-image changes an adapter made set the suspect images apart).
 
     ``evidence`` needs p < alpha, a passing negative control and (when given)
     a passing shift check; a failed control or degenerate scores give
@@ -90,14 +92,21 @@ def decide(
             f"The negative control (two random halves of the reference set) came out significant "
             f"(p = {control.p_value:.3g} < {alpha}), which should not happen; the result is not trusted."
         )
+    elif outcome.p_value < alpha and calibrated:
+        verdict, reason = "evidence", (
+            f"The adapter changes the suspect images' features, relative to its base, differently from the "
+            f"reference images' (p = {outcome.p_value:.3g} < alpha = {alpha}): evidence that they were used in "
+            "training the adapter."
+        )
     elif outcome.p_value < alpha:
         verdict, reason = "evidence", (
             f"The model scores the suspect images as more member-like than the reference images "
             f"(p = {outcome.p_value:.3g} < alpha = {alpha}): evidence that they were used in training."
         )
     else:
+        what = "in how the adapter changes the features of" if calibrated else "between"
         verdict, reason = "no_evidence", (
-            f"No significant difference between suspect and reference images (p = {outcome.p_value:.3g} "
+            f"No significant difference {what} suspect and reference images (p = {outcome.p_value:.3g} "
             f">= alpha = {alpha}); this does not prove the images were not used."
         )
     return Decision(verdict, reason, used, tuple(dropped), outcome, effect, control, curve, diagnostics)
