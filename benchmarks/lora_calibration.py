@@ -120,54 +120,57 @@ def _draw(keys: tuple[str, ...], n: int, rng, exclude=()) -> list[str]:
     return [pool[i] for i in rng.choice(len(pool), n, replace=False)]
 
 
+def scored_tables(tables: dict, adapted: str, base: str) -> dict:
+    """What each way of scoring an adapter audit gives the scoring model, and the base's own features."""
+    from cdi_audit.features.table import CALIBRATED_SUFFIX, FeatureTable, calibrated
+
+    adapted_table, _ = tables[adapted]
+    both = calibrated(adapted_table, tables[base][0])  # cdi-audit's default: features and their change
+    change = [i for i, column in enumerate(both.columns) if column.endswith(CALIBRATED_SUFFIX)]
+    change_only = FeatureTable(keys=both.keys, columns=tuple(both.columns[i] for i in change),
+                               values=both.values[:, change], log_columns=frozenset())
+    return {"features": adapted_table, "change": change_only, "default": both, "base": tables[base][0]}
+
+
+# How each rule decides, from the decisions on the tables above: (table, gated by the base's audit?).
+RULES = {
+    "uncalibrated": ("features", False),
+    "uncalibrated_gated": ("features", True),  # --no-calibration
+    "change_only": ("change", False),
+    "change_only_gated": ("change", True),
+    "default_ungated": ("default", False),
+    "default": ("default", True),  # cdi-audit's default
+}
+
+
 def _audits(tables: dict, adapted: str, base: str, suspect_folder: str, n: int, draws: int, permutations: int,
-            alpha: float, null: bool) -> dict[str, list]:
-    """``draws`` simulated audits: p-values uncalibrated and calibrated, and the verdicts under each rule."""
+            alpha: float) -> dict[str, list]:
+    """``draws`` simulated audits of n suspect images (from ``suspect_folder``) against n never-seen ones:
+    p-values and AUCs per table, and the verdict under each rule of RULES."""
     import numpy as np
 
-    from cdi_audit.features.table import FeatureTable, calibrated
     from cdi_audit.verdict.control_model import judge_with_control
     from cdi_audit.verdict.decision import decide
 
-    adapted_table, keys = tables[adapted]
-    base_table, _ = tables[base]
-    calibrated_table = calibrated(adapted_table, base_table)
-    both_keys = calibrated_table.keys
-    combined_table = FeatureTable(keys=both_keys, columns=adapted_table.columns + calibrated_table.columns,
-                                  values=np.hstack([adapted_table.scoring_matrix(both_keys),
-                                                    calibrated_table.rows(both_keys)]), log_columns=frozenset())
+    scored = scored_tables(tables, adapted, base)
+    keys = tables[adapted][1]
     out: dict[str, list] = {}
     for draw in range(draws):
-        rng = np.random.default_rng([n, draw, null])
-        if null:
-            suspect = _draw(keys["unseen"], n, rng)
-            reference = _draw(keys["unseen"], n, rng, suspect)
-        else:
-            suspect = _draw(keys[suspect_folder], n, rng)
-            reference = _draw(keys["unseen"], n, rng)
-
-        def run(table):
-            return decide(table, suspect, reference, alpha, "permutation", draw, permutations, curve_resamples=0)
-
-        raw, calib, base_alone = run(adapted_table), run(calibrated_table), run(base_table)
-        combined = run(combined_table)
-        gated_raw, _ = judge_with_control(raw, base_alone, alpha, draw)
-        gated_calib, _ = judge_with_control(calib, base_alone, alpha, draw)
-        gated_combined, _ = judge_with_control(combined, base_alone, alpha, draw)
-        rows = {
-            "p_uncalibrated": raw.outcome.p_value, "p_calibrated": calib.outcome.p_value,
-            "p_base": base_alone.outcome.p_value, "p_combined": combined.outcome.p_value,
-            "auc_combined": combined.effect.auc,
-            "verdict_combined": combined.verdict, "verdict_combined_gated": gated_combined.verdict,
-            "auc_uncalibrated": raw.effect.auc, "auc_calibrated": calib.effect.auc, "auc_base": base_alone.effect.auc,
-            "verdict_uncalibrated": raw.verdict, "verdict_uncalibrated_gated": gated_raw.verdict,
-            "verdict_calibrated": calib.verdict, "verdict_calibrated_gated": gated_calib.verdict,
-            # calibrated evidence, and the adapted model's raw AUC above the base's (point estimate)
-            "verdict_calibrated_raw_above_base": calib.verdict if calib.verdict != "evidence" or
-            raw.effect.auc > base_alone.effect.auc else "inconclusive",
-            # calibrated evidence only where the base alone does not tell the sets apart
-            "verdict_calibrated_base_clean": calib.verdict if base_alone.verdict != "evidence" else "inconclusive",
-        }
+        rng = np.random.default_rng([n, draw])
+        suspect, reference = _draw(keys[suspect_folder], n, rng), _draw(keys["unseen"], n, rng)
+        decisions = {name: decide(table, suspect, reference, alpha, "permutation", draw, permutations,
+                                  curve_resamples=0) for name, table in scored.items()}
+        rows = {f"p_{name}": decision.outcome.p_value for name, decision in decisions.items()}
+        rows.update({f"auc_{name}": decision.effect.auc for name, decision in decisions.items()})
+        for rule, (table, gated) in RULES.items():
+            decision = decisions[table]
+            if gated:
+                decision, _ = judge_with_control(decision, decisions["base"], alpha, draw, against_base=True)
+            rows[f"verdict_{rule}"] = decision.verdict
+        # A rule we measured and rejected: the features and their change, blocked only when the base alone
+        # finds evidence (no effect-size comparison).
+        rows["verdict_default_blocked_if_base_separates"] = decisions["default"].verdict \
+            if decisions["base"].verdict != "evidence" else "inconclusive"
         for key, value in rows.items():
             out.setdefault(key, []).append(value)
     return out
@@ -185,33 +188,61 @@ def _summary(audits: dict[str, list]) -> dict:
     return summary
 
 
-def simulate(tables: dict, draws: int, permutations: int, alpha: float) -> dict:
-    results = {"draws": draws, "permutations": permutations, "alpha": alpha, "power": {}}
-    results["power_on_broad_base"] = {}
-    for n in (16, 32, 48, 64):
-        results["power_on_broad_base"][n] = _summary(_audits(tables, "broad_adapted", "broad_base", "members", n,
-                                                             draws, permutations, alpha, False))
-        print("power on broad base", n, results["power_on_broad_base"][n], flush=True)
-    results["broad_base_saw_suspect"] = _summary(_audits(tables, "broad_adapted_elsewhere", "broad_base", "suspect",
-                                                         64, draws, permutations, alpha, False))
-    print("broad base saw suspect", results["broad_base_saw_suspect"], flush=True)
-    for n in (16, 32, 48, 64):
-        results["power"][n] = _summary(_audits(tables, "adapted", "base", "members", n, draws, permutations, alpha,
-                                               False))
-        print("power", n, results["power"][n], flush=True)
-    results["null"] = _summary(_audits(tables, "adapted", "base", "", 64, draws, permutations, alpha, True))
-    print("null", results["null"], flush=True)
-    results["base_saw_suspect"] = _summary(_audits(tables, "adapted_elsewhere", "base_saw_suspect", "suspect", 64,
-                                                   draws, permutations, alpha, False))
-    print("base saw suspect", results["base_saw_suspect"], flush=True)
+def null_rates(tables: dict, adapted: str, base: str, draws: int, permutations: int, n: int = 32) -> dict:
+    """Rejection rates at 0.05 and 0.01 of the permutation test on each table, over ``draws`` audits of two
+    disjoint sets of n images neither model saw."""
+    import numpy as np
+
+    from cdi_audit.statistics.testing import permutation_test
+
+    scored = scored_tables(tables, adapted, base)
+    unseen = tables[adapted][1]["unseen"]
+    p_values: dict[str, list[float]] = {name: [] for name in scored}
+    for draw in range(draws):
+        order = np.random.default_rng([77, draw]).permutation(len(unseen))[: 2 * n]
+        rows = [unseen[i] for i in order]
+        is_suspect = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+        for name, table in scored.items():
+            p_values[name].append(permutation_test(table.scoring_matrix(rows), is_suspect, permutations,
+                                                   seed=draw).p_value)
+    return {name: {"draws": draws, "n_per_set": n, "rejected_at_0.05": int(np.sum(np.array(values) < 0.05)),
+                   "rejected_at_0.01": int(np.sum(np.array(values) < 0.01))} for name, values in p_values.items()}
+
+
+def images_needed(power: dict, alpha: float) -> dict[str, int | None]:
+    """Per table, the smallest n per set whose median p-value is below alpha (None: not within the grid)."""
+    tables = [key.removeprefix("median_p_") for key in next(iter(power.values())) if key.startswith("median_p_")]
+    return {table: next((n for n, row in power.items() if row[f"median_p_{table}"] < alpha), None)
+            for table in tables}
+
+
+SIZES = (10, 16, 24, 32, 48, 64)
+
+
+def simulate(tables: dict, draws: int, permutations: int, alpha: float, null_draws: int) -> dict:
+    results: dict = {"draws": draws, "permutations": permutations, "alpha": alpha}
+    for scenario, adapted, base in (("broad_base", "broad_adapted", "broad_base"),
+                                    ("narrow_base", "adapted", "base")):
+        power = {n: _summary(_audits(tables, adapted, base, "members", n, draws, permutations, alpha))
+                 for n in SIZES}
+        results[f"power_{scenario}"] = power
+        results[f"images_needed_{scenario}"] = images_needed(power, alpha)
+        print(scenario, results[f"images_needed_{scenario}"], flush=True)
+        results[f"null_{scenario}"] = null_rates(tables, adapted, base, null_draws, permutations)
+        print(scenario, "null", results[f"null_{scenario}"], flush=True)
+    for scenario, adapted, base in (("broad_base_saw_suspect", "broad_adapted_elsewhere", "broad_base"),
+                                    ("narrow_base_saw_suspect", "adapted_elsewhere", "base_saw_suspect")):
+        results[scenario] = _summary(_audits(tables, adapted, base, "suspect", MEMBERS, draws, permutations, alpha))
+        print(scenario, results[scenario], flush=True)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cdi-audit-lora-calibration"))
-    parser.add_argument("--draws", type=int, default=40)
-    parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cdi-audit-lora-photos"))
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--permutations", type=int, default=100)
+    parser.add_argument("--null-draws", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
@@ -231,7 +262,7 @@ def main() -> None:
             ("broad_adapted", models["broad_base"], models["broad_lora"], ["members", "unseen"]),
             ("broad_adapted_elsewhere", models["broad_base"], models["broad_lora_elsewhere"], ["suspect", "unseen"])):
         tables[name] = features(arguments.work, base, adapter, folders)
-    results = simulate(tables, arguments.draws, arguments.permutations, arguments.alpha)
+    results = simulate(tables, arguments.draws, arguments.permutations, arguments.alpha, arguments.null_draws)
     (HERE / "lora_calibration.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

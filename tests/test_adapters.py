@@ -91,6 +91,15 @@ def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixe
     assert adapted["model"]["fingerprint"] != plain["model"]["fingerprint"]
     assert adapted["extraction"]["images_from_cache"] == 0  # the base's cached features are not the adapter's
     assert "adapter" in result.stderr and file_sha256(lora)[:12] in result.stderr
+    # Calibrated against the base, whose own audit (from the cache: the plain run's features) is the control.
+    base_audit = adapted["controls"]["control_model"]
+    assert adapted["calibration"] == "base" and plain["calibration"] is None
+    assert base_audit["model"]["fingerprint"] == plain["model"]["fingerprint"] and base_audit["p_value"] == plain[
+        "p_value"]
+    assert base_audit["extraction"]["images_from_cache"] == plain["n_suspect"] + plain["n_reference"]
+    plain_columns = {*plain["features"], *(item["name"] for item in plain["dropped_features"])}
+    assert {name.removesuffix("_minus_base") for name in adapted["features"]} <= plain_columns
+    assert any(name.endswith("_minus_base") for name in adapted["features"]) and "base model" in result.stderr
 
 
 @pytest.mark.parametrize(("case", "code", "message"), [
@@ -209,6 +218,7 @@ def test_what_a_kohya_header_says_is_shown_everywhere_and_changes_nothing(base_a
     assert "training metadata: none" in bare.stderr
     html = (tmp_path / "out" / "report.html").read_text()
     assert "What the adapter file says about its training (unverified)" in html and "portrait (30)" in html
+    assert "features scored" in html and "how much the adapter changed each of them" in html
 
 
 def test_a_recorded_base_hash_that_differs_from_the_base_file_is_warned_about() -> None:
@@ -337,3 +347,32 @@ def test_a_batch_file_with_adapters_takes_calibration_and_refuses_a_control_mode
     batch.write_text(entry + 'calibration = "no"\n')
     with pytest.raises(SettingsProblem, match="calibration must be a bool"):
         read_batch_file(batch)
+
+
+def test_evaluate_and_extract_with_an_adapter_use_the_base_too(base_and_lora, tmp_path) -> None:
+    """evaluate --adapter evaluates the calibrated columns (each feature set gains its _minus_base twins);
+    --no-calibration the features alone; extract --adapter caches the base's features as well, so the check
+    that follows computes nothing."""
+    from conftest import write_images
+
+    base, lora, _ = base_and_lora
+    write_images(tmp_path / "members", 12, seed=31, prefix="m")
+    write_images(tmp_path / "nonmembers", 20, seed=32, prefix="n")
+    common = ["--model", str(base), "--adapter", str(lora), "--cache-dir", str(tmp_path / "cache")]
+    evaluate = ["evaluate", "--members", str(tmp_path / "members"), "--nonmembers", str(tmp_path / "nonmembers"),
+                "--features", "fast", "--repeats", "2", "--permutations", "100", "--test", "split", "--json",
+                "--jobs", "1", *common]
+    calibrated_run = json.loads(CliRunner().invoke(app, evaluate).stdout)
+    plain_run = json.loads(CliRunner().invoke(app, [*evaluate, "--no-calibration"]).stdout)
+    assert (calibrated_run["calibration"], plain_run["calibration"]) == ("base", None)
+    plain_columns = plain_run["feature_sets"]["fast"]
+    assert calibrated_run["feature_sets"]["fast"] == [*plain_columns, *(c + "_minus_base" for c in plain_columns)]
+    extracted = CliRunner().invoke(app, ["extract", str(tmp_path / "members"), str(tmp_path / "nonmembers"),
+                                         *common])
+    assert extracted.exit_code == 0, extracted.stdout + extracted.stderr
+    check = json.loads(CliRunner().invoke(app, [
+        "check", str(tmp_path / "members"), "--reference", str(tmp_path / "nonmembers"), "--json",
+        "--permutations", "200", "--jobs", "1", *common]).stdout)
+    images = check["n_suspect"] + check["n_reference"]
+    assert check["extraction"]["images_from_cache"] == images
+    assert check["controls"]["control_model"]["extraction"]["images_from_cache"] == images

@@ -378,6 +378,13 @@ def method_section(result: AuditResult) -> Section:
             "anything about one image becomes clear when many images are tested together. For every image the "
             f"model computes {len(result.features)} membership features: {used}."
         ),
+        *((Paragraph(
+            "This is an adapter audit: every feature was also computed on the adapter's base, for the same image "
+            "at the same noise, and how much the adapter changed it (adapted minus base; a log ratio for norms) "
+            "is a column of its own (the columns ending in _minus_base). The change removes what the image "
+            "itself contributes, its difficulty, where the base measures it. The base's own audit is the control "
+            "model: evidence needs an effect beyond the base's, because a base that saw the suspect images makes "
+            "even an adapter trained elsewhere change them differently."),) if result.calibration == "base" else ()),
         Paragraph(
             "A logistic regression on standardised features (log-scaled where they are norms) learns which "
             "combination separates the suspect from the reference images. Every image is scored by a model that "
