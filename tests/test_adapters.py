@@ -200,8 +200,8 @@ def test_what_a_kohya_header_says_is_shown_everywhere_and_changes_nothing(base_a
     with_header = tmp_path / "with_header.safetensors"
     save_file(load_file(kohya), with_header, metadata=KOHYA_HEADER)
     suspect, reference = image_sets
-    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json", "--no-cache",
-                 "--permutations", "200", "--jobs", "1"]
+    arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json",
+                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1"]
     bare = CliRunner().invoke(app, [*arguments, "--adapter", str(kohya)])
     told = CliRunner().invoke(app, [*arguments, "--adapter", str(with_header), "--out", str(tmp_path / "out"),
                                     "--report", "html"])
@@ -349,6 +349,7 @@ def test_a_batch_file_with_adapters_takes_calibration_and_refuses_a_control_mode
         read_batch_file(batch)
 
 
+@pytest.mark.slow
 def test_evaluate_and_extract_with_an_adapter_use_the_base_too(base_and_lora, tmp_path) -> None:
     """evaluate --adapter evaluates the calibrated columns (each feature set gains its _minus_base twins);
     --no-calibration the features alone; extract --adapter caches the base's features as well, so the check

@@ -138,14 +138,16 @@ def test_kohya_and_diffusers_files_and_the_fused_folder_give_the_same_audit(broa
 @pytest.mark.slow
 def test_a_base_that_saw_the_suspect_images_is_not_laid_to_an_adapter_trained_elsewhere(
         trained_text_to_image, lora_elsewhere, tmp_path) -> None:
-    """members/ trained the base, not the adapter: the base alone gives evidence; the adapter audit does not (the
-    base's effect is as large as the calibrated one, so the rule of verdict/control_model.py keeps it from
-    evidence)."""
+    """members/ trained the base, not the adapter: the base alone gives evidence; the adapter audit does not. Its
+    calibrated columns do separate the sets (a base that memorised the images makes any adapter change them
+    differently), but not beyond the base's own effect, so the rule of verdict/control_model.py makes it
+    inconclusive (exit 5), never evidence."""
     root, lora = trained_text_to_image, lora_elsewhere
     code, alone = audit(root, "members", tmp_path / "cache")
     assert (code, alone["verdict"]) == (1, "evidence")
     code, adapted = audit(root, "members", tmp_path / "cache", "--adapter", str(lora))
-    assert adapted["calibration"] == "base" and adapted["verdict"] != "evidence" and code != 1
+    assert (code, adapted["verdict"], adapted["calibration"]) == (5, "inconclusive", "base")
+    assert "not clearly more than on the base model" in adapted["verdict_reason"]
     base_result = adapted["controls"]["control_model"]
     assert base_result["p_value"] == alone["p_value"] and base_result["separates_sets"]
 
@@ -223,3 +225,24 @@ def test_the_base_gate_keeps_most_evidence_of_a_weak_adapter_when_the_base_saw_n
         kept += judged.verdict == "evidence"
     assert 0.62 < np.median(aucs) < 0.67
     assert found >= 25 and kept >= 0.6 * found, (found, kept)
+
+
+@pytest.mark.slow
+def test_the_worked_example_of_the_lora_guide_gives_what_it_shows(tmp_path) -> None:
+    """docs/lora.md on sample_data/lora/: the adapter trained on published/ is found calibrated (exit 1, the
+    base beside it finds nothing) and not without calibration; the base alone finds nothing."""
+    from conftest import SAMPLE_DATA
+
+    command = ["check", str(SAMPLE_DATA / "published"), "--reference", str(SAMPLE_DATA / "unpublished"),
+               "--model", str(SAMPLE_DATA / "lora" / "base"), "--caption", "a photograph", "--json",
+               "--cache-dir", str(tmp_path / "cache"), "--jobs", "2"]
+    adapter = ["--adapter", str(SAMPLE_DATA / "lora" / "published_style.safetensors")]
+    runs = {name: CliRunner().invoke(app, command + extra)
+            for name, extra in (("calibrated", adapter), ("uncalibrated", [*adapter, "--no-calibration"]),
+                                ("base", []))}
+    results = {name: json.loads(run.stdout) for name, run in runs.items()}
+    assert [runs[name].exit_code for name in runs] == [1, 0, 0]
+    calibrated_result = results["calibrated"]
+    assert calibrated_result["p_value"] < 0.01 and calibrated_result["effect"]["auc"] > 0.7
+    assert calibrated_result["controls"]["control_model"]["p_value"] == results["base"]["p_value"] > 0.5
+    assert results["uncalibrated"]["p_value"] > 0.1
