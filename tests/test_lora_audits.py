@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from null_audits import null_rejections
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
@@ -164,7 +165,6 @@ def test_null_audits_of_calibrated_features_keep_their_false_positive_rate(broad
     from cdi_audit.models.adapters import Adapter
     from cdi_audit.models.loading import load_target
     from cdi_audit.pipeline.extraction import extract_features
-    from cdi_audit.statistics.testing import permutation_test
 
     root, lora, _ = broad_lora
     records = [record for folder in (root / "nonmembers", root / "unseen")
@@ -179,11 +179,7 @@ def test_null_audits_of_calibrated_features_keep_their_false_positive_rate(broad
     matrix = table.scoring_matrix(keys)
     width = len(tables[0].columns)
     assert matrix.shape == (96, 2 * width) and np.abs(matrix[:, width:]).max() > 0
-    rejections = 0
-    for draw in range(200):
-        order = np.random.default_rng([23, draw]).permutation(len(keys))[:40]
-        is_suspect = np.r_[np.ones(20, bool), np.zeros(20, bool)]
-        rejections += permutation_test(matrix[order], is_suspect, 100, seed=draw).p_value < 0.05
+    rejections = null_rejections(matrix, stream=23)
     assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections
 
 

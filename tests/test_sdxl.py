@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_images
+from null_audits import null_rejections
 from PIL import Image
 from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
 from typer.testing import CliRunner
@@ -255,7 +256,6 @@ def test_null_audits_on_sdxl_keep_their_false_positive_rate(trained_sdxl: Path) 
     from cdi_audit.inputs.conditions import with_captions
     from cdi_audit.inputs.images import scan_image_set
     from cdi_audit.pipeline.extraction import extract_features
-    from cdi_audit.statistics.testing import permutation_test
 
     target = load_target(trained_sdxl / "model", CPU)
     extractors, _ = extractors_for("auto", target)
@@ -264,9 +264,5 @@ def test_null_audits_on_sdxl_keep_their_false_positive_rate(trained_sdxl: Path) 
     table, _ = extract_features(records, target, extractors, seed=0, batch_size=32)
     matrix = table.scoring_matrix([record.key for record in records])
     assert matrix.shape == (64, 21)
-    rejections = 0
-    for draw in range(200):
-        order = np.random.default_rng([19, draw]).permutation(len(records))[:40]
-        is_suspect = np.r_[np.ones(20, bool), np.zeros(20, bool)]
-        rejections += permutation_test(matrix[order], is_suspect, 100, seed=draw).p_value < 0.05
+    rejections = null_rejections(matrix, stream=19)
     assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections

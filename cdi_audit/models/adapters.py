@@ -3,9 +3,10 @@
 What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
 ``dora_scale``). diffusers' ``load_lora_weights`` reads both (it converts kohya keys itself), DoRA included
-(peft fuses its magnitude vector); no key is converted here. LyCORIS LoHa / LoKr files are refused by name:
-diffusers' loader cannot place them on these bases. An adapter whose keys the loader cannot place in the base is refused, naming the file and
-the base it seems to be for: a silently ignored adapter would audit the base under the adapter's name.
+(peft fuses its magnitude vector); no key is converted here. LyCORIS files (LoHa, LoKr, OFT, BOFT) are
+refused by name: diffusers' loader cannot place them on these bases. An adapter whose keys the loader cannot
+place in the base is refused, naming the file and the base it seems to be for: a silently ignored adapter
+would audit the base under the adapter's name.
 """
 
 from __future__ import annotations

@@ -367,8 +367,8 @@ def control_model_result(comparison: ControlComparison, control: ModelFeatures) 
 def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = ALL,
                    progress: StageProgress | None = None) -> tuple[ExtractionInfo, ModelInfo]:
     """Features only, into the cache (``cdi-audit extract``): the images of ``shard`` in ``folders``, on the
-    model and, for an adapted model, on its base (the control and calibration of its check). A later ``check`` with the same model, features and
-    seed reads them back and makes no model call for them."""
+    model and, for an adapted model, on its base (the control and calibration of its check). A later ``check``
+    with the same model, features and seed reads them back and makes no model call for them."""
     if not settings.use_cache:
         raise SettingsProblem("extraction only fills the feature cache; it cannot run with --no-cache.")
     progress = progress or StageProgress()
