@@ -10,7 +10,7 @@ import torch
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.prediction import to_noise
 from cdi_audit.models.primitives import add_noise, clean_estimate, deterministic_step
-from cdi_audit.models.schedule import DiscreteSchedule
+from cdi_audit.models.schedule import DiscreteSchedule, FlowMatchSchedule
 
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
@@ -88,6 +88,9 @@ def test_every_parameterisation_converts_to_the_noise() -> None:
     z_t = a * z0 + b * eps
     for kind, output in (("epsilon", eps), ("v_prediction", a * eps - b * z0), ("sample", z0)):
         torch.testing.assert_close(to_noise(output, z_t, a, b, kind), eps, rtol=1e-5, atol=1e-5)
+    sigma = torch.tensor(0.3)  # rectified flow: z_t = (1 - sigma) z0 + sigma eps, velocity eps - z0
+    torch.testing.assert_close(to_noise(eps - z0, (1 - sigma) * z0 + sigma * eps, 1 - sigma, sigma, "flow"), eps,
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unsupported"):
         to_noise(eps, z_t, a, b, "velocity")
 
@@ -109,3 +112,60 @@ def test_conditions_select_repeat_and_concatenate_every_named_tensor() -> None:
     assert other.signature != condition.signature and other["time_ids"] is condition["time_ids"]
     with pytest.raises(ValueError, match="unequal lengths"):
         Condition({"a": torch.zeros(2), "b": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_a_flow_schedule_noises_as_the_flow_schedulers_scale_noise(shift: float) -> None:
+    """a = 1 - sigma, b = sigma at the scheduler's own training sigmas (SD3's static shift 3 included), sigma = 1
+    left out, and the time input sigma x 1000 (SD3) or sigma (Flux)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    schedule = FlowMatchSchedule.from_scheduler(scheduler, time_scale=1000.0)
+    assert schedule.train_steps == 999 and float(schedule.sigmas.max()) < 1.0
+    assert schedule.identity() == {"kind": "flow", "nominal": "latent", "steps": 999, "shift": shift,
+                                   "time_scale": 1000.0}
+    z0, eps = noise_pair(4)
+    for level in (0, 123, 500, 998):
+        sigma = schedule.sigmas[level]
+        index = int(torch.argmin((scheduler.sigmas.double() - sigma).abs()))
+        expected = scheduler.scale_noise(z0, scheduler.timesteps[index].repeat(2), eps)
+        torch.testing.assert_close(add_noise(schedule, z0, eps, level), expected, rtol=1e-5, atol=1e-6)
+        time = schedule.model_time(torch.tensor([level]))
+        torch.testing.assert_close(time, scheduler.timesteps[index].view(1), rtol=1e-6, atol=1e-4)
+    flux = FlowMatchSchedule.from_scheduler(scheduler, time_scale=1.0)
+    torch.testing.assert_close(flux.model_time(torch.tensor([500])), schedule.sigmas[500].float().view(1))
+
+
+def test_the_deterministic_step_on_a_flow_schedule_is_the_euler_step() -> None:
+    """With the velocity converted to eps, the (a, b) step equals FlowMatchEulerDiscreteScheduler.step from one
+    of its inference sigmas to the next (both on the training grid: 10 steps of an unshifted 1000-step grid)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    schedule = FlowMatchSchedule.from_scheduler(scheduler, time_scale=1000.0)
+    scheduler.set_timesteps(10)
+    z, velocity = noise_pair(5)
+    level_of = {round(float(sigma), 6): level for level, sigma in enumerate(schedule.sigmas)}
+    for index in range(1, 9):
+        sigma, following = (round(float(scheduler.sigmas[i]), 6) for i in (index, index + 1))
+        scheduler._step_index = index  # step from this inference sigma, as the pipeline's loop would
+        expected = scheduler.step(velocity, scheduler.timesteps[index], z).prev_sample
+        a, b = schedule.coefficients(level_of[sigma])
+        eps = to_noise(velocity, z, torch.tensor(a), torch.tensor(b), "flow")
+        torch.testing.assert_close(deterministic_step(schedule, z, eps, level_of[sigma], level_of[following]),
+                                   expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flow_levels_match_the_nominal_ddpm_by_snr() -> None:
+    """Each nominal step maps to the grid sigma whose log((1 - sigma)^2 / sigma^2) is nearest the nominal
+    log(abar / (1 - abar)), computed here in numpy, with SD3's shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    schedule = FlowMatchSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), time_scale=1000.0)
+    sigmas = schedule.sigmas.numpy()
+    nominal = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+    own = np.log((1 - sigmas) ** 2 / sigmas**2)
+    for t in (0, 100, 500, 999):
+        assert schedule.level(t) == int(np.argmin(np.abs(own - np.log(nominal[t] / (1 - nominal[t])))))
+    assert schedule.level(0) < schedule.level(500) < schedule.level(999)

@@ -32,7 +32,7 @@ from cdi_audit.models.adapters import (
 from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.families import family_for
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
-from cdi_audit.models.prediction import PREDICTION_TYPES
+from cdi_audit.models.prediction import SCHEDULER_PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule
 from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 from cdi_audit.models.target import Target
@@ -216,9 +216,10 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
         raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule.")
     _check_timesteps(len(alphas_cumprod), config_path, "the length of its schedule (alphas_cumprod)")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
-    if prediction_type not in PREDICTION_TYPES:
+    if prediction_type not in SCHEDULER_PREDICTION_TYPES:
         raise ModelUnavailable(
-            f"The scheduler in {root} predicts {prediction_type!r}; expected one of {', '.join(PREDICTION_TYPES)}."
+            f"The scheduler in {root} predicts {prediction_type!r}; expected one of "
+            f"{', '.join(SCHEDULER_PREDICTION_TYPES)}."
         )
     return torch.as_tensor(alphas_cumprod), prediction_type
 

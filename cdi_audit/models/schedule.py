@@ -4,8 +4,8 @@ Every family the tool audits noises a clean latent as z_t = a(l) z0 + b(l) eps a
 schedule. Features are written for nominal levels: the timesteps of a 1000-step DDPM, as the papers state
 them. A schedule maps a nominal level to its own level **of equal signal-to-noise ratio** a^2 / b^2, gives
 a and b there, and the network's time input. Nothing outside this module reads ``alphas_cumprod`` or knows
-how many steps a model was trained with, so a flow-matching schedule (a = 1 - sigma, b = sigma) can be
-added without touching any feature.
+how many steps a model was trained with: ``FlowMatchSchedule`` (a = 1 - sigma, b = sigma) serves
+rectified-flow models without touching any feature.
 """
 
 from __future__ import annotations
@@ -98,6 +98,15 @@ class NoiseSchedule(abc.ABC):
         """What fixes the mapping from nominal levels to this schedule (part of the feature cache key)."""
 
 
+def nearest_levels(own_log_snr: torch.Tensor, nominal: NominalKind) -> list[Level]:
+    """For each nominal level, the own level of nearest log-SNR; on a schedule equal to the nominal one every
+    level maps to itself. In chunks of nominal levels, so a 100,000-step schedule needs no 800 MB distance
+    matrix."""
+    target = log_snr(nominal_alphas_cumprod(nominal))
+    return [int(index) for chunk in target.split(64)
+            for index in (own_log_snr[None, :] - chunk[:, None]).abs().argmin(dim=1)]
+
+
 class DiscreteSchedule(NoiseSchedule):
     """A variance-preserving schedule given by ``alphas_cumprod`` (DDPM, DDIM, Euler-trained UNets, DiT,
     Stable Diffusion 1.x/2.x, SDXL): a = sqrt(abar_t), b = sqrt(1 - abar_t), the network takes integer t."""
@@ -106,14 +115,7 @@ class DiscreteSchedule(NoiseSchedule):
         self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
         self.nominal = nominal
         own = log_snr(self.alphas_cumprod)
-        if len(own) == NOMINAL_STEPS:
-            self._levels = list(range(NOMINAL_STEPS))
-            return
-        target = log_snr(nominal_alphas_cumprod(nominal))
-        # Nearest by log-SNR; on a schedule equal to the nominal one every level maps to itself. In chunks of
-        # nominal levels, so a 100,000-step schedule needs no 800 MB distance matrix.
-        self._levels = [int(index) for chunk in target.split(64)
-                        for index in (own[None, :] - chunk[:, None]).abs().argmin(dim=1)]
+        self._levels = list(range(NOMINAL_STEPS)) if len(own) == NOMINAL_STEPS else nearest_levels(own, nominal)
 
     @property
     def train_steps(self) -> int:
@@ -156,6 +158,57 @@ class DiscreteSchedule(NoiseSchedule):
 
     def identity(self) -> dict:
         return {"kind": "discrete", "nominal": self.nominal, "steps": self.train_steps}
+
+
+class FlowMatchSchedule(DiscreteSchedule):
+    """Rectified flow (SD3, SD3.5, Flux; models.md sections 1 and 5): z_t = (1 - sigma) z0 + sigma eps, so
+    a = 1 - sigma and b = sigma, at the sigmas of the model's own ``FlowMatchEulerDiscreteScheduler`` as it
+    trains (its 1000-step grid, with the config's static ``shift`` applied; dynamic shifting is an inference
+    setting and is left out). A level is an index into those sigmas, ascending; sigma = 1 (pure noise, a = 0,
+    where no clean estimate exists) is left out, so the noisiest level is the grid's next sigma. The network's
+    time input is sigma times ``time_scale``: 1000 for SD3 (its transformer takes the scheduler's timesteps),
+    1 for Flux (its transformer multiplies by 1000 itself). Nominal levels map by equal log-SNR
+    log((1 - sigma)^2 / sigma^2) to the latent nominal DDPM.
+
+    It shares ``DiscreteSchedule``'s level arithmetic (levels are integer indices either way), its
+    ``alphas_cumprod`` being the variance-preserving schedule of equal SNR, abar = a^2 / (a^2 + b^2); the
+    coefficients and the time input are its own, and levels always map by SNR (a flow grid is never the
+    nominal DDPM).
+    """
+
+    def __init__(self, sigmas: torch.Tensor, time_scale: float, shift: float = 1.0,
+                 nominal: NominalKind = "latent") -> None:
+        ascending = torch.sort(sigmas.detach().to("cpu", torch.float64)).values
+        self.sigmas = ascending[(ascending > 0.0) & (ascending < 1.0)]
+        self.time_scale = float(time_scale)
+        self.shift = float(shift)
+        self.nominal = nominal
+        a, b = 1.0 - self.sigmas, self.sigmas
+        self.alphas_cumprod = a**2 / (a**2 + b**2)
+        self._levels = nearest_levels(log_snr(self.alphas_cumprod), nominal)
+
+    @classmethod
+    def from_scheduler(cls, scheduler, time_scale: float, nominal: NominalKind = "latent") -> FlowMatchSchedule:
+        """The schedule of a ``FlowMatchEulerDiscreteScheduler`` as it was configured (before any
+        ``set_timesteps``)."""
+        config = scheduler.config
+        fresh = type(scheduler).from_config(config)
+        return cls(torch.as_tensor(fresh.sigmas), time_scale, float(config.get("shift", 1.0)), nominal)
+
+    def coefficients(self, level: Level) -> tuple[float, float]:
+        sigma = float(self.sigmas[level])
+        return 1.0 - sigma, sigma
+
+    def row_coefficients(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = self.sigmas[levels.cpu().long()]
+        return 1.0 - sigma, sigma
+
+    def model_time(self, levels: torch.Tensor) -> torch.Tensor:
+        return (self.sigmas[levels.cpu().long()] * self.time_scale).float().to(levels.device)
+
+    def identity(self) -> dict:
+        return {"kind": "flow", "nominal": self.nominal, "steps": self.train_steps, "shift": self.shift,
+                "time_scale": self.time_scale}
 
 
 def trailing_timesteps(train_steps: int, steps: int) -> list[int]:
