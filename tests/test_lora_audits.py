@@ -84,7 +84,8 @@ def audit(root: Path, suspect: str, cache: Path, *extra: str) -> tuple[int, dict
 @pytest.mark.slow
 def test_a_lora_is_found_on_its_members_calibrated_and_the_base_alone_finds_nothing(broad_lora, tmp_path) -> None:
     """The adapter's members against images neither model saw: evidence, calibrated against the base, with the
-    base's own audit beside it (no evidence); the base alone: no evidence."""
+    base's own audit beside it (no evidence); the base alone: no evidence; two sets neither saw, through the
+    adapter: no evidence."""
     root, lora, _ = broad_lora
     code, adapted = audit(root, "lora_members", tmp_path / "cache", "--adapter", str(lora))
     assert (code, adapted["verdict"], adapted["calibration"]) == (1, "evidence", "base"), adapted["verdict_reason"]
@@ -97,6 +98,9 @@ def test_a_lora_is_found_on_its_members_calibrated_and_the_base_alone_finds_noth
     # The base's own audit is the base-alone audit: the same features (cached), the same p-value.
     assert alone["p_value"] == base_result["p_value"] and alone["calibration"] is None
     assert alone["extraction"]["images_from_cache"] == alone["n_suspect"] + alone["n_reference"]
+    # Two sets the adapter never saw: no evidence, calibrated.
+    code, unseen = audit(root, "unseen", tmp_path / "cache", "--adapter", str(lora))
+    assert (code, unseen["verdict"], unseen["calibration"]) == (0, "no_evidence", "base"), unseen["verdict_reason"]
 
 
 def fused_folder(root: Path, lora: Path, out: Path) -> Path:
