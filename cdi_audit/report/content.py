@@ -167,7 +167,7 @@ def control_model_numbers(control: ControlModelResult, result: AuditResult) -> s
         return "no p-value or effect"
     text = f"p = {p_text(control.p_value)}, AUC {control.effect.auc:.3f}"
     if result.effect is not None:
-        text += f" against the suspect model's {result.effect.auc:.3f}"
+        text += f" against the {'adapter' if result.model.adapters else 'suspect model'}'s {result.effect.auc:.3f}"
     if control.auc_difference is not None:
         text += f"; difference {control.auc_difference:+.3f}"
         if control.auc_difference_ci is not None:
