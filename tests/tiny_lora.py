@@ -49,20 +49,12 @@ def train_unet_lora(pipeline_class, base: Path, members: Path, out: Path, steps:
     noise-prediction loss at uniform timesteps), saved by ``pipeline_class.save_lora_weights``."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-    from tiny_pipelines import TEXT_TOKENS, fit_noise_prediction
-
-    from cdi_audit.inputs.conditions import with_captions
-    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
+    from tiny_pipelines import captioned_training_data, fit_noise_prediction
 
     pipeline = pipeline_class.from_pretrained(base, local_files_only=True)
-    unet, vae = pipeline.unet, pipeline.vae
-    images, _ = with_captions(scan_image_set(members), caption)  # sidecar captions unless ``caption`` is given
-    pixels = torch.from_numpy(load_model_pixels(images.records, unet.config.sample_size * 2))
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-        ids = pipeline.tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
-                                 truncation=True, return_tensors="pt").input_ids
-        embeddings = pipeline.text_encoder(ids)[0]
+    unet = pipeline.unet
+    latents, embeddings = captioned_training_data(members, caption, pipeline.vae, pipeline.tokenizer,
+                                                  pipeline.text_encoder, fit_scaling=False)
     unet.requires_grad_(False)
     torch.manual_seed(seed)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=ATTENTION))

@@ -158,25 +158,33 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
     The VAE's scaling factor is set so the members' latents have unit variance (methods.md 0.4);
     with the default 0.18215 a random VAE's latents would be so small that denoising is trivial.
     """
-    from cdi_audit.inputs.conditions import with_captions
-    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
-
     components = tiny_stable_diffusion_components(folder / "tokenizer", seed, widths=widths)
-    vae, text_encoder, tokenizer, unet, scheduler = (components[name] for name in
-                                                     ("vae", "text_encoder", "tokenizer", "unet", "scheduler"))
-    images, _ = with_captions(scan_image_set(members), caption)  # sidecar captions unless ``caption`` is given
-    pixels = torch.from_numpy(load_model_pixels(images.records, 16))
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mean
-        scaling = float(1 / latents.std())
-        vae.register_to_config(scaling_factor=scaling)
-        latents = latents * scaling
-        ids = tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
-                        truncation=True, return_tensors="pt").input_ids
-        embeddings = text_encoder(ids)[0]
+    unet, scheduler = components["unet"], components["scheduler"]
+    latents, embeddings = captioned_training_data(members, caption, components["vae"], components["tokenizer"],
+                                                  components["text_encoder"], fit_scaling=True)
     fit_noise_prediction(unet, latents, scheduler, steps, seed,
                          lambda noisy, timesteps, rows: unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]))
     return save_stable_diffusion(folder, components)
+
+
+def captioned_training_data(members: Path, caption: str | None, vae, tokenizer, text_encoder,
+                            fit_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled latents, caption embeddings) of the images in ``members``, captioned by their sidecars unless
+    ``caption`` is given. ``fit_scaling`` first sets the VAE's scaling factor so the latents have unit
+    variance (methods.md 0.4); otherwise the VAE's own factor is used."""
+    from cdi_audit.inputs.conditions import with_captions
+    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
+
+    images, _ = with_captions(scan_image_set(members), caption)
+    pixels = torch.from_numpy(load_model_pixels(images.records, 16))
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+        if fit_scaling:
+            vae.register_to_config(scaling_factor=float(1 / latents.std()))
+        latents = latents * vae.config.scaling_factor
+        ids = tokenizer([r.caption for r in images.records], padding="max_length", max_length=TEXT_TOKENS,
+                        truncation=True, return_tensors="pt").input_ids
+        return latents, text_encoder(ids)[0]
 
 
 def fit_noise_prediction(unet: torch.nn.Module, latents: torch.Tensor, scheduler, steps: int, seed: int,

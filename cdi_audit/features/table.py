@@ -57,11 +57,13 @@ def calibrated(adapted: FeatureTable, base: FeatureTable) -> FeatureTable:
     leans on them (benchmarks/RESULTS.md, LoRA calibration: neither alone is best on both kinds of base).
     """
     columns = tuple(column for column in adapted.columns if column in base.columns)
-    keys = tuple(key for key in adapted.keys if key in set(base.keys))
+    base_keys = set(base.keys)
+    keys = tuple(key for key in adapted.keys if key in base_keys)
 
     def scaled(table: FeatureTable) -> np.ndarray:
         matrix = table.scoring_matrix(keys)
         return matrix[:, [table.columns.index(column) for column in columns]]
 
+    features = scaled(adapted)
     return FeatureTable(keys=keys, columns=columns + tuple(column + CALIBRATED_SUFFIX for column in columns),
-                        values=np.hstack([scaled(adapted), scaled(adapted) - scaled(base)]), log_columns=frozenset())
+                        values=np.hstack([features, features - scaled(base)]), log_columns=frozenset())

@@ -117,11 +117,18 @@ class AuditSettings(ModelSettings):
     control: ModelSpec | None = None
 
     @property
+    def control_is_base(self) -> bool:
+        """Whether the audit's control is an adapted model's base (no control model was given)."""
+        return self.control is None and self.model is not None and bool(self.model.adapters)
+
+    @property
     def control_model(self) -> ModelSpec | None:
         """The model the audit is compared with: the control given, or an adapted model's base."""
-        if self.control is None and self.model is not None and self.model.adapters:
-            return self.model.base
-        return self.control
+        return self.model.base if self.control_is_base else self.control
+
+    @property
+    def control_label(self) -> str:
+        return "Base model" if self.control_is_base else "Control model"
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -311,13 +318,18 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     return ModelFeatures(table, summary, target, extractors, conditioned, notes)
 
 
+def on_model(settings: ModelSettings, model: ModelSpec, extractors: list[Extractor]) -> ModelSettings:
+    """The same settings on another model, with exactly the extractors ``extractors`` (so a preset cannot
+    resolve to other features there)."""
+    return replace(settings, model=model, features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
+
+
 def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> AuditSettings:
     """The control model audited like the suspect: the same features and seed, through the same kind of
     access (black-box, by local variations, when the suspect is an endpoint or audited black-box)."""
     black_box = settings.endpoint is not None or settings.access == "blackbox"
-    return replace(settings, model=settings.control_model, control=None, endpoint=None,
-                   access="blackbox" if black_box else "auto",
-                   features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
+    return replace(on_model(settings, settings.control_model, extractors), control=None, endpoint=None,
+                   access="blackbox" if black_box else "auto")
 
 
 def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_sets: list[ImageSet],
@@ -337,8 +349,7 @@ def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_
         control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
                                    "control_", refuse_suspect_model, models)
     except AuditError as error:
-        which = "Base model" if settings.control is None else "Control model"
-        raise type(error)(f"{which} {settings.control_model.path}: {error}") from error
+        raise type(error)(f"{settings.control_label} {settings.control_model.path}: {error}") from error
     missing = sorted(set(suspect.table.columns) - set(control.table.columns))
     if missing:
         control.notes.append(f"The control model could not serve {', '.join(missing)}; its effect is measured "
@@ -376,7 +387,8 @@ def run_extraction(settings: ModelSettings, folders: list[Path], shard: Shard = 
                   for folder in folders]
     extracted = load_and_extract(settings, image_sets, progress, {})
     if settings.model is not None and settings.model.adapters:  # an adapter's check also needs its base's
-        load_and_extract(replace(settings, model=settings.model.base), image_sets, progress, {}, "base_")
+        load_and_extract(on_model(settings, settings.model.base, extracted.extractors), image_sets, progress, {},
+                         "base_")
     return extracted.summary, extracted.target.description
 
 
@@ -446,10 +458,9 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
     control_model = None
     if control_features is not None:
         decision, comparison = judge_with_control(decision, control_decision, settings.alpha, settings.seed,
-                                                  against_base=settings.control is None)
+                                                  against_base=settings.control_is_base)
         control_model = control_model_result(comparison, control_features)
-        which = "Base model" if settings.control is None else "Control model"
-        extracted.notes.extend(f"{which}: {note}" for note in control_features.notes)
+        extracted.notes.extend(f"{settings.control_label}: {note}" for note in control_features.notes)
     outcome, control, effect = decision.outcome, decision.negative_control, decision.effect
     skipped = [
         SkippedFileInfo(path=item.path, reason=item.reason, image_set=role)

@@ -7,7 +7,7 @@ audit then reuses them, so the cost of the curves is statistics only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from cdi_audit.pipeline.audit import (
     TEST_DESCRIPTIONS,
     ModelSettings,
     load_and_extract,
+    on_model,
     package_versions,
     public_configuration,
     require_enough,
@@ -127,8 +128,8 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
     members, nonmembers = extracted.image_sets
     sets = evaluated_feature_sets(settings.features, extracted.extractors, extracted.target.conditioning)
     if settings.calibrated:  # as check does: the features and how much the adapters changed each of them
-        base = load_and_extract(replace(settings, model=settings.model.base, features=",".join(
-            dict.fromkeys(e.name for e in extracted.extractors))), [members, nonmembers], progress, timings, "base_")
+        base = load_and_extract(on_model(settings, settings.model.base, extracted.extractors), [members, nonmembers],
+                                progress, timings, "base_")
         table = calibrated(table, base.table)
         sets = {name: [*columns, *(column + CALIBRATED_SUFFIX for column in columns)]
                 for name, columns in sets.items()}
