@@ -16,13 +16,13 @@ import torch
 TEXT_TOKENS = 16  # tokenizer model_max_length: captions are padded or cut to this many tokens
 
 
-def tiny_autoencoder_kl(scaling_factor: float = 1.0):
+def tiny_autoencoder_kl(scaling_factor: float = 1.0, shift_factor: float | None = None):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=scaling_factor,
+        latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
     )
 
 

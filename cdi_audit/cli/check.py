@@ -28,6 +28,7 @@ from cdi_audit.cli.options import (
     EndpointFamilyOption,
     EndpointOption,
     EndpointTimeoutOption,
+    GuidanceOption,
     HeaderOption,
     ImageSizeOption,
     JobsOption,
@@ -67,6 +68,7 @@ def check(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     alpha: AlphaOption = 0.01,
@@ -163,7 +165,7 @@ def check(
     )
     settings = AuditSettings(
         suspect_dir=suspect_dir, reference_dir=reference,
-        model=model_spec(model, model_config, adapter, allow_pickle),
+        model=model_spec(model, model_config, adapter, allow_pickle, guidance),
         access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
         seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
         batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,

@@ -23,6 +23,7 @@ from cdi_audit.cli.options import (
     DebugOption,
     DeviceOption,
     DtypeOption,
+    GuidanceOption,
     JobsOption,
     JsonOption,
     MaxBatchGradOption,
@@ -58,6 +59,7 @@ def evaluate(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
     no_calibration: NoCalibrationOption = False,
     features: Annotated[str, typer.Option(
@@ -112,8 +114,9 @@ def evaluate(
         require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
     console = stderr_console()
     prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
+    spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
     settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model=model_spec(model, model_config, adapter, allow_pickle),
+        members_dir=members, nonmembers_dir=nonmembers, model=spec,
         access=access.value, features=features, repeats=repeats,
         tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
         machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,

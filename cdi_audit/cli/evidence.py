@@ -19,6 +19,7 @@ from cdi_audit.cli.options import (
     DebugOption,
     DeviceOption,
     DtypeOption,
+    GuidanceOption,
     JsonOption,
     ModelConfigOption,
     ModelOption,
@@ -40,6 +41,7 @@ def extract_evidence(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
     reference: Annotated[Path | None, typer.Option(
         "--reference", "-r", metavar="DIR", show_default=False,
@@ -86,7 +88,8 @@ def extract_evidence(
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
     prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
-    settings = SearchSettings(model=model_spec(model, model_config, adapter, allow_pickle), suspect_dir=suspect_dir,
+    spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
+    settings = SearchSettings(model=spec, suspect_dir=suspect_dir,
                               reference_dir=reference, budget=budget, seed=seed, steps=steps,
                               guidance_scale=guidance_scale, threshold=threshold,
                               machine=Machine(device, dtype, compile_network), batch_size=batch_size,

@@ -23,6 +23,7 @@ from cdi_audit.cli.options import (
     DebugOption,
     DeviceOption,
     DtypeOption,
+    GuidanceOption,
     JsonOption,
     MaxBatchGradOption,
     ModelConfigOption,
@@ -89,6 +90,7 @@ def extract(
     model: ModelOption = None,
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
     features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
     shard: Annotated[str, typer.Option(
@@ -125,7 +127,8 @@ def extract(
     require_one_model(model, None, None, access)
     console = stderr_console()
     chosen, launch, device = _place_this_process(shard, device)
-    settings = ModelSettings(model=model_spec(model, model_config, adapter, allow_pickle), access=access.value,
+    spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
+    settings = ModelSettings(model=spec, access=access.value,
                              features=features, seed=seed, machine=Machine(device, dtype, compile_network),
                              batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption,
                              cache_dir=cache_dir, strict=strict)

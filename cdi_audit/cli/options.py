@@ -158,6 +158,11 @@ AdapterOption = Annotated[list[str] | None, typer.Option(
     help="A LoRA adapter (.safetensors, diffusers or kohya format) to fuse into --model, at SCALE (default 1.0); "
          "repeat for several, applied in order. Its sha256 and scale become part of the model's fingerprint. "
          "Stable Diffusion 1.x/2.x and SDXL bases.")]
+GuidanceOption = Annotated[float | None, typer.Option(
+    metavar="VALUE", show_default=False,
+    help="For a guidance-distilled Flux model (Flux-dev): the guidance value its transformer is fed; default "
+         "1.0, what LoRA trainers for Flux-dev typically train with. Recorded in the report and part of the "
+         "model's fingerprint; refused for models that take none (Flux-schnell, every other family).")]
 AllowPickleOption = Annotated[bool, typer.Option(
     "--allow-pickle",
     help="Read --adapter files that are pickles (.pt, .bin, .ckpt) with torch.load(weights_only=True), which "
@@ -241,7 +246,10 @@ def adapters_of(values: list[str] | None, allow_pickle: bool = False) -> tuple[A
     return adapters
 
 
-def model_spec(model: Path | None, config: Path | None, adapters: list[str] | None, allow_pickle: bool
-               ) -> ModelSpec | None:
-    """The model the --model, --model-config, --adapter and --allow-pickle options name (None without --model)."""
-    return None if model is None else ModelSpec(model, config, adapters_of(adapters, allow_pickle))
+def model_spec(model: Path | None, config: Path | None, adapters: list[str] | None, allow_pickle: bool,
+               guidance: float | None = None) -> ModelSpec | None:
+    """The model the --model, --model-config, --adapter, --allow-pickle and --guidance options name (None
+    without --model)."""
+    if guidance is not None and not math.isfinite(guidance):
+        raise typer.BadParameter("must be a finite number.", param_hint="--guidance")
+    return None if model is None else ModelSpec(model, config, adapters_of(adapters, allow_pickle), guidance)

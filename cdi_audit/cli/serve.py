@@ -15,6 +15,7 @@ from cdi_audit.cli.options import (
     DebugOption,
     DeviceOption,
     DtypeOption,
+    GuidanceOption,
     ModelConfigOption,
     model_spec,
 )
@@ -29,6 +30,7 @@ def serve(
         help="The local model to serve: a diffusers pipeline folder or a single-file .safetensors checkpoint.")],
     model_config: ModelConfigOption = None,
     adapter: AdapterOption = None,
+    guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
     host: Annotated[str, typer.Option(
         metavar="ADDRESS", help="Address to listen on. Keep the loopback default unless others must reach it: the "
@@ -51,7 +53,8 @@ def serve(
     console = stderr_console()
 
     def load(progress: StageProgress) -> LocalVariation:
-        target = model_spec(model, model_config, adapter, allow_pickle).load(Machine(device, dtype, compile_network))
+        spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
+        target = spec.load(Machine(device, dtype, compile_network))
         target.load_weights()  # a broken model fails now, not at the first request
         return LocalVariation(target)
 

@@ -79,21 +79,22 @@ class CLiD(Extractor):
         if self.conditioning == "text":
             tokens = target.tokenize(list(batch.captions))
             for part in range(3):
-                clipped = {name: clipped_tokens(t.ids, part, t.eos_id, t.pad_id) for name, t in tokens.items()}
+                clipped = {name: clipped_tokens(t.ids, part, t.eos_id, t.pad_id, t.start) for name, t in tokens.items()}
                 reduced.append(batch.condition.replaced(**target.encode_tokens(clipped)))
         return [*reduced, target.null_condition(batch.condition)]
 
 
-def clipped_tokens(ids: torch.Tensor, part: int, eos_id: int, pad_id: int) -> torch.Tensor:
+def clipped_tokens(ids: torch.Tensor, part: int, eos_id: int, pad_id: int, start: int = 1) -> torch.Tensor:
     """``ids`` with the ``part``-th third (0, 1, 2) of each caption's tokens set to ``pad_id``.
 
-    A caption's tokens are those between BOS (position 0) and its first EOS; thirds split n
-    tokens at round(n / 3) and round(2 n / 3), so a short caption may have an empty third.
+    A caption's tokens are those from ``start`` (1 after CLIP's BOS, 0 for T5, which has none) to its
+    first EOS; thirds split n tokens at round(n / 3) and round(2 n / 3), so a short caption may have an
+    empty third.
     """
     clipped = ids.clone()
     for row in clipped:
         ends = (row == eos_id).nonzero()
-        count = int(ends[0]) - 1 if len(ends) else len(row) - 1
-        bounds = [1 + round(count * k / 3) for k in range(4)]
+        count = int(ends[0]) - start if len(ends) else len(row) - start
+        bounds = [start + round(count * k / 3) for k in range(4)]
         row[bounds[part] : bounds[part + 1]] = pad_id
     return clipped

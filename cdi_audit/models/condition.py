@@ -73,9 +73,11 @@ def as_kwargs(condition: Condition | None) -> Mapping[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Tokens:
-    """One tokenizer's ids for a batch of captions (B, L): BOS, the caption, EOS, then padding, with the ids
-    of its end and padding tokens (CLiD weakens captions token by token)."""
+    """One tokenizer's ids for a batch of captions (B, L): BOS (CLIP's; T5 has none), the caption, EOS, then
+    padding, with the ids of its end and padding tokens and where captions start (CLiD weakens captions token
+    by token)."""
 
     ids: torch.Tensor
     eos_id: int
     pad_id: int
+    start: int = 1  # the position of a caption's first token: 1 after CLIP's BOS, 0 for T5

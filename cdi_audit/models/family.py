@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from cdi_audit.errors import ModelUnavailable
+
 if TYPE_CHECKING:
     from cdi_audit.models.schedule import NoiseSchedule
     from cdi_audit.models.target import Target
@@ -63,6 +65,7 @@ class LoadedParts:
     description: ModelInfo
     pipeline_config: Mapping[str, Any] = field(default_factory=dict)  # model_index.json's other entries
     warnings: list[str] = field(default_factory=list)  # for the report: what the family noticed
+    guidance: float | None = None  # the guidance value a guidance-distilled denoiser takes (Flux-dev), else None
 
     @property
     def denoiser(self) -> Any:
@@ -84,6 +87,12 @@ class Family(abc.ABC):
     single_file_options: ClassVar[Mapping[str, Any]] = {}  # more keyword arguments of its from_single_file
     # The diffusers LoRA loader mixin that places adapters on this family's components (None: no adapters).
     lora_loader: ClassVar[str | None] = None
+    # A flow-matching family's time input per unit of sigma (SD3: 1000, Flux: 1, its transformer scales it);
+    # None for a family trained on a variance-preserving schedule (``models/schedule.py``).
+    flow_time_scale: ClassVar[float | None] = None
+    # The latent side to audit at when the denoiser's config records none (Flux's transformer takes any size;
+    # its pipeline's default is 128, i.e. 1024 px). None: the config's sample_size is required.
+    default_sample_size: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def recognises(self, index: PipelineIndex) -> bool:
@@ -96,6 +105,14 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def build(self, loaded: LoadedParts) -> Target:
         """The Target of a loaded model of this family."""
+
+    def guidance(self, denoiser_config: Mapping[str, Any], requested: float | None) -> float | None:
+        """The guidance value the denoiser is fed (None: it takes none), given the user's (None: not given).
+        Only guidance-distilled families take one; elsewhere asking for one is refused."""
+        if requested is not None:
+            raise ModelUnavailable(f"--guidance is for guidance-distilled Flux models; a {self.label} model takes "
+                                   "no guidance value.")
+        return None
 
     def check(self, loaded: LoadedParts) -> None:  # noqa: B027 (most families need no check of their own)
         """Refuse (``ModelUnavailable``) or warn (``loaded.warnings``) about what only this family knows."""

@@ -32,6 +32,12 @@ class LatentTarget(Target):
         """``module`` on the target's device, in evaluation mode, frozen (weights may still be on disk)."""
         return module.to(self.device).eval().requires_grad_(False)
 
+    @staticmethod
+    def _kept_on_cpu(module: torch.nn.Module) -> torch.nn.Module:
+        """A large text encoder (T5-XXL, 4.7 B parameters) frozen on the CPU: it runs once per batch of
+        captions, and the accelerator's memory is left to the denoiser (models.md section 5)."""
+        return module.to("cpu").eval().requires_grad_(False)
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         encoded = self.autoencoder.encode(pixels)
         mean = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents

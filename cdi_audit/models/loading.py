@@ -33,7 +33,7 @@ from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.families import family_for
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.prediction import SCHEDULER_PREDICTION_TYPES
-from cdi_audit.models.schedule import DiscreteSchedule
+from cdi_audit.models.schedule import DiscreteSchedule, FlowMatchSchedule, NoiseSchedule, NominalKind
 from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import AdapterInfo, FileDigest, ModelInfo
@@ -48,13 +48,20 @@ MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 4096
 # One line of torch's load_state_dict error per weight whose shape differs from the model the config builds.
 SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+# The tokenizer classes a config may name, and the transformers class each is read with: CLIP's byte-pair
+# files need no extra library; T5's SentencePiece model is read from its tokenizer.json (no sentencepiece).
+TOKENIZER_CLASSES = {"CLIPTokenizer": "CLIPTokenizer", "CLIPTokenizerFast": "CLIPTokenizer",
+                     "T5Tokenizer": "T5TokenizerFast", "T5TokenizerFast": "T5TokenizerFast"}
+# The scheduler of rectified-flow pipelines (SD3, Flux): its sigmas are the noise levels the model trained at.
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
 # Read by huggingface_hub when diffusers is first imported (below, lazily): never reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 EXPECTED_LAYOUT = (
     "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline, "
-    "a StableDiffusionPipeline (SD 1.x/2.x) or a StableDiffusionXLPipeline, or a bare folder holding unet/ and "
+    "a StableDiffusionPipeline (SD 1.x/2.x), a StableDiffusionXLPipeline, a StableDiffusion3Pipeline (SD3, SD3.5) "
+    "or a FluxPipeline, or a bare folder holding unet/ and "
     "scheduler/; or a Stable Diffusion or SDXL single-file .safetensors checkpoint (SD 1.x and SDXL as they are, "
     "SD 2.x or others with --model-config)"
 )
@@ -155,8 +162,12 @@ def _check_component(root: Path, component: Component) -> None:
     config = _read_json(root / part / component.config_file)
     if component.kind == "tokenizer":
         if config.get("tokenizer_class") not in component.classes:
-            raise ModelUnavailable(f"{root}/{part} holds a {config.get('tokenizer_class')}; expected a "
-                                   "CLIPTokenizer.")
+            raise ModelUnavailable(f"{root}/{part} holds a {config.get('tokenizer_class')}; expected one of "
+                                   f"{', '.join(sorted(component.classes))}.")
+        fast = TOKENIZER_CLASSES[config["tokenizer_class"]].endswith("Fast")
+        if fast and not (root / part / "tokenizer.json").is_file():
+            raise ModelUnavailable(f"{root}/{part} has no tokenizer.json; a {config['tokenizer_class']} is read from "
+                                   "it (save the tokenizer with save_pretrained, as the pipeline is published).")
         return
     class_name = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
     if class_name not in component.classes:
@@ -195,8 +206,10 @@ def _check_folder(root: Path) -> tuple[Family, PipelineIndex, dict]:
     return family, index, options
 
 
-def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
-    """alphas_cumprod and prediction type from the model's own scheduler config (never rebuilt by hand)."""
+def _load_schedule(root: Path, family: Family, nominal: NominalKind) -> tuple[NoiseSchedule, str, int]:
+    """The noise schedule, prediction type and number of training steps from the model's own scheduler config
+    (never rebuilt by hand): variance-preserving from its ``alphas_cumprod``, or rectified flow from a
+    ``FlowMatchEulerDiscreteScheduler``'s sigmas for a family whose denoiser predicts the velocity."""
     import diffusers
 
     config_path = root / "scheduler" / "scheduler_config.json"
@@ -211,9 +224,16 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
         scheduler = scheduler_class.from_pretrained(root, subfolder="scheduler", local_files_only=True)
     except Exception as error:
         raise ModelUnavailable(f"The scheduler in {root} cannot be loaded ({brief(error)}).") from error
+    if family.flow_time_scale is not None:
+        if class_name != FLOW_SCHEDULER:
+            raise ModelUnavailable(f"{root} is a {family.label} pipeline, whose transformer predicts a flow "
+                                   f"velocity, but its scheduler is a {class_name}; expected a {FLOW_SCHEDULER}.")
+        schedule = FlowMatchSchedule.from_scheduler(scheduler, family.flow_time_scale, nominal)
+        return schedule, "flow", int(scheduler.config.num_train_timesteps)
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
-        raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule.")
+        raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule, and a "
+                               f"{family.label} model is trained with one.")
     _check_timesteps(len(alphas_cumprod), config_path, "the length of its schedule (alphas_cumprod)")
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in SCHEDULER_PREDICTION_TYPES:
@@ -221,7 +241,12 @@ def _load_schedule(root: Path) -> tuple[torch.Tensor, str]:
             f"The scheduler in {root} predicts {prediction_type!r}; expected one of "
             f"{', '.join(SCHEDULER_PREDICTION_TYPES)}."
         )
-    return torch.as_tensor(alphas_cumprod), prediction_type
+    return DiscreteSchedule(torch.as_tensor(alphas_cumprod), nominal), prediction_type, len(alphas_cumprod)
+
+
+def _nominal(components: tuple[Component, ...]) -> NominalKind:
+    """Latent models' levels are matched to Stable Diffusion's nominal DDPM, pixel models' to DDPM's."""
+    return "latent" if any(c.role == "autoencoder" for c in components) else "pixel"
 
 
 def _check_timesteps(value: object, config_path: Path, field: str = "num_train_timesteps") -> None:
@@ -275,8 +300,9 @@ def _load_component(root: Path, component: Component):
     _quiet(transformers)
     folder = root / component.folder
     if component.kind == "tokenizer":
+        class_name = _read_json(folder / "tokenizer_config.json").get("tokenizer_class", "")
         try:
-            return transformers.CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            return getattr(transformers, TOKENIZER_CLASSES[class_name]).from_pretrained(folder, local_files_only=True)
         except Exception as error:
             raise ModelUnavailable(f"The {component.folder} in {root} cannot be loaded ({brief(error)}).") from error
     class_name = next(iter(_read_json(folder / "config.json").get("architectures") or []))
@@ -291,12 +317,12 @@ def _load_component(root: Path, component: Component):
     return DeferredModule(class_name, model_class.config_class.from_pretrained(folder), load)
 
 
-def _image_size(denoiser, autoencoder, folder: Path, roles: dict[str, str]) -> int:
-    """The resolution images are fed at: the denoiser's sample size (the first of a (height, width) pair)
-    times the autoencoder's downscaling. Every side must make an image from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE
-    pixels; ``folder`` holds the configs, named when one is wrong."""
+def _image_size(denoiser, autoencoder, folder: Path, roles: dict[str, str], default: int | None = None) -> int:
+    """The resolution images are fed at: the denoiser's sample size (the first of a (height, width) pair;
+    ``default`` where its config has none) times the autoencoder's downscaling. Every side must make an image
+    from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE pixels; ``folder`` holds the configs, named when one is wrong."""
     config_path = folder / roles["denoiser"] / "config.json"
-    sample_size = denoiser.config.get("sample_size")
+    sample_size = denoiser.config.get("sample_size", default)
     sides = list(sample_size) if isinstance(sample_size, (list, tuple)) and sample_size else [sample_size]
     scale = 1 if autoencoder is None else _downscaling(autoencoder, folder / roles["autoencoder"] / "config.json")
     for side in sides:
@@ -352,11 +378,12 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
 
 
 def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None,
-                adapters: tuple[Adapter, ...] = ()) -> Target:
+                adapters: tuple[Adapter, ...] = (), guidance: float | None = None) -> Target:
     """Build the ``Target`` for the model at ``path`` on ``device``; forward passes in ``dtype`` (None or
     float32: full precision; see ``resolve_dtype``). ``config``: the configs of a single-file checkpoint (a
     pipeline folder without weights, or a shipped name). ``adapters``: LoRA files fused into the base, in order
-    (``models/adapters.py``). Commands load through ``ModelSpec.load``."""
+    (``models/adapters.py``). ``guidance``: the value fed to a guidance-distilled transformer (None: its
+    family's default; refused for models that take none). Commands load through ``ModelSpec.load``."""
     import diffusers
 
     _quiet(diffusers)
@@ -369,7 +396,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
             family, index, options = _check_configs(configs)
             components = family.components(index)
             parts = _load_single_file(root, configs, family, components)
-            alphas_cumprod, prediction_type = _load_schedule(configs)
+            schedule, prediction_type, train_steps = _load_schedule(configs, family, _nominal(components))
             files = model_files(root)
             config_files = model_files(configs)
             fingerprint = hashlib.sha256(f"{files[0].sha256}|{model_fingerprint(configs, config_files)}".encode()
@@ -380,13 +407,14 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     else:
         family, index, options = _check_folder(root)
         components = family.components(index)
-        alphas_cumprod, prediction_type = _load_schedule(root)
+        schedule, prediction_type, train_steps = _load_schedule(root, family, _nominal(components))
         files = model_files(root)
         fingerprint = model_fingerprint(root, files)
         parts = {component.folder: _load_component(root, component) for component in components}
         config_folder = root
     roles = {c.role: c.folder for c in components if c.role != "condition"}
-    sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), config_folder, roles)
+    sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), config_folder, roles,
+                              family.default_sample_size)
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
                                  claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)
@@ -397,20 +425,24 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                   for info in adapter_infos]
         parts_of_identity = [fingerprint, *(f"adapter:{info.sha256}:{info.scale!r}" for info in adapter_infos)]
         fingerprint = hashlib.sha256("|".join(parts_of_identity).encode()).hexdigest()
+    guidance_value = family.guidance(parts[roles["denoiser"]].config, guidance)
+    if guidance_value is not None:  # what the network computes depends on it, as on its weights
+        fingerprint = hashlib.sha256(f"{fingerprint}|guidance:{guidance_value!r}".encode()).hexdigest()
     description = ModelInfo(
         path=str(root.resolve()),
         fingerprint=fingerprint,
         family=family.label + (" (single file)" if root.is_file() else ""),
         sample_size=sample_size,
-        num_train_timesteps=len(alphas_cumprod),
+        num_train_timesteps=train_steps,
         prediction_type=prediction_type,
         device=str(device),
         dtype=str(dtype or torch.float32).removeprefix("torch."),
         files=files,
         adapters=adapter_infos,
+        guidance=guidance_value,
     )
-    schedule = DiscreteSchedule(alphas_cumprod, "latent" if "autoencoder" in roles else "pixel")
-    loaded = LoadedParts(parts, roles, schedule, prediction_type, device, description, options)
+    loaded = LoadedParts(parts, roles, schedule, prediction_type, device, description, options,
+                         guidance=guidance_value)
     family.check(loaded)
     target = family.build(loaded)
     target.notes = loaded.warnings + notes

@@ -193,7 +193,9 @@ class FlowMatchSchedule(DiscreteSchedule):
         ``set_timesteps``)."""
         config = scheduler.config
         fresh = type(scheduler).from_config(config)
-        return cls(torch.as_tensor(fresh.sigmas), time_scale, float(config.get("shift", 1.0)), nominal)
+        # With dynamic shifting (Flux) the shift depends on the image size at inference only; training is unshifted.
+        shift = 1.0 if config.get("use_dynamic_shifting", False) else float(config.get("shift", 1.0))
+        return cls(torch.as_tensor(fresh.sigmas), time_scale, shift, nominal)
 
     def coefficients(self, level: Level) -> tuple[float, float]:
         sigma = float(self.sigmas[level])

@@ -35,19 +35,20 @@ class ModelSpec:
     path: Path
     config: Path | None = None  # configs of a single-file checkpoint: a folder or a shipped name
     adapters: tuple[Adapter, ...] = ()  # LoRA files fused into the base, in this order
+    guidance: float | None = None  # the value a guidance-distilled transformer is fed (None: its default)
 
     @property
-    def key(self) -> tuple[str, str | None, tuple[str, ...]]:
+    def key(self) -> tuple:
         """Equal for two specs that name the same files (a model pool keeps one copy)."""
         config = None if self.config is None else str(Path(self.config).resolve() if Path(self.config).exists()
                                                          else self.config)
         return (str(Path(self.path).resolve()), config,
-                tuple((str(Path(a.path).resolve()), a.scale) for a in self.adapters))
+                tuple((str(Path(a.path).resolve()), a.scale) for a in self.adapters), self.guidance)
 
     @property
     def base(self) -> ModelSpec:
         """The model without its adapters: what they were trained on top of, so it never saw their training
-        images (an adapter audit's control and calibration)."""
+        images (an adapter audit's control and calibration); fed the same guidance."""
         return replace(self, adapters=())
 
     @staticmethod
@@ -66,7 +67,8 @@ class ModelSpec:
         from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
 
         device = resolve_device(machine.device)
-        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config, self.adapters)
+        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config, self.adapters,
+                             self.guidance)
         if machine.compile_network:
             target.compile_network()
         return target

@@ -39,7 +39,8 @@ PATH_KEYS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "m
              "model_config": "model_config", "control_model": "control_model",
              "control_model_config": "control_model_config"}
 VALUE_KEYS = {"features": str, "alpha": float, "test": str, "permutations": int, "seed": int,
-              "shift_alpha": float, "curve_resamples": int, "caption": str, "access": str, "calibration": bool}
+              "shift_alpha": float, "curve_resamples": int, "caption": str, "access": str, "calibration": bool,
+              "guidance": float}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Exit codes of failed audits are all more severe than any verdict's; among verdicts, inconclusive is the
 # most severe, then evidence, then no evidence.
@@ -112,7 +113,8 @@ def _audit_settings(values: dict, where: str) -> AuditSettings:
     """AuditSettings from a table's flat values: the model paths become model specs, the machine's options a
     ``Machine``."""
     values = dict(values)
-    model = ModelSpec(values.pop("model_path"), values.pop("model_config", None), values.pop("adapters", ()))
+    model = ModelSpec(values.pop("model_path"), values.pop("model_config", None), values.pop("adapters", ()),
+                      values.pop("guidance", None))
     control_path, control_config = values.pop("control_model", None), values.pop("control_model_config", None)
     if control_config is not None and control_path is None:
         raise SettingsProblem(f"{where}: control_model_config is given without a control_model.")

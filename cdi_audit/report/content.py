@@ -440,6 +440,7 @@ def model_facts(model: ModelInfo) -> Facts:
                   ("training timesteps", str(model.num_train_timesteps)),
                   ("prediction type", str(model.prediction_type)),
                   ("device, precision", f"{model.device}, {model.dtype}"),
+                  *((("guidance", f"{model.guidance:g}"),) if model.guidance is not None else ()),
                   *((f"adapter {index}", adapter_text(adapter))
                     for index, adapter in enumerate(model.adapters, start=1))))
 

@@ -173,6 +173,9 @@ class ModelInfo(BaseModel):
     # Adapters fused into the base before the audit, in the order applied (their sha256 and scale are part of
     # the fingerprint).
     adapters: list[AdapterInfo] = []
+    # The guidance value a guidance-distilled transformer was fed (Flux-dev; part of the fingerprint); None for
+    # models that take none.
+    guidance: float | None = None
 
 
 class SkippedFileInfo(BaseModel):

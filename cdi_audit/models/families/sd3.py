@@ -1,0 +1,92 @@
+"""Stable Diffusion 3 and 3.5: an ``SD3Transformer2DModel`` on 16-channel KL latents, trained by rectified flow.
+
+The condition is built as ``StableDiffusion3Pipeline.encode_prompt`` builds it (models.md sections 2 and 5):
+both CLIP encoders' penultimate states side by side, zero-padded to the transformer's ``joint_attention_dim``,
+followed along the tokens by the T5 encoder's states (256 tokens, the pipeline's ``max_sequence_length``),
+or by zeros of that shape when the pipeline was saved without T5 (they still enter attention); the pooled
+projection is both CLIP projections side by side. The null condition is the encoded empty caption. The
+transformer takes sigma x 1000 as its time input and predicts the velocity eps - z0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cdi_audit.models.condition import Tokens
+from cdi_audit.models.deferred import load_now
+from cdi_audit.models.families import register
+from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+
+T5_TOKENIZERS = frozenset({"T5Tokenizer", "T5TokenizerFast"})
+SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length
+
+
+class SD3Target(StableDiffusionTarget):
+    def __init__(self, loaded: LoadedParts) -> None:
+        super().__init__(loaded)
+        self.text_encoder_2 = self._prepared(loaded.parts["text_encoder_2"])
+        self.tokenizer_2 = loaded.parts["tokenizer_2"]
+        t5 = loaded.parts.get("text_encoder_3")
+        self.text_encoder_3 = None if t5 is None else self._kept_on_cpu(t5)
+        self.tokenizer_3 = loaded.parts.get("tokenizer_3")
+        self.joint_width = int(loaded.denoiser.config.get("joint_attention_dim"))
+
+    def tokenize(self, captions: list[str]) -> dict[str, Tokens]:
+        tokens = {"text": clip_tokens(self.tokenizer, captions), "text_2": clip_tokens(self.tokenizer_2, captions)}
+        if self.tokenizer_3 is not None:
+            tokens["text_3"] = t5_tokens(self.tokenizer_3, captions, SD3_T5_TOKENS)
+        return tokens
+
+    def encode_tokens(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """(B, 77 + 256, joint_attention_dim) states and (B, projection_1 + projection_2) pooled projections."""
+        first = self.text_encoder(ids["text"].to(self.device), output_hidden_states=True)
+        second = self.text_encoder_2(ids["text_2"].to(self.device), output_hidden_states=True)
+        clip_states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).float()
+        if self.text_encoder_3 is None:
+            t5_states = clip_states.new_zeros(len(clip_states), SD3_T5_TOKENS, self.joint_width)
+        else:
+            t5_states = self.text_encoder_3(ids["text_3"].cpu())[0].to(self.device, torch.float32)
+        clip_states = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
+        pooled = torch.cat([first.text_embeds, second.text_embeds], dim=-1)
+        return {"encoder_hidden_states": torch.cat([clip_states, t5_states], dim=-2),
+                "pooled_projections": pooled.float()}
+
+    def load_weights(self) -> None:
+        super().load_weights()
+        load_now(self.text_encoder_2, *([self.text_encoder_3] if self.text_encoder_3 is not None else []))
+
+    def _model_output(self, z_t, time, condition):
+        return self.denoiser(hidden_states=z_t, timestep=time, encoder_hidden_states=condition["encoder_hidden_states"],
+                             pooled_projections=condition["pooled_projections"]).sample
+
+
+def t5_tokens(tokenizer, captions: list[str], length: int) -> Tokens:
+    """A T5 tokenizer's ids for ``captions``: the caption, EOS, padding to ``length`` (cut there), as the SD3
+    and Flux pipelines tokenize them."""
+    ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                    return_tensors="pt").input_ids
+    return Tokens(ids, tokenizer.eos_token_id, tokenizer.pad_token_id, start=0)
+
+
+@register
+class StableDiffusion3(Family):
+    name = "sd3"
+    label = "text-to-image SD3"
+    flow_time_scale = 1000.0
+
+    def recognises(self, index: PipelineIndex) -> bool:
+        return index.has("transformer", "SD3Transformer2DModel")
+
+    def components(self, index: PipelineIndex) -> tuple[Component, ...]:
+        clip = frozenset({"CLIPTextModelWithProjection"})
+        t5 = ((Component("text_encoder_3", frozenset({"T5EncoderModel"}), "text_encoder"),
+               Component("tokenizer_3", T5_TOKENIZERS, "tokenizer")) if index.has("text_encoder_3") else ())
+        return (Component("transformer", frozenset({"SD3Transformer2DModel"}), role="denoiser"),
+                Component("vae", frozenset({"AutoencoderKL"}), role="autoencoder"),
+                Component("text_encoder", clip, "text_encoder"), Component("text_encoder_2", clip, "text_encoder"),
+                Component("tokenizer", TOKENIZERS, "tokenizer"), Component("tokenizer_2", TOKENIZERS, "tokenizer"),
+                *t5)
+
+    def build(self, loaded: LoadedParts) -> SD3Target:
+        return SD3Target(loaded)

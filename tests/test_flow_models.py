@@ -1,0 +1,278 @@
+"""SD3 and Flux built from configs: conditions and latents as their pipelines build them, the network call
+against the transformer's own, guidance, refusals, and audits of trained tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_images
+from null_audits import null_rejections
+from tiny_flow import (
+    FLUX_T5,
+    SD3_JOINT,
+    SD3_WIDTHS,
+    save_flux,
+    save_sd3,
+    tiny_flux_components,
+    tiny_sd3_components,
+    train_tiny_flux,
+    train_tiny_sd3,
+)
+from typer.testing import CliRunner
+
+from cdi_audit.cli import app
+from cdi_audit.models.families.flux import image_ids, pack, unpack
+from cdi_audit.models.loading import load_target
+from cdi_audit.models.primitives import add_noise
+from cdi_audit.models.spec import Machine, ModelSpec
+
+CPU = torch.device("cpu")
+CAPTIONS = ["a red circle on a blue background", "a yellow square"]
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny SD3 pipeline saved without T5 (text_encoder_3 null)."""
+    folder = tmp_path_factory.mktemp("sd3") / "model"
+    return save_sd3(folder, tiny_sd3_components(folder))
+
+
+@pytest.fixture(scope="module")
+def sd3_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sd3-t5") / "model"
+    return save_sd3(folder, tiny_sd3_components(folder, with_t5=True))
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny guidance-distilled (Flux-dev-like) pipeline."""
+    folder = tmp_path_factory.mktemp("flux") / "model"
+    return save_flux(folder, tiny_flux_components(folder))
+
+
+def sd3_pipeline(folder: Path):
+    from diffusers import StableDiffusion3Pipeline
+
+    index = json.loads((folder / "model_index.json").read_text())
+    without_t5 = {} if index["text_encoder_3"][0] else {"text_encoder_3": None, "tokenizer_3": None}
+    return StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, **without_t5)
+
+
+@pytest.mark.parametrize("with_t5", [False, True], ids=["without-t5", "with-t5"])
+def test_the_sd3_condition_is_the_pipelines_encode_prompt(sd3, sd3_t5, with_t5):
+    folder = sd3_t5 if with_t5 else sd3
+    target = load_target(folder, CPU)
+    assert (target.description.family, target.conditioning, target.prediction_type) == (
+        "text-to-image SD3", "text", "flow")
+    pipeline = sd3_pipeline(folder)
+    assert (pipeline.text_encoder_3 is not None) == with_t5
+    with torch.no_grad():
+        condition = target.condition_for(CAPTIONS, [None, None])
+        states, negative, pooled, negative_pooled = pipeline.encode_prompt(CAPTIONS, None, None, negative_prompt="")
+    torch.testing.assert_close(condition["encoder_hidden_states"], states)
+    torch.testing.assert_close(condition["pooled_projections"], pooled)
+    # 16 CLIP tokens, then T5's 256 (zeros without T5), all of the transformer's joint width; CLIP's 40 wide
+    # states are padded with zeros to it.
+    assert states.shape == (2, 16 + 256, SD3_JOINT) and pooled.shape == (2, sum(SD3_WIDTHS))
+    assert not states[:, :16, sum(SD3_WIDTHS):].any()
+    assert states[:, 16:].any() == with_t5
+    null = target.null_condition(condition)
+    torch.testing.assert_close(null["encoder_hidden_states"], negative)
+    torch.testing.assert_close(null["pooled_projections"], negative_pooled)
+
+
+def test_an_sd3_noise_prediction_is_the_transformers_velocity_at_sigma_times_1000(sd3):
+    """z_t is the scheduler's own scale_noise at the level's sigma; the transformer gets that sigma x 1000
+    (the scheduler's timestep) and its velocity v becomes eps = z_t + (1 - sigma) v."""
+    target = load_target(sd3, CPU)
+    pipeline = sd3_pipeline(sd3)
+    generator = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    level = target.schedule.level(500)
+    sigma = float(target.schedule.sigmas[level])
+    timestep = torch.tensor([sigma * 1000])
+    z_t = add_noise(target.schedule, z0, eps, level)
+    torch.testing.assert_close(z_t, pipeline.scheduler.scale_noise(z0, timestep, eps))
+    with torch.no_grad():
+        condition = target.condition_for(CAPTIONS, [None, None])
+        predicted = target.predict_noise(z_t, level, condition)
+        velocity = pipeline.transformer(hidden_states=z_t, timestep=timestep.expand(2),
+                                        encoder_hidden_states=condition["encoder_hidden_states"],
+                                        pooled_projections=condition["pooled_projections"]).sample
+    torch.testing.assert_close(predicted, z_t + (1 - sigma) * velocity)
+
+
+def test_flux_latents_are_packed_with_the_pipelines_ids_and_unpacked_back():
+    from diffusers import FluxPipeline
+
+    latents = torch.randn(3, 4, 8, 6)
+    packed = FluxPipeline._pack_latents(latents, 3, 4, 8, 6)
+    torch.testing.assert_close(pack(latents), packed, rtol=0, atol=0)
+    torch.testing.assert_close(unpack(packed, 8, 6), latents, rtol=0, atol=0)
+    torch.testing.assert_close(unpack(packed, 8, 6), FluxPipeline._unpack_latents(packed, 16, 12, 2), rtol=0, atol=0)
+    ids = FluxPipeline._prepare_latent_image_ids(3, 4, 3, CPU, torch.float32)
+    torch.testing.assert_close(image_ids(8, 6, CPU), ids, rtol=0, atol=0)
+
+
+def test_the_flux_condition_and_network_call_are_the_pipelines(flux):
+    """Text as encode_prompt builds it (T5 states of 512 tokens, CLIP's pooled output); the transformer gets
+    the packed latents, the pipeline's ids, sigma itself and guidance 1.0 (what prepare_latents and __call__
+    pass), and its velocity becomes eps."""
+    from diffusers import FluxPipeline
+
+    target = load_target(flux, CPU)
+    assert (target.description.family, target.description.guidance, target.sample_size) == (
+        "text-to-image Flux", 1.0, 16)
+    pipeline = FluxPipeline.from_pretrained(flux, local_files_only=True)
+    with torch.no_grad():
+        condition = target.condition_for(CAPTIONS, [None, None])
+        states, pooled, text_ids = pipeline.encode_prompt(CAPTIONS, None)
+        empty_states, empty_pooled, _ = pipeline.encode_prompt(["", ""], None)
+    torch.testing.assert_close(condition["encoder_hidden_states"], states)
+    torch.testing.assert_close(condition["pooled_projections"], pooled)
+    assert states.shape == (2, 512, FLUX_T5) and not text_ids.any()
+    null = target.null_condition(condition)
+    torch.testing.assert_close(null["encoder_hidden_states"], empty_states)
+    torch.testing.assert_close(null["pooled_projections"], empty_pooled)
+
+    generator = torch.Generator().manual_seed(1)
+    z_t = torch.randn(2, 4, 8, 8, generator=generator)
+    packed, ids = pipeline.prepare_latents(2, 4, 16, 16, torch.float32, CPU, None, latents=pack(z_t))
+    level = target.schedule.level(300)
+    sigma = float(target.schedule.sigmas[level])
+    with torch.no_grad():
+        predicted = target.predict_noise(z_t, level, condition)
+        velocity = pipeline.transformer(hidden_states=packed, timestep=torch.full((2,), sigma),
+                                        guidance=torch.full((2,), 1.0), pooled_projections=pooled,
+                                        encoder_hidden_states=states, txt_ids=text_ids, img_ids=ids).sample
+    torch.testing.assert_close(predicted, z_t + (1 - sigma) * unpack(velocity, 8, 8))
+
+
+def test_flux_guidance_is_part_of_the_model_and_refused_where_the_model_takes_none(flux, tmp_path):
+    default = ModelSpec(flux).load(Machine(device="cpu"))
+    stronger = ModelSpec(flux, guidance=3.5).load(Machine(device="cpu"))
+    assert (default.description.guidance, stronger.description.guidance) == (1.0, 3.5)
+    assert default.description.fingerprint != stronger.description.fingerprint
+    z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        condition = default.condition_for(CAPTIONS[:1], [None])
+        level = default.schedule.level(500)
+        assert not torch.allclose(default.predict_noise(z_t, level, condition),
+                                  stronger.predict_noise(z_t, level, condition))
+    schnell = save_flux(tmp_path / "schnell", tiny_flux_components(tmp_path / "schnell", guidance_embeds=False))
+    assert load_target(schnell, CPU).description.guidance is None
+    suspect = Path(write_images(tmp_path / "suspect", 10, seed=3)[0]).parent
+    reference = Path(write_images(tmp_path / "reference", 10, seed=4)[0]).parent
+    result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(schnell),
+                                      "--guidance", "3.5", "--json", "--no-cache"])
+    assert result.exit_code == 4 and "guidance_embeds is false" in json.loads(result.stdout)["error"]["message"]
+
+
+def test_a_flow_pipeline_with_a_noise_prediction_scheduler_is_refused(sd3, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from cdi_audit.errors import ModelUnavailable
+
+    copy = shutil.copytree(sd3, tmp_path / "model")
+    shutil.rmtree(copy / "scheduler")
+    DDPMScheduler().save_pretrained(copy / "scheduler")
+    with pytest.raises(ModelUnavailable, match="predicts a flow velocity, but its scheduler is a DDPMScheduler"):
+        load_target(copy, CPU)
+
+
+def test_a_t5_tokenizer_without_tokenizer_json_is_refused(flux, tmp_path):
+    from cdi_audit.errors import ModelUnavailable
+
+    copy = shutil.copytree(flux, tmp_path / "model")
+    (copy / "tokenizer_2" / "tokenizer.json").unlink()
+    with pytest.raises(ModelUnavailable, match="tokenizer_2 has no tokenizer.json"):
+        load_target(copy, CPU)
+
+
+def check(arguments: list[str]):
+    return CliRunner().invoke(app, ["check", *arguments, "--json", "--no-cache", "--jobs", "1"])
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("flow-images")
+    return (Path(write_images(root / "suspect", 12, seed=31)[0]).parent,
+            Path(write_images(root / "reference", 12, seed=32)[0]).parent)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_check_runs_every_feature_of_the_preset_on_flow_models_and_the_black_box_too(family, sd3, flux,
+                                                                                      image_folders):
+    """No feature has a flow-specific branch: the preset's 14 white-box columns, 5 CLiD and 2 structural
+    ones are computed (or dropped as constant) on each, and ReDiffuse through the local black box."""
+    model = {"sd3": sd3, "flux": flux}[family]
+    suspect, reference = image_folders
+    result = check([str(suspect), "--reference", str(reference), "--model", str(model), "--permutations", "200"])
+    payload = json.loads(result.stdout)
+    assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stdout
+    assert len(payload["features"]) + len(payload["dropped_features"]) == 14 + 5 + 2
+    assert payload["model"]["prediction_type"] == "flow"
+    black = check([str(suspect), "--reference", str(reference), "--model", str(model), "--access", "blackbox",
+                   "--permutations", "200"])
+    payload = json.loads(black.stdout)
+    assert black.exit_code in (0, 5) and payload["features"][0].startswith("rediffuse_"), black.stdout
+
+
+@pytest.fixture(scope="session")
+def trained_flow(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD3 (without T5) and Flux transformers, each trained on ``members/`` (32 captioned shapes),
+    beside ``nonmembers/`` and ``other/`` (32 each, never trained on)."""
+    from tiny_pipelines import write_captioned_shapes
+
+    root = tmp_path_factory.mktemp("flow-trained")
+    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
+        write_captioned_shapes(root / name, 32, seed)
+    train_tiny_sd3(root / "members", root / "sd3", steps=SD3_STEPS)
+    train_tiny_flux(root / "members", root / "flux", steps=FLUX_STEPS)
+    return root
+
+
+SD3_STEPS, FLUX_STEPS = 800, 400  # measured: 55 s and 90 s on 2 cores
+
+
+def audit(root: Path, model: str, suspect: str) -> tuple[int, dict]:
+    result = check([str(root / suspect), "--reference", str(root / "nonmembers"), "--model", str(root / model)])
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sd3", "flux"])
+def test_a_trained_flow_model_gives_evidence_for_its_members_and_none_for_unseen_images(trained_flow, model):
+    code, members = audit(trained_flow, model, "members")
+    assert (code, members["verdict"]) == (1, "evidence"), members.get("warnings")
+    assert members["p_value"] < 0.01
+    code, unseen = audit(trained_flow, model, "other")
+    assert (code, unseen["verdict"]) == (0, "no_evidence")
+    assert unseen["p_value"] >= 0.01 and unseen["controls"]["negative_control_passed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sd3", "flux"])
+def test_null_audits_on_flow_models_keep_their_false_positive_rate(trained_flow, model):
+    """200 null audits on each trained flow model (the preset's 21 columns): 20 vs 20 of the 64 images it
+    never saw, permutation test at alpha 0.05 (B = 100); rejections within the binomial 99.9% bound."""
+    from scipy import stats
+
+    from cdi_audit.features.registry import extractors_for
+    from cdi_audit.inputs.conditions import with_captions
+    from cdi_audit.inputs.images import scan_image_set
+    from cdi_audit.pipeline.extraction import extract_features
+
+    target = load_target(trained_flow / model, CPU)
+    extractors, _ = extractors_for("auto", target)
+    records = [record for name in ("nonmembers", "other")
+               for record in with_captions(scan_image_set(trained_flow / name))[0].records]
+    table, _ = extract_features(records, target, extractors, seed=0, batch_size=32)
+    matrix = table.scoring_matrix([record.key for record in records])
+    assert matrix.shape == (64, 21)
+    rejections = null_rejections(matrix, stream=29 if model == "sd3" else 31)
+    assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections
