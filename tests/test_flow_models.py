@@ -236,7 +236,7 @@ def trained_flow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-SD3_STEPS, FLUX_STEPS = 800, 400  # measured: 55 s and 90 s on 2 cores
+SD3_STEPS, FLUX_STEPS = 800, 600  # measured: 55 s and 135 s on 2 cores
 
 
 def audit(root: Path, model: str, suspect: str) -> tuple[int, dict]:

@@ -108,7 +108,8 @@ def check_dtype(value: str) -> str:
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
-         "a pixel DDPM/DDIM, LDM, DiT, Stable Diffusion 1.x/2.x or SDXL pipeline; or a Stable Diffusion or SDXL "
+         "a pixel DDPM/DDIM, LDM, DiT, Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 or Flux pipeline; or a Stable "
+         "Diffusion or SDXL "
          "single-file .safetensors checkpoint (SD 2.x and others with --model-config). Not needed with --endpoint "
          "or --endpoint-cmd.")]
 AccessOption = Annotated[AccessChoice, typer.Option(
