@@ -276,3 +276,89 @@ def test_null_audits_on_flow_models_keep_their_false_positive_rate(trained_flow,
     assert matrix.shape == (64, 21)
     rejections = null_rejections(matrix, stream=29 if model == "sd3" else 31)
     assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections
+
+
+def test_a_flux_lora_in_diffusers_form_predicts_as_the_pipeline_with_it_loaded(flux, tmp_path):
+    from diffusers import FluxPipeline
+    from tiny_lora import random_unet_lora
+
+    from cdi_audit.models.adapters import Adapter
+
+    lora = random_unet_lora(FluxPipeline, flux, tmp_path / "lora", denoiser="transformer")
+    adapted = load_target(flux, CPU, adapters=(Adapter(lora, 0.8),))
+    pipeline = FluxPipeline.from_pretrained(flux, local_files_only=True)
+    pipeline.load_lora_weights(str(lora), adapter_name="style")
+    pipeline.set_adapters(["style"], [0.8])
+    z_t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    level = adapted.schedule.level(400)
+    sigma = float(adapted.schedule.sigmas[level])
+    with torch.no_grad():
+        condition = adapted.condition_for(CAPTIONS, [None, None])
+        states, pooled, text_ids = pipeline.encode_prompt(CAPTIONS, None)
+        velocity = pipeline.transformer(hidden_states=pack(z_t), timestep=torch.full((2,), sigma),
+                                        guidance=torch.ones(2), pooled_projections=pooled,
+                                        encoder_hidden_states=states, txt_ids=text_ids, img_ids=image_ids(8, 8, CPU)
+                                        ).sample
+        expected = z_t + (1 - sigma) * unpack(velocity, 8, 8)
+        predicted = adapted.predict_noise(z_t, level, condition)
+        base = load_target(flux, CPU).predict_noise(z_t, level, condition)
+    torch.testing.assert_close(predicted, expected, rtol=1e-5, atol=1e-5)
+    assert (predicted - base).abs().max() > 1e-3  # the adapter changed the prediction
+
+
+def test_a_flux_lora_in_kohya_form_is_fused_as_its_alpha_and_rank_say(flux, tmp_path):
+    """kohya's Flux names (``lora_unet_double_blocks_0_img_attn_proj``, ``lora_unet_single_blocks_0_linear2``)
+    converted by diffusers' loader: each weight becomes W + scale x (alpha / rank) x up @ down, by hand."""
+    from safetensors.torch import save_file
+
+    from cdi_audit.models.adapters import Adapter
+
+    base = load_target(flux, CPU)
+    base.load_weights()
+    layers = {"lora_unet_double_blocks_0_img_attn_proj": base.denoiser.transformer_blocks[0].attn.to_out[0],
+              "lora_unet_single_blocks_0_linear2": base.denoiser.single_transformer_blocks[0].proj_out}
+    generator = torch.Generator().manual_seed(6)
+    rank, alpha, scale = 4, 2.0, 0.5
+    tensors, expected = {}, {}
+    for name, layer in layers.items():
+        down = torch.randn(rank, layer.in_features, generator=generator) * 0.1
+        up = torch.randn(layer.out_features, rank, generator=generator) * 0.1
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                    f"{name}.alpha": torch.tensor(alpha)}
+        expected[name] = layer.weight.detach() + scale * (alpha / rank) * up @ down
+    save_file(tensors, tmp_path / "kohya_flux.safetensors")
+    adapted = load_target(flux, CPU, adapters=(Adapter(tmp_path / "kohya_flux.safetensors", scale),))
+    fused = {"lora_unet_double_blocks_0_img_attn_proj": adapted.denoiser.transformer_blocks[0].attn.to_out[0],
+             "lora_unet_single_blocks_0_linear2": adapted.denoiser.single_transformer_blocks[0].proj_out}
+    for name, layer in fused.items():
+        torch.testing.assert_close(layer.weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_sd3_lora_audit_is_calibrated_against_its_base(sd3, image_folders, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    from tiny_lora import random_unet_lora
+
+    lora = random_unet_lora(StableDiffusion3Pipeline, sd3, tmp_path / "lora", denoiser="transformer",
+                            text_encoder_3=None, tokenizer_3=None)
+    suspect, reference = image_folders
+    result = check([str(suspect), "--reference", str(reference), "--model", str(sd3), "--adapter", str(lora),
+                    "--permutations", "200", "--features", "fast"])
+    payload = json.loads(result.stdout)
+    assert (result.exit_code, payload["verdict"], payload["calibration"]) == (0, "no_evidence", "base"), result.stdout
+    assert payload["model"]["adapters"][0]["sha256"] and payload["controls"]["control_model"]
+    assert any(name.endswith("_minus_base") for name in payload["features"])
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_fixtures_train_on_the_conditions_the_audit_computes(family, tmp_path):
+    """The trainers encode captions with the in-memory components; the audit reads them back from disk."""
+    from tiny_flow import flux_condition, sd3_condition
+
+    build, save, encode = {"sd3": (lambda f: tiny_sd3_components(f, with_t5=True), save_sd3, sd3_condition),
+                           "flux": (tiny_flux_components, save_flux, flux_condition)}[family]
+    components = build(tmp_path / "model")
+    with torch.no_grad():
+        trained_on = encode(components, CAPTIONS)
+        audited = load_target(save(tmp_path / "model", components), CPU).condition_for(CAPTIONS, [None, None])
+    for name in ("encoder_hidden_states", "pooled_projections"):
+        torch.testing.assert_close(audited[name], trained_on[name], rtol=0, atol=1e-6)

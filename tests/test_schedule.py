@@ -169,3 +169,30 @@ def test_flow_levels_match_the_nominal_ddpm_by_snr() -> None:
     for t in (0, 100, 500, 999):
         assert schedule.level(t) == int(np.argmin(np.abs(own - np.log(nominal[t] / (1 - nominal[t])))))
     assert schedule.level(0) < schedule.level(500) < schedule.level(999)
+
+
+def test_the_side_sampler_on_a_flow_schedule_follows_the_straight_path_to_the_data() -> None:
+    """For data that is one point c, the exact velocity is v = (z_t - c) / sigma and every flow path is a
+    straight line, so the sampler's Euler steps (models.md section 1: the DDIM step in (a, b) form) land on
+    c from any noise, at any number of steps; a sampler that fed the network the wrong time or stepped by
+    a VP rule would not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from cdi_audit.evidence.sampling import ddim_sample
+    from cdi_audit.models.target import Target
+    from cdi_audit.results.schema import ModelInfo
+
+    schedule = FlowMatchSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), time_scale=1000.0)
+    point = torch.linspace(-1.5, 1.5, 4 * 8 * 8).view(1, 4, 8, 8)
+
+    class PointMass(Target):
+        def _model_output(self, z_t, time, condition):
+            sigma = (time / 1000.0).view(-1, 1, 1, 1)
+            return (z_t - point) / sigma
+
+    info = ModelInfo(path="-", fingerprint="-", family="flow", sample_size=8, num_train_timesteps=1000,
+                     prediction_type="flow", device="cpu")
+    target = PointMass(schedule, "flow", 4, torch.device("cpu"), info)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for steps in (1, 7, 50):
+        torch.testing.assert_close(ddim_sample(target, noise, steps), point.expand(3, -1, -1, -1), rtol=0, atol=1e-4)

@@ -34,11 +34,13 @@ def write_t5_tokenizer(folder: Path) -> None:
 
 
 def tiny_t5(tokenizer, width: int):
+    """A one-layer T5 encoder in evaluation mode: a freshly built module trains, and T5's dropout would make
+    the captions' states a random draw at every encoding (training and audit would see different texts)."""
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=32, num_layers=1,
                                    num_heads=2, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
+                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0)).eval()
 
 
 def clip_tokenizers(folder: Path, names: tuple[str, ...]) -> list:
@@ -61,7 +63,7 @@ def clip_encoder(tokenizer, width: int, projection: bool):
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=37, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=TEXT_TOKENS, projection_dim=width,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    return (CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)).eval()
 
 
 def flow_scheduler(**config):

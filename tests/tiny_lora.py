@@ -11,15 +11,15 @@ ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0,
-                     dora: bool = False) -> Path:
-    """A rank-``rank`` LoRA (``dora``: DoRA) on the attention projections of the UNet in ``folder``, with random up
-    weights (peft starts them at zero, which would change nothing) and DoRA magnitudes moved off their start,
-    saved by ``pipeline_class.save_lora_weights``."""
+                     dora: bool = False, denoiser: str = "unet", **loading) -> Path:
+    """A rank-``rank`` LoRA (``dora``: DoRA) on the attention projections of the ``denoiser`` (the UNet, or a
+    transformer) in ``folder``, with random up weights (peft starts them at zero, which would change nothing)
+    and DoRA magnitudes moved off their start, saved by ``pipeline_class.save_lora_weights``."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipeline = pipeline_class.from_pretrained(folder, local_files_only=True)
-    unet = pipeline.unet
+    pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **loading)
+    unet = getattr(pipeline, denoiser)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION, use_dora=dora))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -28,7 +28,8 @@ def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, see
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
             elif "lora_magnitude_vector" in name:
                 parameter.mul_(1 + 0.2 * torch.rand(parameter.shape, generator=generator))
-    pipeline_class.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
+    pipeline_class.save_lora_weights(out, **{f"{denoiser}_lora_layers": get_peft_model_state_dict(unet)},
+                                     safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
 
 

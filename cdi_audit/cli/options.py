@@ -158,7 +158,7 @@ AdapterOption = Annotated[list[str] | None, typer.Option(
     "--adapter", metavar="FILE[:SCALE]", show_default=False,
     help="A LoRA adapter (.safetensors, diffusers or kohya format) to fuse into --model, at SCALE (default 1.0); "
          "repeat for several, applied in order. Its sha256 and scale become part of the model's fingerprint. "
-         "Stable Diffusion 1.x/2.x and SDXL bases.")]
+         "Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux bases.")]
 GuidanceOption = Annotated[float | None, typer.Option(
     metavar="VALUE", show_default=False,
     help="For a guidance-distilled Flux model (Flux-dev): the guidance value its transformer is fed; default "

@@ -2,7 +2,8 @@
 
 What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
-``dora_scale``). diffusers' ``load_lora_weights`` reads both (it converts kohya keys itself), DoRA included
+``dora_scale``; for Flux ``lora_unet_double_blocks_*`` / ``lora_unet_single_blocks_*``). diffusers'
+``load_lora_weights`` (the family's loader mixin: SD, SDXL, SD3 or Flux) reads both (it converts kohya keys itself), DoRA included
 (peft fuses its magnitude vector); no key is converted here. LyCORIS files (LoHa, LoKr, OFT, BOFT) are
 refused by name: diffusers' loader cannot place them on these bases. An adapter whose keys the loader cannot
 place in the base is refused, naming the file and the base it seems to be for: a silently ignored adapter
@@ -62,8 +63,11 @@ def base_guess(keys: list[str]) -> str:
     if any(key.startswith(("lora_te1_", "lora_te2_")) or "text_encoder_2" in key or "add_embedding" in key
            for key in keys):
         return "an SDXL base"
-    if any(key.startswith(("transformer.", "lora_transformer_", "lora_unet_double_blocks")) for key in keys):
-        return "a transformer base (Flux or SD3), which this version does not support"
+    if any(key.startswith(("lora_unet_double_blocks", "lora_unet_single_blocks")) or "single_transformer_blocks" in key
+           for key in keys):
+        return "a Flux base"
+    if any(key.startswith(("transformer.", "lora_transformer_")) for key in keys):
+        return "a transformer base (SD3 or Flux) of another size"
     if any(key.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for key in keys):
         return "a Stable Diffusion 1.x/2.x or SDXL UNet of another size"
     return "an unknown base"

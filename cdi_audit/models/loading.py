@@ -455,8 +455,8 @@ def _apply_adapters(family: Family, parts: dict, adapters: tuple[Adapter, ...],
     """Fuse ``adapters`` into the denoiser and the text encoders (their weights are read now: an adapter
     changes them)."""
     if family.lora_loader is None:
-        raise ModelUnavailable(f"Adapters (--adapter) are supported on Stable Diffusion 1.x/2.x and SDXL bases; this "
-                               f"is a {family.label}.")
+        raise ModelUnavailable(f"Adapters (--adapter) are supported on Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux "
+                               f"bases; this is a {family.label}.")
     adapted = [c.folder for c in components if c.kind != "tokenizer" and c.role != "autoencoder"]
     modules = {name: parts[name].module if isinstance(parts[name], DeferredModule) else parts[name]
                for name in adapted}

@@ -82,6 +82,7 @@ class FluxTarget(StableDiffusionTarget):
 class Flux(Family):
     name = "flux"
     label = "text-to-image Flux"
+    lora_loader = "FluxLoraLoaderMixin"
     flow_time_scale = 1.0
     default_sample_size = 128  # FluxPipeline.default_sample_size: 1024 px through the 8x VAE
 

@@ -73,6 +73,7 @@ def t5_tokens(tokenizer, captions: list[str], length: int) -> Tokens:
 class StableDiffusion3(Family):
     name = "sd3"
     label = "text-to-image SD3"
+    lora_loader = "SD3LoraLoaderMixin"
     flow_time_scale = 1000.0
 
     def recognises(self, index: PipelineIndex) -> bool:
