@@ -4,6 +4,7 @@ against the transformer's own, guidance, refusals, and audits of trained tiny mo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -362,3 +363,16 @@ def test_the_fixtures_train_on_the_conditions_the_audit_computes(family, tmp_pat
         audited = load_target(save(tmp_path / "model", components), CPU).condition_for(CAPTIONS, [None, None])
     for name in ("encoder_hidden_states", "pooled_projections"):
         torch.testing.assert_close(audited[name], trained_on[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("key,name", [("double_blocks.0.img_attn.qkv.weight", "Flux"),
+                                      ("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight",
+                                       "SD3 / SD3.5")])
+def test_a_flow_single_file_checkpoint_is_refused_by_its_architecture(key, name, tmp_path):
+    from safetensors.torch import save_file
+
+    from cdi_audit.errors import ModelUnavailable
+
+    save_file({key: torch.zeros(3, 2)}, tmp_path / "model.safetensors")
+    with pytest.raises(ModelUnavailable, match=f"is a {re.escape(name)} single-file checkpoint.*pipeline folder"):
+        load_target(tmp_path / "model.safetensors", CPU)

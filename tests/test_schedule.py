@@ -183,7 +183,7 @@ def test_the_side_sampler_on_a_flow_schedule_follows_the_straight_path_to_the_da
     from cdi_audit.results.schema import ModelInfo
 
     schedule = FlowMatchSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), time_scale=1000.0)
-    point = torch.linspace(-1.5, 1.5, 4 * 8 * 8).view(1, 4, 8, 8)
+    point = torch.linspace(-0.9, 0.9, 4 * 8 * 8).view(1, 4, 8, 8)  # within [-1, 1], where pixel samples are clipped
 
     class PointMass(Target):
         def _model_output(self, z_t, time, condition):
@@ -194,5 +194,7 @@ def test_the_side_sampler_on_a_flow_schedule_follows_the_straight_path_to_the_da
                      prediction_type="flow", device="cpu")
     target = PointMass(schedule, "flow", 4, torch.device("cpu"), info)
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    # float32 rounding of z_t is amplified by 1 / (1 - sigma) in the clean estimate, about 3,000 at the noisiest
+    # level of a shift-3 grid (sigma 0.9997): errors of about 1e-3, against O(1) for a wrong time input.
     for steps in (1, 7, 50):
-        torch.testing.assert_close(ddim_sample(target, noise, steps), point.expand(3, -1, -1, -1), rtol=0, atol=1e-4)
+        torch.testing.assert_close(ddim_sample(target, noise, steps), point.expand(3, -1, -1, -1), rtol=0, atol=1e-2)

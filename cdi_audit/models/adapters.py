@@ -3,11 +3,11 @@
 What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
 ``dora_scale``; for Flux ``lora_unet_double_blocks_*`` / ``lora_unet_single_blocks_*``). diffusers'
-``load_lora_weights`` (the family's loader mixin: SD, SDXL, SD3 or Flux) reads both (it converts kohya keys itself), DoRA included
-(peft fuses its magnitude vector); no key is converted here. LyCORIS files (LoHa, LoKr, OFT, BOFT) are
-refused by name: diffusers' loader cannot place them on these bases. An adapter whose keys the loader cannot
-place in the base is refused, naming the file and the base it seems to be for: a silently ignored adapter
-would audit the base under the adapter's name.
+``load_lora_weights`` (the family's loader mixin: SD, SDXL, SD3 or Flux) reads both (it converts kohya keys
+itself), DoRA included (peft fuses its magnitude vector); no key is converted here. LyCORIS files (LoHa, LoKr,
+OFT, BOFT) are refused by name: diffusers' loader cannot place them on these bases. An adapter whose keys the
+loader cannot place in the base is refused, naming the file and the base it seems to be for: a silently ignored
+adapter would audit the base under the adapter's name.
 """
 
 from __future__ import annotations

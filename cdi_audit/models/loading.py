@@ -111,6 +111,12 @@ def _refuse_path(root: Path, config: Path | None) -> None:
         except Exception as error:  # safetensors raises its own error types for a damaged header
             raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({brief(error)}). "
                                    f"Expected {EXPECTED_LAYOUT}.") from error
+        if family in ("flux", "sd3"):
+            name = {"flux": "Flux", "sd3": "SD3 / SD3.5"}[family]
+            raise ModelUnavailable(
+                f"{root} is a {name} single-file checkpoint, which this version cannot load yet; give the model as "
+                "a diffusers pipeline folder (StableDiffusion3Pipeline or FluxPipeline, saved with "
+                "save_pretrained), which is how these models are published.")
         if config is None and family == "sd2":
             raise ModelUnavailable(
                 f"{root} is a Stable Diffusion 2.x checkpoint, whose weights do not tell its variant; give "

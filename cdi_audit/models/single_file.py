@@ -30,6 +30,10 @@ SD2_TEXT_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weig
 # SDXL files hold both of its text encoders under the "conditioner" prefix (the names diffusers checks too).
 SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
                   "conditioner.embedders.1.model.positional_embedding")
+# Flow-matching transformers in their original layouts (Black Forest Labs' Flux, Stability's SD3 / SD3.5),
+# bare or under ComfyUI's "model.diffusion_model." prefix: recognised so that they are refused by name.
+FLOW_TRANSFORMER_KEYS = {"flux": "double_blocks.0.img_attn.qkv.weight",
+                         "sd3": "joint_blocks.0.context_block.attn.qkv.weight"}
 # Which shipped config a recognised file loads with (SD 2.x has two; the user names one).
 FAMILY_CONFIGS = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-base"}
 
@@ -54,7 +58,8 @@ def write_clip_vocabulary(folder: Path) -> None:
 
 
 def checkpoint_family(checkpoint: Path) -> str | None:
-    """"sd1", "sd2" or "sdxl" from the text-encoder tensors a single file holds, else None."""
+    """"sd1", "sd2" or "sdxl" from the text-encoder tensors a single file holds, "flux" or "sd3" from its
+    transformer's, else None."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as handle:
@@ -63,6 +68,9 @@ def checkpoint_family(checkpoint: Path) -> str | None:
             return "sd1"
     if all(key in keys for key in SDXL_TEXT_KEYS):
         return "sdxl"
+    for family, key in FLOW_TRANSFORMER_KEYS.items():
+        if key in keys or f"model.diffusion_model.{key}" in keys:
+            return family
     return "sd2" if SD2_TEXT_KEY in keys else None
 
 

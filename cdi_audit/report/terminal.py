@@ -90,8 +90,9 @@ def summary_table(result: AuditResult) -> Table:
     if model.endpoint is not None:
         table.add_row("model", f"{shown(model.endpoint)}  ({model.family}; id {model.fingerprint[:12]}…)")
     else:
+        guidance = "" if model.guidance is None else f"; guidance {model.guidance:g}"
         table.add_row("model", f"{shown(model.path)}  ({model.family}; sha256 {model.fingerprint[:12]}…; "
-                               f"{model.device}, {model.dtype})")
+                               f"{model.device}, {model.dtype}{guidance})")
     for adapter in model.adapters:
         table.add_row("adapter", shown(adapter_text(adapter)))
         claims = claim_rows(adapter.claims) if adapter.claims is not None else (("training metadata", "none"),)
