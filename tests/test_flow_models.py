@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_images
-from null_audits import null_rejections
+from family_checks import (
+    assert_the_preset_and_the_black_box_run,
+    audit,
+    check,
+    unseen_null_rejections,
+    write_membership_folders,
+)
 from tiny_flow import (
     FLUX_T5,
     SD3_JOINT,
@@ -194,10 +200,6 @@ def test_a_t5_tokenizer_without_tokenizer_json_is_refused(flux, tmp_path):
         load_target(copy, CPU)
 
 
-def check(arguments: list[str]):
-    return CliRunner().invoke(app, ["check", *arguments, "--json", "--no-cache", "--jobs", "1"])
-
-
 @pytest.fixture(scope="module")
 def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("flow-images")
@@ -208,41 +210,23 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_check_runs_every_feature_of_the_preset_on_flow_models_and_the_black_box_too(family, sd3, flux,
                                                                                       image_folders):
-    """No feature has a flow-specific branch: the preset's 14 white-box columns, 5 CLiD and 2 structural
-    ones are computed (or dropped as constant) on each, and ReDiffuse through the local black box."""
-    model = {"sd3": sd3, "flux": flux}[family]
-    suspect, reference = image_folders
-    result = check([str(suspect), "--reference", str(reference), "--model", str(model), "--permutations", "200"])
-    payload = json.loads(result.stdout)
-    assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stdout
-    assert len(payload["features"]) + len(payload["dropped_features"]) == 14 + 5 + 2
+    """No feature has a flow-specific branch: every column of the preset is computed on each, and ReDiffuse
+    through the local black box."""
+    payload = assert_the_preset_and_the_black_box_run({"sd3": sd3, "flux": flux}[family], *image_folders)
     assert payload["model"]["prediction_type"] == "flow"
-    black = check([str(suspect), "--reference", str(reference), "--model", str(model), "--access", "blackbox",
-                   "--permutations", "200"])
-    payload = json.loads(black.stdout)
-    assert black.exit_code in (0, 5) and payload["features"][0].startswith("rediffuse_"), black.stdout
 
 
 @pytest.fixture(scope="session")
 def trained_flow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SD3 (without T5) and Flux transformers, each trained on ``members/`` (32 captioned shapes),
     beside ``nonmembers/`` and ``other/`` (32 each, never trained on)."""
-    from tiny_pipelines import write_captioned_shapes
-
-    root = tmp_path_factory.mktemp("flow-trained")
-    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
-        write_captioned_shapes(root / name, 32, seed)
+    root = write_membership_folders(tmp_path_factory.mktemp("flow-trained"))
     train_tiny_sd3(root / "members", root / "sd3", steps=SD3_STEPS)
     train_tiny_flux(root / "members", root / "flux", steps=FLUX_STEPS)
     return root
 
 
 SD3_STEPS, FLUX_STEPS = 800, 600  # measured: 55 s and 135 s on 2 cores
-
-
-def audit(root: Path, model: str, suspect: str) -> tuple[int, dict]:
-    result = check([str(root / suspect), "--reference", str(root / "nonmembers"), "--model", str(root / model)])
-    return result.exit_code, json.loads(result.stdout)
 
 
 @pytest.mark.slow
@@ -263,19 +247,7 @@ def test_null_audits_on_flow_models_keep_their_false_positive_rate(trained_flow,
     never saw, permutation test at alpha 0.05 (B = 100); rejections within the binomial 99.9% bound."""
     from scipy import stats
 
-    from cdi_audit.features.registry import extractors_for
-    from cdi_audit.inputs.conditions import with_captions
-    from cdi_audit.inputs.images import scan_image_set
-    from cdi_audit.pipeline.extraction import extract_features
-
-    target = load_target(trained_flow / model, CPU)
-    extractors, _ = extractors_for("auto", target)
-    records = [record for name in ("nonmembers", "other")
-               for record in with_captions(scan_image_set(trained_flow / name))[0].records]
-    table, _ = extract_features(records, target, extractors, seed=0, batch_size=32)
-    matrix = table.scoring_matrix([record.key for record in records])
-    assert matrix.shape == (64, 21)
-    rejections = null_rejections(matrix, stream=29 if model == "sd3" else 31)
+    rejections = unseen_null_rejections(trained_flow, model, stream=29 if model == "sd3" else 31)
     assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections
 
 

@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_images
-from null_audits import null_rejections
+from family_checks import (
+    assert_the_preset_and_the_black_box_run,
+    audit,
+    check,
+    unseen_null_rejections,
+    write_membership_folders,
+)
 from PIL import Image
 from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
-from typer.testing import CliRunner
 
-from cdi_audit.cli import app
 from cdi_audit.inputs.images import ImageRecord, sdxl_crop_geometry, to_model_pixels
 from cdi_audit.models.loading import load_target
 
@@ -87,10 +91,6 @@ def test_without_force_zeros_the_null_condition_is_the_encoded_empty_prompt(sdxl
     assert condition["time_ids"].tolist() == [[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]] * 2
 
 
-def check(arguments: list[str]):
-    return CliRunner().invoke(app, ["check", *arguments, "--json", "--no-cache", "--jobs", "1"])
-
-
 @pytest.fixture(scope="module")
 def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sdxl-images")
@@ -126,44 +126,27 @@ def test_an_sdxl_vae_config_with_the_sd1_scaling_factor_is_read_and_warned_about
 
 
 def test_check_runs_every_feature_of_the_preset_on_sdxl_and_the_black_box_too(sdxl, image_folders):
-    suspect, reference = image_folders
-    result = check([str(suspect), "--reference", str(reference), "--model", str(sdxl), "--permutations", "200"])
-    payload = json.loads(result.stdout)
-    assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stdout
-    assert len(payload["features"]) + len(payload["dropped_features"]) == 14 + 5 + 2
+    payload = assert_the_preset_and_the_black_box_run(sdxl, *image_folders)
     assert payload["model"]["family"] == "text-to-image SDXL"
-    black = check([str(suspect), "--reference", str(reference), "--model", str(sdxl), "--access", "blackbox",
-                   "--permutations", "200"])
-    payload = json.loads(black.stdout)
-    assert black.exit_code in (0, 5) and payload["features"][0].startswith("rediffuse_"), black.stdout
 
 
 @pytest.fixture(scope="session")
 def trained_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SDXL UNet trained 600 steps on ``members/`` (32 captioned shapes), beside ``nonmembers/`` and
     ``other/`` (32 each, never trained on)."""
-    from tiny_pipelines import write_captioned_shapes
-
-    root = tmp_path_factory.mktemp("sdxl-trained")
-    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
-        write_captioned_shapes(root / name, 32, seed)
+    root = write_membership_folders(tmp_path_factory.mktemp("sdxl-trained"))
     train_tiny_sdxl(root / "members", root / "model", steps=600)
     return root
-
-
-def audit(root: Path, suspect: str) -> tuple[int, dict]:
-    result = check([str(root / suspect), "--reference", str(root / "nonmembers"), "--model", str(root / "model")])
-    return result.exit_code, json.loads(result.stdout)
 
 
 @pytest.mark.slow
 def test_a_trained_sdxl_model_gives_evidence_for_its_members_and_none_for_unseen_images(trained_sdxl: Path):
     """Measured: members p = 0.000999 (the smallest with B = 1000), AUC 1.00; unseen images p = 0.37, AUC 0.51."""
-    code, members = audit(trained_sdxl, "members")
+    code, members = audit(trained_sdxl, "model", "members")
     assert (code, members["verdict"]) == (1, "evidence"), members.get("warnings")
     assert members["p_value"] < 0.01 and members["effect"]["auc"] > 0.9
     assert {"clid_d_null", "clid_l", "structural_ssim_t100"} <= set(members["features"])
-    code, unseen = audit(trained_sdxl, "other")
+    code, unseen = audit(trained_sdxl, "model", "other")
     assert (code, unseen["verdict"]) == (0, "no_evidence")
     assert unseen["p_value"] >= 0.01 and unseen["controls"]["negative_control_passed"]
 
@@ -252,17 +235,5 @@ def test_null_audits_on_sdxl_keep_their_false_positive_rate(trained_sdxl: Path) 
     binomial 99.9% bound of alpha (measured: 11 of 200, bound 21; 2 of 200 at alpha 0.01, bound 8)."""
     from scipy import stats
 
-    from cdi_audit.features.registry import extractors_for
-    from cdi_audit.inputs.conditions import with_captions
-    from cdi_audit.inputs.images import scan_image_set
-    from cdi_audit.pipeline.extraction import extract_features
-
-    target = load_target(trained_sdxl / "model", CPU)
-    extractors, _ = extractors_for("auto", target)
-    records = [record for name in ("nonmembers", "other")
-               for record in with_captions(scan_image_set(trained_sdxl / name))[0].records]
-    table, _ = extract_features(records, target, extractors, seed=0, batch_size=32)
-    matrix = table.scoring_matrix([record.key for record in records])
-    assert matrix.shape == (64, 21)
-    rejections = null_rejections(matrix, stream=19)
+    rejections = unseen_null_rejections(trained_sdxl, "model", stream=19)
     assert rejections <= stats.binom.ppf(0.999, 200, 0.05), rejections
