@@ -67,3 +67,27 @@ def unseen_null_rejections(root: Path, model: str, stream: int) -> int:
     matrix = table.scoring_matrix([record.key for record in records])
     assert matrix.shape == (64, PRESET_COLUMNS)
     return null_rejections(matrix, stream=stream)
+
+
+def assert_served_variations_follow_the_prompt(model: Path, captions: list[str]) -> None:
+    """The model behind the variation server (``cdi-audit serve``): the endpoint describes it, answers exactly
+    as the local back end does, and different prompts give different variations (the text reaches the
+    denoiser)."""
+    import numpy as np
+    from PIL import Image
+    from variation_servers import running_server
+
+    from cdi_audit.blackbox import endpoints
+    from cdi_audit.blackbox.variation import LocalVariation, VariationRequest
+    from cdi_audit.models.loading import load_target
+
+    backend = LocalVariation(load_target(model, CPU), batch_size=1)
+    image = np.asarray(Image.new("RGB", (16, 16), (200, 40, 40)))
+    requests = [VariationRequest(image, 0.3, seed=5, prompt=prompt) for prompt in captions]
+    with running_server(backend) as server:
+        remote = endpoints.open_endpoint(endpoints.EndpointSettings(url=server.url), None)
+        assert (remote.sample_size, remote.info.family, remote.info.conditioning) == (16, "latent", "text")
+        served = [remote.backend.vary(request) for request in requests]
+    local = [backend.vary(request) for request in requests]
+    np.testing.assert_array_equal(np.stack(served), np.stack(local))
+    assert served[0].shape == (16, 16, 3) and not np.array_equal(served[0], served[1])

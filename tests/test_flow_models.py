@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import write_images
 from family_checks import (
+    assert_served_variations_follow_the_prompt,
     assert_the_preset_and_the_black_box_run,
     audit,
     check,
@@ -159,7 +160,11 @@ def test_the_flux_condition_and_network_call_are_the_pipelines(flux):
     torch.testing.assert_close(predicted, z_t + (1 - sigma) * unpack(velocity, 8, 8))
 
 
-def test_flux_guidance_is_part_of_the_model_and_refused_where_the_model_takes_none(flux, tmp_path):
+def test_flux_guidance_is_part_of_the_model_and_refused_where_the_model_takes_none(flux, sd3, tmp_path):
+    from cdi_audit.errors import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="an? text-to-image SD3 model takes no guidance value"):
+        load_target(sd3, CPU, guidance=2.0)
     default = ModelSpec(flux).load(Machine(device="cpu"))
     stronger = ModelSpec(flux, guidance=3.5).load(Machine(device="cpu"))
     assert (default.description.guidance, stronger.description.guidance) == (1.0, 3.5)
@@ -214,6 +219,11 @@ def test_check_runs_every_feature_of_the_preset_on_flow_models_and_the_black_box
     through the local black box."""
     payload = assert_the_preset_and_the_black_box_run({"sd3": sd3, "flux": flux}[family], *image_folders)
     assert payload["model"]["prediction_type"] == "flow"
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_serve_answers_flow_model_variations_that_follow_the_prompt(family, sd3, flux):
+    assert_served_variations_follow_the_prompt({"sd3": sd3, "flux": flux}[family], CAPTIONS)
 
 
 @pytest.fixture(scope="session")

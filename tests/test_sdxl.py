@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import write_images
 from family_checks import (
+    assert_served_variations_follow_the_prompt,
     assert_the_preset_and_the_black_box_run,
     audit,
     check,
@@ -209,23 +210,7 @@ def test_the_shipped_sdxl_config_builds_sdxl_base_and_is_chosen_for_an_sdxl_file
 
 
 def test_serve_answers_sdxl_variations_that_follow_the_prompt(sdxl):
-    """An SDXL model behind the variation server: the endpoint describes it, answers exactly as the local back
-    end does, and a different prompt gives a different variation (the text reaches the UNet)."""
-    from variation_servers import running_server
-
-    from cdi_audit.blackbox import endpoints
-    from cdi_audit.blackbox.variation import LocalVariation, VariationRequest
-
-    backend = LocalVariation(load_target(sdxl, CPU), batch_size=1)
-    image = np.asarray(Image.new("RGB", (16, 16), (200, 40, 40)))
-    requests = [VariationRequest(image, 0.3, seed=5, prompt=prompt) for prompt in CAPTIONS]
-    with running_server(backend) as server:
-        remote = endpoints.open_endpoint(endpoints.EndpointSettings(url=server.url), None)
-        assert (remote.sample_size, remote.info.family, remote.info.conditioning) == (16, "latent", "text")
-        served = [remote.backend.vary(request) for request in requests]
-    local = [backend.vary(request) for request in requests]
-    np.testing.assert_array_equal(np.stack(served), np.stack(local))
-    assert served[0].shape == (16, 16, 3) and not np.array_equal(served[0], served[1])
+    assert_served_variations_follow_the_prompt(sdxl, CAPTIONS)
 
 
 @pytest.mark.slow
