@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cdi_audit.cli import app
 
 CPU = torch.device("cpu")
+CAPTIONS = ["a red circle on a blue background", "a yellow square"]  # two captions for condition checks
 PRESET_COLUMNS = 14 + 5 + 2  # the preset's white-box columns, CLiD's 5 and structural's 2, on a text model
 
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import write_images
 from family_checks import (
+    CAPTIONS,
+    CPU,
     assert_served_variations_follow_the_prompt,
     assert_the_preset_and_the_black_box_run,
     audit,
@@ -37,9 +39,6 @@ from cdi_audit.models.families.flux import image_ids, pack, unpack
 from cdi_audit.models.loading import load_target
 from cdi_audit.models.primitives import add_noise
 from cdi_audit.models.spec import Machine, ModelSpec
-
-CPU = torch.device("cpu")
-CAPTIONS = ["a red circle on a blue background", "a yellow square"]
 
 
 @pytest.fixture(scope="module")

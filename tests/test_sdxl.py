@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import write_images
 from family_checks import (
+    CAPTIONS,
+    CPU,
     assert_served_variations_follow_the_prompt,
     assert_the_preset_and_the_black_box_run,
     audit,
@@ -23,9 +25,6 @@ from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components, train_tin
 
 from cdi_audit.inputs.images import ImageRecord, sdxl_crop_geometry, to_model_pixels
 from cdi_audit.models.loading import load_target
-
-CPU = torch.device("cpu")
-CAPTIONS = ["a red circle on a blue background", "a yellow square"]
 
 
 @pytest.fixture(scope="module")
