@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lora import as_kohya, random_unet_lora
+from tiny_lora import as_kohya, random_lora
 from tiny_pipelines import save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
@@ -29,7 +29,7 @@ def base_and_lora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
     root = tmp_path_factory.mktemp("lora")
     base = save_tiny_stable_diffusion(root / "base")
-    lora = random_unet_lora(StableDiffusionPipeline, base, root / "diffusers")
+    lora = random_lora(StableDiffusionPipeline, base, root / "diffusers")
     return base, lora, as_kohya(lora, root / "kohya.safetensors")
 
 
@@ -155,7 +155,7 @@ def test_an_sdxl_adapter_loads_through_the_sdxl_loader(tmp_path) -> None:
     from tiny_sdxl import save_sdxl, tiny_sdxl_components
 
     base = save_sdxl(tmp_path / "sdxl", tiny_sdxl_components(tmp_path / "sdxl"))
-    lora = random_unet_lora(StableDiffusionXLPipeline, base, tmp_path / "lora")
+    lora = random_lora(StableDiffusionXLPipeline, base, tmp_path / "lora")
     adapted = load_target(base, CPU, adapters=(Adapter(lora),))
     pipeline = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
     pipeline.load_lora_weights(str(lora))
@@ -284,7 +284,7 @@ def test_a_dora_adapter_fused_predicts_as_the_pipeline_with_it_loaded(base_and_l
     from diffusers import StableDiffusionPipeline
 
     base, _, _ = base_and_lora
-    dora = random_unet_lora(StableDiffusionPipeline, base, tmp_path / "dora", dora=True)
+    dora = random_lora(StableDiffusionPipeline, base, tmp_path / "dora", dora=True)
     from safetensors import safe_open
 
     with safe_open(str(dora), framework="pt") as handle:

@@ -32,9 +32,7 @@ from tiny_flow import (
     train_tiny_flux,
     train_tiny_sd3,
 )
-from typer.testing import CliRunner
 
-from cdi_audit.cli import app
 from cdi_audit.models.families.flux import image_ids, pack, unpack
 from cdi_audit.models.loading import load_target
 from cdi_audit.models.primitives import add_noise
@@ -178,8 +176,7 @@ def test_flux_guidance_is_part_of_the_model_and_refused_where_the_model_takes_no
     assert load_target(schnell, CPU).description.guidance is None
     suspect = Path(write_images(tmp_path / "suspect", 10, seed=3)[0]).parent
     reference = Path(write_images(tmp_path / "reference", 10, seed=4)[0]).parent
-    result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(schnell),
-                                      "--guidance", "3.5", "--json", "--no-cache"])
+    result = check([str(suspect), "--reference", str(reference), "--model", str(schnell), "--guidance", "3.5"])
     assert result.exit_code == 4 and "guidance_embeds is false" in json.loads(result.stdout)["error"]["message"]
 
 
@@ -262,11 +259,11 @@ def test_null_audits_on_flow_models_keep_their_false_positive_rate(trained_flow,
 
 def test_a_flux_lora_in_diffusers_form_predicts_as_the_pipeline_with_it_loaded(flux, tmp_path):
     from diffusers import FluxPipeline
-    from tiny_lora import random_unet_lora
+    from tiny_lora import random_lora
 
     from cdi_audit.models.adapters import Adapter
 
-    lora = random_unet_lora(FluxPipeline, flux, tmp_path / "lora", denoiser="transformer")
+    lora = random_lora(FluxPipeline, flux, tmp_path / "lora", denoiser="transformer")
     adapted = load_target(flux, CPU, adapters=(Adapter(lora, 0.8),))
     pipeline = FluxPipeline.from_pretrained(flux, local_files_only=True)
     pipeline.load_lora_weights(str(lora), adapter_name="style")
@@ -318,9 +315,9 @@ def test_a_flux_lora_in_kohya_form_is_fused_as_its_alpha_and_rank_say(flux, tmp_
 
 def test_an_sd3_lora_audit_is_calibrated_against_its_base(sd3, image_folders, tmp_path):
     from diffusers import StableDiffusion3Pipeline
-    from tiny_lora import random_unet_lora
+    from tiny_lora import random_lora
 
-    lora = random_unet_lora(StableDiffusion3Pipeline, sd3, tmp_path / "lora", denoiser="transformer",
+    lora = random_lora(StableDiffusion3Pipeline, sd3, tmp_path / "lora", denoiser="transformer",
                             text_encoder_3=None, tokenizer_3=None)
     suspect, reference = image_folders
     result = check([str(suspect), "--reference", str(reference), "--model", str(sd3), "--adapter", str(lora),

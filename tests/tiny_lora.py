@@ -10,8 +10,8 @@ import torch
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0,
-                     dora: bool = False, denoiser: str = "unet", **loading) -> Path:
+def random_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, seed: int = 0,
+                dora: bool = False, denoiser: str = "unet", **loading) -> Path:
     """A rank-``rank`` LoRA (``dora``: DoRA) on the attention projections of the ``denoiser`` (the UNet, or a
     transformer) in ``folder``, with random up weights (peft starts them at zero, which would change nothing)
     and DoRA magnitudes moved off their start, saved by ``pipeline_class.save_lora_weights``."""
@@ -19,16 +19,16 @@ def random_unet_lora(pipeline_class, folder: Path, out: Path, rank: int = 4, see
     from peft.utils import get_peft_model_state_dict
 
     pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **loading)
-    unet = getattr(pipeline, denoiser)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION, use_dora=dora))
+    network = getattr(pipeline, denoiser)
+    network.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTENTION, use_dora=dora))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in unet.named_parameters():
+        for name, parameter in network.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
             elif "lora_magnitude_vector" in name:
                 parameter.mul_(1 + 0.2 * torch.rand(parameter.shape, generator=generator))
-    pipeline_class.save_lora_weights(out, **{f"{denoiser}_lora_layers": get_peft_model_state_dict(unet)},
+    pipeline_class.save_lora_weights(out, **{f"{denoiser}_lora_layers": get_peft_model_state_dict(network)},
                                      safe_serialization=True)
     return out / "pytorch_lora_weights.safetensors"
 

@@ -21,7 +21,8 @@ from cdi_audit.results.schema import ModelInfo
 class LatentTarget(Target):
     def __init__(self, denoiser: torch.nn.Module, autoencoder: torch.nn.Module, schedule: NoiseSchedule,
                  prediction_type: str, device: torch.device, description: ModelInfo) -> None:
-        super().__init__(schedule, prediction_type, denoiser.config.in_channels, device, description)
+        # The latents' channels are the autoencoder's; a denoiser may take them repacked (Flux: 4 x C).
+        super().__init__(schedule, prediction_type, autoencoder.config.latent_channels, device, description)
         self.denoiser = self._prepared(denoiser)
         self.autoencoder = self._prepared(autoencoder)
         config = self.autoencoder.config

@@ -48,7 +48,6 @@ def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
 class FluxTarget(StableDiffusionTarget):
     def __init__(self, loaded: LoadedParts) -> None:
         super().__init__(loaded)
-        self.channels = int(loaded.denoiser.config.get("in_channels")) // 4
         self.text_encoder_2 = self._kept_on_cpu(loaded.parts["text_encoder_2"])
         self.tokenizer_2 = loaded.parts["tokenizer_2"]
         self.guidance = loaded.guidance

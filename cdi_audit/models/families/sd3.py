@@ -39,7 +39,8 @@ class SD3Target(StableDiffusionTarget):
         return tokens
 
     def encode_tokens(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """(B, 77 + 256, joint_attention_dim) states and (B, projection_1 + projection_2) pooled projections."""
+        """(B, CLIP tokens + 256, joint_attention_dim) states and (B, projection_1 + projection_2) pooled
+        projections."""
         first = self.text_encoder(ids["text"].to(self.device), output_hidden_states=True)
         second = self.text_encoder_2(ids["text_2"].to(self.device), output_hidden_states=True)
         clip_states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).float()
@@ -54,7 +55,7 @@ class SD3Target(StableDiffusionTarget):
 
     def load_weights(self) -> None:
         super().load_weights()
-        load_now(self.text_encoder_2, *([self.text_encoder_3] if self.text_encoder_3 is not None else []))
+        load_now(self.text_encoder_2, self.text_encoder_3)
 
     def _model_output(self, z_t, time, condition):
         return self.denoiser(hidden_states=z_t, timestep=time, encoder_hidden_states=condition["encoder_hidden_states"],
