@@ -54,6 +54,17 @@ def save_tiny_pipeline(folder: Path, sample_size: int = 16, seed: int = 0, **sch
     return folder
 
 
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any socket connection fails the test: loading must be offline."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "ddpm")

@@ -346,11 +346,179 @@ def test_the_fixtures_train_on_the_conditions_the_audit_computes(family, tmp_pat
 @pytest.mark.parametrize("key,name", [("double_blocks.0.img_attn.qkv.weight", "Flux"),
                                       ("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight",
                                        "SD3 / SD3.5")])
-def test_a_flow_single_file_checkpoint_is_refused_by_its_architecture(key, name, tmp_path):
+def test_a_flow_single_file_needs_its_configs_named(key, name, tmp_path):
     from safetensors.torch import save_file
 
     from cdi_audit.errors import ModelUnavailable
 
     save_file({key: torch.zeros(3, 2)}, tmp_path / "model.safetensors")
-    with pytest.raises(ModelUnavailable, match=f"is a {re.escape(name)} single-file checkpoint.*pipeline folder"):
+    with pytest.raises(ModelUnavailable, match=f"is a {re.escape(name)} single-file checkpoint, and no configs ship "
+                                               "for it .*; give --model-config DIR"):
         load_target(tmp_path / "model.safetensors", CPU)
+
+
+def pipeline_components(folder: Path) -> dict:
+    """The components of the saved SD3 or Flux pipeline in ``folder``, read back."""
+    from diffusers import FluxPipeline
+
+    if json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxPipeline":
+        return FluxPipeline.from_pretrained(folder, local_files_only=True).components
+    return sd3_pipeline(folder).components
+
+
+def configs_of(folder: Path, out: Path, keep: tuple[str, ...] = ()) -> Path:
+    """``folder`` without its weights, as --model-config takes it, but for the components in ``keep``."""
+    configs = shutil.copytree(folder, out)
+    for weights in configs.rglob("*.safetensors"):
+        if weights.parent.name not in keep:
+            weights.unlink()
+    return configs
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_our_flow_single_files_round_trip_through_diffusers_conversion(family, sd3, flux):
+    """diffusers' own converters turn our original-layout transformers back into exactly the weights they came
+    from (the Flux one with its single blocks padded to Flux.1's width and cut back, see flow_checkpoint)."""
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+    from flow_checkpoint import flux_converter_at_any_width, flux_transformer_to_original, sd3_transformer_to_original
+
+    transformer = pipeline_components({"sd3": sd3, "flux": flux}[family])["transformer"]
+    write, name = {"sd3": (sd3_transformer_to_original, "SD3Transformer2DModel"),
+                   "flux": (flux_transformer_to_original, "FluxTransformer2DModel")}[family]
+    with flux_converter_at_any_width():
+        converted = SINGLE_FILE_LOADABLE_CLASSES[name]["checkpoint_mapping_fn"](checkpoint=write(transformer))
+    original = transformer.state_dict()
+    assert set(converted) == set(original)
+    assert all(torch.equal(converted[key], original[key]) for key in original)
+
+
+@pytest.fixture(scope="module")
+def sd3_with_t5_and_identity_clip_l(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SD3 with T5, its CLIP-L projection the identity: what Stability's files mean by holding none (diffusers
+    reads them so)."""
+    folder = tmp_path_factory.mktemp("sd3-single") / "model"
+    components = tiny_sd3_components(folder, with_t5=True)
+    components["text_encoder"].text_projection.weight.data = torch.eye(SD3_WIDTHS[0])
+    return save_sd3(folder, components)
+
+
+@pytest.mark.parametrize("layout", ["sd3-all-in-one", "flux-all-in-one", "flux-transformer-only"])
+def test_a_flow_single_file_loads_as_its_pipeline_folder(layout, sd3_with_t5_and_identity_clip_l, flux, tmp_path,
+                                                         no_network):
+    """Stability's SD3 file (MMDiT, VAE, both CLIPs, T5), ComfyUI's all-in-one Flux file, and Black Forest Labs'
+    transformer-only Flux file with --model-config: the same conditions, latents and noise predictions as the
+    pipeline folder they were written from, to the bit. The transformer-only file reads the VAE and the text
+    encoders from the config folder, whose files are then inputs of the audit."""
+    from flow_checkpoint import flux_converter_at_any_width, flux_to_original, sd3_to_original
+    from safetensors.torch import save_file
+
+    folder = sd3_with_t5_and_identity_clip_l if layout.startswith("sd3") else flux
+    components = pipeline_components(folder)
+    state = sd3_to_original(components) if layout.startswith("sd3") else flux_to_original(
+        components, all_in_one=layout.endswith("all-in-one"))
+    save_file(state, tmp_path / "model.safetensors")
+    keep = ("vae", "text_encoder", "text_encoder_2") if layout == "flux-transformer-only" else ()
+    configs = configs_of(folder, tmp_path / "configs", keep)
+    with flux_converter_at_any_width():
+        single = load_target(tmp_path / "model.safetensors", CPU, config=configs)
+    whole = load_target(folder, CPU)
+    assert single.description.family == whole.description.family + " (single file)"
+    assert (single.description.guidance, single.notes) == (whole.description.guidance, [])
+    assert single.description.fingerprint != whole.description.fingerprint
+    inputs = {Path(file.path).relative_to(configs.resolve()).parts[0] for file in single.description.files[1:]}
+    assert {"vae", "text_encoder", "text_encoder_2", "scheduler"} <= inputs
+    z_t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    level = whole.schedule.level(400)
+    with torch.no_grad():
+        condition = single.condition_for(CAPTIONS, [None, None])
+        expected = whole.condition_for(CAPTIONS, [None, None])
+        for name in ("encoder_hidden_states", "pooled_projections"):
+            torch.testing.assert_close(condition[name], expected[name], rtol=0, atol=0)
+        torch.testing.assert_close(single.predict_noise(z_t, level, condition),
+                                   whole.predict_noise(z_t, level, expected), rtol=0, atol=0)
+        pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 2 - 1
+        torch.testing.assert_close(single.encode(pixels), whole.encode(pixels), rtol=0, atol=0)
+
+
+def test_a_bfloat16_flux_file_is_audited_in_float32(flux, tmp_path):
+    """Flux.1's published files are bfloat16: the weights are widened to float32, not rounded again."""
+    from flow_checkpoint import flux_converter_at_any_width, flux_to_original
+    from safetensors.torch import save_file
+
+    components = pipeline_components(flux)
+    save_file({key: value.bfloat16() for key, value in flux_to_original(components).items()},
+              tmp_path / "model.safetensors")
+    with flux_converter_at_any_width():
+        single = load_target(tmp_path / "model.safetensors", CPU,
+                             config=configs_of(flux, tmp_path / "configs", ("vae", "text_encoder", "text_encoder_2")))
+    weight = single.denoiser.transformer_blocks[0].attn.to_q.weight
+    original = components["transformer"].transformer_blocks[0].attn.to_q.weight
+    assert weight.dtype == torch.float32 and torch.equal(weight, original.bfloat16().float())
+    assert not torch.equal(weight, original)
+
+
+def test_flow_single_files_are_refused_saying_what_is_missing(sd3, sd3_t5, flux, tmp_path):
+    """A component neither the file nor the config folder holds, configs of another family, a file lacking
+    weights its configs call for, Flux.2 and Chroma, and scaled fp8 files: each refused, saying what to give."""
+    from flow_checkpoint import flux_to_original, sd3_to_original
+    from safetensors.torch import save_file
+
+    from cdi_audit.errors import ModelUnavailable
+
+    flux_state = flux_to_original(pipeline_components(flux))
+    save_file(flux_state, tmp_path / "flux.safetensors")
+    with pytest.raises(ModelUnavailable, match="holds no vae weights .* under vae. or first_stage_model.., and "
+                                               ".*configs/vae has none either; give --model-config the pipeline"):
+        load_target(tmp_path / "flux.safetensors", CPU, config=configs_of(flux, tmp_path / "configs"))
+    with pytest.raises(ModelUnavailable, match="holds a Flux model, but the configs in .* are of a text-to-image SD3"):
+        load_target(tmp_path / "flux.safetensors", CPU, config=sd3)
+    for key, name in (("single_stream_modulation.lin.weight", "Flux.2"),
+                      ("distilled_guidance_layer.in_proj.bias", "Chroma")):
+        save_file({**flux_state, key: torch.zeros(2)}, tmp_path / "relative.safetensors")
+        with pytest.raises(ModelUnavailable, match=f"is a {name} checkpoint, which this version does not support"):
+            load_target(tmp_path / "relative.safetensors", CPU, config=flux)
+    save_file({**flux_state, "scaled_fp8": torch.zeros(0)}, tmp_path / "scaled.safetensors")
+    with pytest.raises(ModelUnavailable, match="is a 'scaled fp8' checkpoint"):
+        load_target(tmp_path / "scaled.safetensors", CPU, config=flux)
+
+    sd3_state = sd3_to_original(pipeline_components(sd3))  # no T5 in it
+    save_file(sd3_state, tmp_path / "sd3.safetensors")
+    with pytest.raises(ModelUnavailable, match="holds no text_encoder_3 weights .*text_encoders.t5xxl.., and "):
+        load_target(tmp_path / "sd3.safetensors", CPU, config=configs_of(sd3_t5, tmp_path / "sd3-t5-configs"))
+    lacking = "text_encoders.t5xxl.transformer.encoder.final_layer_norm.weight"
+    incomplete = {key: value for key, value in sd3_to_original(pipeline_components(sd3_t5)).items() if key != lacking}
+    save_file(incomplete, tmp_path / "incomplete.safetensors")
+    with pytest.raises(ModelUnavailable, match="lacks 1 of the text_encoder_3 weights .*encoder.final_layer_norm"):
+        load_target(tmp_path / "incomplete.safetensors", CPU, config=tmp_path / "sd3-t5-configs")
+
+
+def test_an_sd3_file_with_t5_under_configs_without_it_is_audited_without_and_says_so(sd3, sd3_t5, tmp_path):
+    from flow_checkpoint import sd3_to_original
+    from safetensors.torch import save_file
+
+    save_file(sd3_to_original(pipeline_components(sd3_t5)), tmp_path / "model.safetensors")
+    single = load_target(tmp_path / "model.safetensors", CPU, config=configs_of(sd3, tmp_path / "configs"))
+    assert single.text_encoder_3 is None
+    assert single.notes == [f"The checkpoint also holds text_encoder_3 weights, which the configs in "
+                            f"{tmp_path / 'configs'} leave out (model_index.json); the audit runs without them, as "
+                            "the pipeline would."]
+
+
+@pytest.mark.slow
+def test_a_flux_transformer_file_audit_equals_the_folder_audit(trained_flow, tmp_path):
+    """The trained Flux transformer as Black Forest Labs publish it (bare, one file), the rest of the pipeline
+    in the config folder: the CLI's audit has the folder audit's verdict and p-value."""
+    from flow_checkpoint import flux_converter_at_any_width, flux_to_original
+    from safetensors.torch import save_file
+
+    folder = trained_flow / "flux"
+    save_file(flux_to_original(pipeline_components(folder)), tmp_path / "flux1-tiny.safetensors")
+    configs = configs_of(folder, tmp_path / "configs", ("vae", "text_encoder", "text_encoder_2"))
+    _, whole = audit(trained_flow, "flux", "members")
+    with flux_converter_at_any_width():
+        result = check([str(trained_flow / "members"), "--reference", str(trained_flow / "nonmembers"),
+                        "--model", str(tmp_path / "flux1-tiny.safetensors"), "--model-config", str(configs)])
+    single = json.loads(result.stdout)
+    assert (result.exit_code, single["verdict"], single["p_value"]) == (1, "evidence", whole["p_value"])
+    assert single["effect"]["auc"] == pytest.approx(whole["effect"]["auc"], abs=1e-6)
+    assert single["model"]["family"] == "text-to-image Flux (single file)"

@@ -4,7 +4,6 @@ conditions, and audits end to end."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,6 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"ldm": save_tiny_ldm(root / "ldm"), "dit": save_tiny_dit(root / "dit"),
             "sd": save_tiny_stable_diffusion(root / "sd"),
             "sd-v": save_tiny_stable_diffusion(root / "sd-v", prediction_type="v_prediction")}
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("a network connection was attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.mark.parametrize(("name", "family", "conditioning", "channels"), [

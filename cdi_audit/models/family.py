@@ -85,6 +85,11 @@ class Family(abc.ABC):
     # pipeline folders are supported).
     single_file_pipeline: ClassVar[str | None] = None
     single_file_options: ClassVar[Mapping[str, Any]] = {}  # more keyword arguments of its from_single_file
+    # Components a single file of this family may leave out, each with the key prefixes under which a file holds
+    # it. One the file lacks is read from the --model-config folder, which must then hold its weights (a Flux
+    # transformer is published alone, the VAE and text encoders beside it). Components not named here must be
+    # in the file.
+    single_file_parts: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     # The diffusers LoRA loader mixin that places adapters on this family's components (None: no adapters).
     lora_loader: ClassVar[str | None] = None
     # A flow-matching family's time input per unit of sigma (SD3: 1000, Flux: 1, its transformer scales it);

@@ -34,7 +34,17 @@ from cdi_audit.models.families import family_for
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.prediction import SCHEDULER_PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule, FlowMatchSchedule, NoiseSchedule, NominalKind
-from cdi_audit.models.single_file import SHIPPED, checkpoint_family, materialised_config, packaged_config_for
+from cdi_audit.models.single_file import (
+    CHECKPOINT_NAMES,
+    FAMILY_OF_CHECKPOINT,
+    SHIPPED,
+    checkpoint_family,
+    checkpoint_keys,
+    is_scaled_fp8,
+    materialised_config,
+    packaged_config_for,
+    unsupported_relative,
+)
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import AdapterInfo, FileDigest, ModelInfo
 
@@ -62,8 +72,8 @@ EXPECTED_LAYOUT = (
     "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline, "
     "a StableDiffusionPipeline (SD 1.x/2.x), a StableDiffusionXLPipeline, a StableDiffusion3Pipeline (SD3, SD3.5) "
     "or a FluxPipeline, or a bare folder holding unet/ and "
-    "scheduler/; or a Stable Diffusion or SDXL single-file .safetensors checkpoint (SD 1.x and SDXL as they are, "
-    "SD 2.x or others with --model-config)"
+    "scheduler/; or a single-file .safetensors checkpoint of Stable Diffusion or SDXL (SD 1.x and SDXL as they are, "
+    "SD 2.x or others with --model-config) or of SD3 / SD3.5 or Flux (with --model-config)"
 )
 
 
@@ -111,12 +121,24 @@ def _refuse_path(root: Path, config: Path | None) -> None:
         except Exception as error:  # safetensors raises its own error types for a damaged header
             raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({brief(error)}). "
                                    f"Expected {EXPECTED_LAYOUT}.") from error
-        if family in ("flux", "sd3"):
-            name = {"flux": "Flux", "sd3": "SD3 / SD3.5"}[family]
+        keys = checkpoint_keys(root)
+        if is_scaled_fp8(keys):
             raise ModelUnavailable(
-                f"{root} is a {name} single-file checkpoint, which this version cannot load yet; give the model as "
-                "a diffusers pipeline folder (StableDiffusion3Pipeline or FluxPipeline, saved with "
-                "save_pretrained), which is how these models are published.")
+                f"{root} is a 'scaled fp8' checkpoint (ComfyUI's: each weight stored divided by a scale kept beside "
+                "it), which diffusers cannot read as it is; give the model in bfloat16 or float32, or as a pipeline "
+                "folder.")
+        relative = unsupported_relative(keys) if family == "flux" else None
+        if relative is not None:
+            raise ModelUnavailable(f"{root} is a {relative} checkpoint, which this version does not support: it "
+                                   "audits Flux.1 (dev, schnell and their fine-tunes).")
+        if config is None and family in ("flux", "sd3"):
+            pipeline = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline"}[family]
+            raise ModelUnavailable(
+                f"{root} is a {CHECKPOINT_NAMES[family]} single-file checkpoint, and no configs ship for it (its "
+                f"variants differ in ways the weights do not all tell); give --model-config DIR, the {pipeline} "
+                "folder of the same model as save_pretrained writes it (model_index.json, each component's config, "
+                "the tokenizers). The file's own weights are used; the components it does not hold (Black Forest "
+                "Labs' Flux files hold only the transformer) are read from DIR, which must then hold their weights.")
         if config is None and family == "sd2":
             raise ModelUnavailable(
                 f"{root} is a Stable Diffusion 2.x checkpoint, whose weights do not tell its variant; give "
@@ -125,8 +147,8 @@ def _refuse_path(root: Path, config: Path | None) -> None:
             )
         if config is None and family is None:
             raise ModelUnavailable(
-                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, 2.x or SDXL, whose configs "
-                "ship with cdi-audit; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
+                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, 2.x, SDXL, SD3 or Flux, as far "
+                "as its weights tell; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
                 "architecture holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, "
                 "tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), since nothing "
                 f"may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
@@ -192,7 +214,7 @@ def _check_configs(root: Path) -> tuple[Family, PipelineIndex, dict]:
     family, index, options = _family(root)
     if family.single_file_pipeline is None:
         raise ModelUnavailable(f"{root} is a {family.label} pipeline; single-file checkpoints are supported "
-                               "for Stable Diffusion 1.x/2.x and SDXL only.")
+                               "for Stable Diffusion 1.x/2.x, SDXL, SD3 / SD3.5 and Flux only.")
     for component in family.components(index):
         if component.kind != "tokenizer" and not (root / component.folder / "config.json").is_file():
             raise ModelUnavailable(f"{root} has no {component.folder}/config.json. Expected {EXPECTED_LAYOUT}.")
@@ -368,19 +390,62 @@ def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path
             yield folder
 
 
-def _load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...]) -> dict:
+def _check_checkpoint_fits(checkpoint: Path, family: Family, config: Path) -> None:
+    """A file recognised as one family's must not be given another family's configs."""
+    kind = checkpoint_family(checkpoint)
+    if kind is not None and FAMILY_OF_CHECKPOINT[kind] != family.name:
+        raise ModelUnavailable(f"{checkpoint} holds a {CHECKPOINT_NAMES[kind]} model, but the configs in {config} "
+                               f"are of a {family.label} pipeline; give --model-config the configs of the file's own "
+                               "architecture.")
+
+
+def _load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...]
+                      ) -> tuple[dict, list[str]]:
     """The components of a single-file checkpoint, configured from ``config`` (offline; ``config`` already
-    checked by ``_check_configs``), through the family's diffusers pipeline."""
+    checked by ``_check_configs``), through the family's diffusers pipeline; those the file does not hold
+    (``Family.single_file_parts``) are read from ``config``. Also the notes for the report: parts of the file
+    that the configs leave out."""
     import diffusers
 
+    keys = checkpoint_keys(checkpoint)
+    in_file = {folder: any(key.startswith(prefixes) for key in keys)
+               for folder, prefixes in family.single_file_parts.items()}
+    from_config = {}
+    for component in components:
+        if in_file.get(component.folder, True):
+            continue
+        if not list((config / component.folder).glob("*.safetensors")):
+            raise ModelUnavailable(
+                f"{checkpoint} holds no {component.folder} weights (a {family.label} file holds them under "
+                f"{' or '.join(family.single_file_parts[component.folder])}), and {config / component.folder} has "
+                "none either; give --model-config the pipeline folder of the model the file was made from, with "
+                "that component's weights (safetensors), or a checkpoint that includes them.")
+        from_config[component.folder] = _load_component(config, component)
+        if isinstance(from_config[component.folder], DeferredModule):
+            from_config[component.folder] = from_config[component.folder].module
+    # Components model_index.json names as absent ([null, null], SD3 saved without T5) must be passed as None.
+    absent = {name: None for name, value in _read_json(config / "model_index.json").items()
+              if isinstance(value, list) and value[:1] == [None]}
+    folders = {component.folder for component in components}
+    notes = [f"The checkpoint also holds {folder} weights, which the configs in {config} leave out "
+             "(model_index.json); the audit runs without them, as the pipeline would."
+             for folder, present in in_file.items() if present and folder not in folders]
     pipeline_class = getattr(diffusers, str(family.single_file_pipeline))
     try:
         pipeline = pipeline_class.from_single_file(str(checkpoint), config=str(config), local_files_only=True,
-                                                   **family.single_file_options)
+                                                   torch_dtype=torch.float32,
+                                                   **{**absent, **family.single_file_options, **from_config})
     except Exception as error:
         raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
                                f"({brief(error)}).") from error
-    return {component.folder: getattr(pipeline, component.folder) for component in components}
+    parts = {component.folder: getattr(pipeline, component.folder) for component in components}
+    for folder, part in parts.items():
+        missing = [name for name, p in getattr(part, "named_parameters", list)() if p.device.type == "meta"]
+        if missing:  # diffusers loads what the file holds and leaves the rest unset
+            raise ModelUnavailable(f"{checkpoint} lacks {len(missing)} of the {folder} weights that the configs in "
+                                   f"{config} call for (the first: {missing[0]}); the file is incomplete or of "
+                                   "another architecture.")
+    return parts, notes
 
 
 def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = None, config: Path | None = None,
@@ -400,8 +465,9 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     if root.is_file():
         with _single_file_configs(root, config) as configs:
             family, index, options = _check_configs(configs)
+            _check_checkpoint_fits(root, family, configs)
             components = family.components(index)
-            parts = _load_single_file(root, configs, family, components)
+            parts, single_file_notes = _load_single_file(root, configs, family, components)
             schedule, prediction_type, train_steps = _load_schedule(configs, family, _nominal(components))
             files = model_files(root)
             config_files = model_files(configs)
@@ -412,6 +478,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         config_folder = configs  # named in a refusal of its sample size; the configs themselves are read
     else:
         family, index, options = _check_folder(root)
+        single_file_notes = []
         components = family.components(index)
         schedule, prediction_type, train_steps = _load_schedule(root, family, _nominal(components))
         files = model_files(root)
@@ -451,7 +518,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                          guidance=guidance_value)
     family.check(loaded)
     target = family.build(loaded)
-    target.notes = loaded.warnings + notes
+    target.notes = loaded.warnings + single_file_notes + notes
     target.forward_dtype = None if dtype in (None, torch.float32) else dtype
     return target
 

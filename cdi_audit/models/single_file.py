@@ -6,6 +6,11 @@ written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (
 licence, beside it), from which each tokenizer's vocab.json and merges.txt are built when a checkpoint is
 loaded. SD 1.x and SDXL are recognised from their weights; the two SD 2.x variants have the same weights
 layout, so the user names one (``--model-config stable-diffusion-v2`` or ``-v2-base``).
+
+SD3 / SD3.5 and Flux files are recognised from their transformer's weights, but no configs ship for them:
+their variants differ in ways the weights do not all tell (Flux-dev or -schnell, SD3 medium or 3.5), and their
+T5 tokenizer is megabytes. The user gives ``--model-config DIR``: the diffusers pipeline folder of the same
+model, from which the components the file does not hold are read too (``Family.single_file_parts``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.pos
 # bare or under ComfyUI's "model.diffusion_model." prefix: recognised so that they are refused by name.
 FLOW_TRANSFORMER_KEYS = {"flux": "double_blocks.0.img_attn.qkv.weight",
                          "sd3": "joint_blocks.0.context_block.attn.qkv.weight"}
+# Transformers that share Flux.1's block names but not its architecture, recognised so that they are refused by
+# name rather than failing half-way through Flux.1's conversion (the keys diffusers tells them apart by).
+FLUX_RELATIVES = {"single_stream_modulation.lin.weight": "Flux.2",
+                  "distilled_guidance_layer.in_proj.bias": "Chroma"}
+# ComfyUI's "scaled fp8" files store each weight divided by a scale kept beside it, which diffusers does not apply.
+SCALED_FP8_MARKERS = ("scaled_fp8", ".scale_weight")
+DIFFUSION_PREFIX = "model.diffusion_model."
+# What each recognised kind of file is in the model families' terms (``models/families``).
+FAMILY_OF_CHECKPOINT = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "sd3": "sd3"}
+CHECKPOINT_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL", "flux": "Flux",
+                    "sd3": "SD3 / SD3.5"}
 # Which shipped config a recognised file loads with (SD 2.x has two; the user names one).
 FAMILY_CONFIGS = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-base"}
 
@@ -69,9 +85,29 @@ def checkpoint_family(checkpoint: Path) -> str | None:
     if all(key in keys for key in SDXL_TEXT_KEYS):
         return "sdxl"
     for family, key in FLOW_TRANSFORMER_KEYS.items():
-        if key in keys or f"model.diffusion_model.{key}" in keys:
+        if key in keys or DIFFUSION_PREFIX + key in keys:
             return family
     return "sd2" if SD2_TEXT_KEY in keys else None
+
+
+def checkpoint_keys(checkpoint: Path) -> list[str]:
+    """The tensor names a safetensors file holds (read from its header; no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def unsupported_relative(keys: list[str]) -> str | None:
+    """The name of a Flux.1-like architecture this version cannot load (Flux.2, Chroma), or None."""
+    for key, name in FLUX_RELATIVES.items():
+        if key in keys or DIFFUSION_PREFIX + key in keys:
+            return name
+    return None
+
+
+def is_scaled_fp8(keys: list[str]) -> bool:
+    return any(key == SCALED_FP8_MARKERS[0] or key.endswith(SCALED_FP8_MARKERS[1]) for key in keys)
 
 
 def packaged_config_for(checkpoint: Path) -> str | None:

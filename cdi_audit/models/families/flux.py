@@ -83,6 +83,10 @@ class Flux(Family):
     label = "text-to-image Flux"
     lora_loader = "FluxLoraLoaderMixin"
     flow_time_scale = 1.0
+    single_file_pipeline = "FluxPipeline"
+    # Black Forest Labs publish the transformer alone; ComfyUI's all-in-one files add the VAE and both encoders.
+    single_file_parts = {"vae": ("vae.", "first_stage_model."), "text_encoder": ("text_encoders.clip_l.",),
+                         "text_encoder_2": ("text_encoders.t5xxl.",)}
     default_sample_size = 128  # FluxPipeline.default_sample_size: 1024 px through the 8x VAE
 
     def recognises(self, index: PipelineIndex) -> bool:

@@ -76,6 +76,10 @@ class StableDiffusion3(Family):
     label = "text-to-image SD3"
     lora_loader = "SD3LoraLoaderMixin"
     flow_time_scale = 1000.0
+    single_file_pipeline = "StableDiffusion3Pipeline"
+    # Stability's files: the MMDiT under model.diffusion_model., with or without the VAE, both CLIPs and T5.
+    single_file_parts = {"vae": ("first_stage_model.",), "text_encoder": ("text_encoders.clip_l.",),
+                         "text_encoder_2": ("text_encoders.clip_g.",), "text_encoder_3": ("text_encoders.t5xxl.",)}
 
     def recognises(self, index: PipelineIndex) -> bool:
         return index.has("transformer", "SD3Transformer2DModel")
