@@ -109,9 +109,8 @@ ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
          "a pixel DDPM/DDIM, LDM, DiT, Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 or Flux pipeline; or a Stable "
-         "Diffusion or SDXL "
-         "single-file .safetensors checkpoint (SD 2.x and others with --model-config). Not needed with --endpoint "
-         "or --endpoint-cmd.")]
+         "Diffusion, SDXL, SD3/SD3.5 or Flux single-file .safetensors checkpoint (SD 2.x, SD3, Flux and others "
+         "with --model-config). Not needed with --endpoint or --endpoint-cmd.")]
 AccessOption = Annotated[AccessChoice, typer.Option(
     rich_help_panel=ENDPOINT_PANEL,
     help="'auto': use all a local model gives (weights, noise predictions); 'blackbox': use it only through "
@@ -177,8 +176,9 @@ ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
     help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
          "('stable-diffusion-v2' for 768 px v-prediction, 'stable-diffusion-v2-base' for 512 px epsilon) or a "
-         "pipeline folder of the same architecture holding its configs and tokenizer (weights not needed); "
-         "nothing is looked up online.")]
+         "pipeline folder of the same architecture holding its configs and tokenizers (weights not needed). For "
+         "SD3 / Flux files, the model's pipeline folder: components the file lacks (a Flux transformer file "
+         "holds nothing else) are read from it. Nothing is looked up online.")]
 AlphaOption = Annotated[float, typer.Option(
     callback=check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
 SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, metavar="INT",
