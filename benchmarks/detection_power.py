@@ -1,17 +1,23 @@
-"""Detection power on a weak-signal model: how many images does an audit need, per feature set and test?
+"""Detection power on a weakly memorising model: how many images does an audit need (issue 22)?
 
-Builds (once, cached in ``--work``) a benchmark like ``sample_data`` but far
-less overfit: 32x32 crops of the offline photographs, a tiny DDPM trained on
-``--members`` of them for ``--steps`` steps (about 480 passes over the members
-by default, so single-image attacks are weak: loss AUC roughly 0.55-0.65), and
-as many never-trained crops as non-members. Then runs ``cdi-audit evaluate``
-on it and writes its JSON and plot next to this script.
+The benchmark the detection-power work is measured on. Three stages, each kept under ``--work``:
 
-    python benchmarks/detection_power.py [--work DIR] [--repeats 50] [--permutations 100]
+1. ``prepare``: 3 x ``--members`` distinct 32 x 32 crops of the offline photographs (as ``sample_data``),
+   split into ``members/`` (trained on) and two never-trained sets, ``heldout_a/`` and ``heldout_b/``; the
+   xs UNet trained on the members for ``--steps`` steps. With 512 members and 4,500 steps (about 280 passes)
+   the single-image loss attack is weak (AUC at most 0.56 is the target).
+2. ``extract``: the ``full`` preset's features of all images, with this checkout's code (one file per
+   ``--label``, so that features of two versions of the code can be compared on the same model).
+3. ``power``: for each feature set and n in ``--sizes``, ``--repeats`` audits of n members against n images
+   of ``heldout_a`` (the members curve: median p, images needed for median p < 0.01) and of n images of
+   ``heldout_b`` against n of ``heldout_a`` (the null curve: the false-positive rate at 0.01 and 0.05), with
+   the permutation test (``--permutations``) and, for comparison only, the CDI paper's reference rule.
 
-Training takes about 11 minutes on 2 CPU cores, the evaluation about as long
-again; keep the machine otherwise idle (two torch processes on two cores slow
-each other ~10x). Results are recorded by hand in ``benchmarks/RESULTS.md``.
+    python benchmarks/detection_power.py [--work DIR] [--label NAME] [--repeats 50] [--permutations 100]
+
+Preparing takes about 15 minutes on 2 CPU cores, extracting about 10, the curves about as long; keep the
+machine otherwise idle. The JSON goes to ``benchmarks/detection_power/LABEL.json``; results are recorded by
+hand in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,64 +34,156 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "sample_data"))
 
+SETS = ("members", "heldout_a", "heldout_b")
+SIZES = (20, 30, 50, 70, 100, 150, 200)
+NEEDED_P = 0.01
 
-def prepare(work: Path, members: int, steps: int, seed: int, threads: int) -> None:
+
+def prepare(work: Path, members: int, steps: int, seed: int) -> None:
     """Images and model under ``work``; skipped when the model is already there."""
     import numpy as np
-    import torch
     from diffusers import DDPMPipeline
     from make_sample_data import random_crops, source_photographs, to_model_input, train_ddpm
 
     if (work / "model" / "model_index.json").exists():
         print(f"reusing {work / 'model'}")
         return
-    torch.set_num_threads(threads)
-    crops = random_crops(source_photographs(), 2 * members, np.random.default_rng(seed))
-    folders = {"members": crops[0::2], "nonmembers": crops[1::2]}
+    crops = random_crops(source_photographs(), len(SETS) * members, np.random.default_rng(seed))
+    folders = {name: crops[index :: len(SETS)] for index, name in enumerate(SETS)}
     for name, images in folders.items():
         shutil.rmtree(work / name, ignore_errors=True)
         (work / name).mkdir(parents=True)
         for number, image in enumerate(images):
-            image.save(work / name / f"{name}_{number:03d}.png")
+            image.save(work / name / f"{name}_{number:04d}.png")
     started = time.perf_counter()
     unet, scheduler = train_ddpm(to_model_input(folders["members"]), steps, seed)
     print(f"trained {steps} steps on {members} members in {time.perf_counter() - started:.0f} s")
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(work / "model", safe_serialization=True)
 
 
+def extract(work: Path, label: str, spec: str, seed: int) -> Path:
+    """The features of every image, with the code of this checkout, saved as ``work/features-LABEL.npz``."""
+    import numpy as np
+    import torch
+
+    from cdi_audit.features.registry import extractors_for
+    from cdi_audit.inputs.images import scan_image_set
+    from cdi_audit.models.loading import load_target
+    from cdi_audit.pipeline.extraction import extract_features
+
+    out = work / f"features-{label}.npz"
+    if out.exists():
+        print(f"reusing {out}")
+        return out
+    target = load_target(work / "model", torch.device("cpu"))
+    extractors, _ = extractors_for(spec, target)
+    records = {name: scan_image_set(work / name).records for name in SETS}
+    every = [record for name in SETS for record in records[name]]
+    started = time.perf_counter()
+    table, _ = extract_features(every, target, extractors, seed=seed, batch_size=64)
+    print(f"extracted {len(table.columns)} columns of {len(every)} images in {time.perf_counter() - started:.0f} s")
+    owners = {column: extractor.name for extractor in extractors for column in extractor.columns}
+    np.savez(out, matrix=table.scoring_matrix([record.key for record in every]), columns=np.array(table.columns),
+             extractors=np.array([owners[column] for column in table.columns]),
+             groups=np.array([name for name in SETS for _ in records[name]]))
+    return out
+
+
+def feature_sets(extractors: list[str]) -> dict[str, list[int]]:
+    """Column indices of the presets and of each extractor alone."""
+    from cdi_audit.features.registry import PRESETS
+
+    sets = {name: [i for i, owner in enumerate(extractors) if owner in PRESETS[name]] for name in ("fast", "full")}
+    for owner in dict.fromkeys(extractors):
+        sets[owner] = [i for i, other in enumerate(extractors) if other == owner]
+    return {name: columns for name, columns in sets.items() if columns}
+
+
+def power(features: Path, sizes: tuple[int, ...], repeats: int, permutations: int, seed: int, only: list[str] | None
+          ) -> dict:
+    """Members and null curves of every feature set, with the permutation test and the reference rule."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from cdi_audit.statistics.testing import run_test
+
+    data = np.load(features)
+    matrix, groups = data["matrix"], data["groups"]
+    rows = {name: np.flatnonzero(groups == name) for name in SETS}
+    sets = feature_sets(list(data["extractors"]))
+    if only:
+        sets = {name: columns for name, columns in sets.items() if name in only}
+    loss = list(data["columns"]).index("loss_t100") if "loss_t100" in list(data["columns"]) else None
+    summary = {"features": str(features), "sizes": list(sizes), "repeats": repeats, "permutations": permutations}
+    if loss is not None:  # lower loss = member: the single-image attack scores -loss
+        values = matrix[np.r_[rows["members"], rows["heldout_a"]], loss]
+        labels = np.r_[np.ones(len(rows["members"])), np.zeros(len(rows["heldout_a"]))]
+        summary["loss_auc"] = float(roc_auc_score(labels, -values))
+    results = {}
+    for name, columns in sets.items():
+        started = time.perf_counter()
+        curves = {test: {"members": {}, "null": {}} for test in ("permutation", "cdi-reference")}
+        for n in sizes:
+            for repeat in range(repeats):
+                rng = np.random.default_rng([seed, n, repeat])
+                reference = rng.choice(rows["heldout_a"], n, replace=False)
+                draws = {"members": rng.choice(rows["members"], n, replace=False),
+                         "null": rng.choice(rows["heldout_b"], n, replace=False)}
+                test_seed = int(rng.integers(2**31 - 1))
+                for kind, suspect in draws.items():
+                    chosen = np.r_[suspect, reference]
+                    is_suspect = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+                    for test in curves:
+                        p = run_test(test, matrix[np.ix_(chosen, columns)], is_suspect, test_seed, permutations).p_value
+                        curves[test][kind].setdefault(n, []).append(p)
+        results[name] = {"columns": len(columns), "seconds": round(time.perf_counter() - started, 1)}
+        for test, kinds in curves.items():
+            medians = {n: float(np.median(values)) for n, values in kinds["members"].items()}
+            null = np.concatenate([values for values in kinds["null"].values()])
+            results[name][test] = {
+                "median_p": medians,
+                "images_needed": min((n for n, p in medians.items() if p < NEEDED_P), default=None),
+                "null_rate_01": float(np.mean(null < 0.01)), "null_rate_05": float(np.mean(null < 0.05)),
+                "null_runs": len(null), "p_values": {kind: {str(n): v for n, v in by_n.items()}
+                                                     for kind, by_n in kinds.items()},
+            }
+        print(name, {test: (results[name][test]["images_needed"], results[name][test]["null_rate_01"],
+                            results[name][test]["null_rate_05"]) for test in curves}, f"{results[name]['seconds']} s")
+    summary["feature_sets"] = results
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cdi-audit-detection-power"))
-    parser.add_argument("--members", type=int, default=300)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cdi-audit-detection-power-512"))
+    parser.add_argument("--label", default="current", help="names the features file and the JSON")
+    parser.add_argument("--members", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--features", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--permutations", type=int, default=100)
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--only", nargs="*", help="feature sets to evaluate (default: all)")
+    parser.add_argument("--stage", choices=("prepare", "extract", "power", "all"), default="all")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
 
-    prepare(args.work, args.members, args.steps, args.seed, args.threads)
-    if args.prepare_only:
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    prepare(args.work, args.members, args.steps, args.seed)
+    if args.stage == "prepare":
         return
-    out = HERE / "detection_power"
-    command = [
-        sys.executable, "-m", "cdi_audit", "evaluate",
-        "--members", str(args.work / "members"), "--nonmembers", str(args.work / "nonmembers"),
-        "--model", str(args.work / "model"), "--features", "full", "--repeats", str(args.repeats),
-        "--permutations", str(args.permutations), "--alpha", str(args.alpha), "--jobs", str(args.threads),
-        "--cache-dir", str(args.work / "cache"), "--json", "--out", str(out),
-    ]
-    started = time.perf_counter()
-    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"evaluate failed with exit code {result.returncode}")
-    summary = json.loads(result.stdout)
-    print(f"evaluate took {time.perf_counter() - started:.0f} s; JSON and plot in {out}")
-    for row in summary["images_needed"]:
-        print(row)
+    features = extract(args.work, args.label, args.features, args.seed)
+    if args.stage == "extract":
+        return
+    summary = power(features, tuple(args.sizes), args.repeats, args.permutations, args.seed, args.only)
+    out = HERE / "detection_power" / f"{args.label}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}; single-image loss AUC {summary.get('loss_auc')}")
 
 
 if __name__ == "__main__":
