@@ -4,8 +4,9 @@ The benchmark the detection-power work is measured on. Three stages, each kept u
 
 1. ``prepare``: 3 x ``--members`` distinct 32 x 32 crops of the offline photographs (as ``sample_data``),
    split into ``members/`` (trained on) and two never-trained sets, ``heldout_a/`` and ``heldout_b/``; the
-   xs UNet trained on the members for ``--steps`` steps. With 512 members and 4,500 steps (about 280 passes)
-   the single-image loss attack is weak (AUC at most 0.56 is the target).
+   xs UNet trained on the members, saved at each of ``--checkpoints`` steps; kept is the checkpoint whose
+   single-image loss attack AUC is the highest at or below ``--max-loss-auc`` (0.56): weak, but not nothing.
+   (With 512 members, 4,500 steps gave AUC 0.495: no signal at all.)
 2. ``extract``: the ``full`` preset's features of all images, with this checkout's code (one file per
    ``--label``, so that features of two versions of the code can be compared on the same model).
 3. ``power``: for each feature set and n in ``--sizes``, ``--repeats`` audits of n members against n images
@@ -39,8 +40,10 @@ SIZES = (20, 30, 50, 70, 100, 150, 200)
 NEEDED_P = 0.01
 
 
-def prepare(work: Path, members: int, steps: int, seed: int) -> None:
-    """Images and model under ``work``; skipped when the model is already there."""
+def prepare(work: Path, members: int, checkpoints: list[int], seed: int, max_loss_auc: float) -> None:
+    """Images and model under ``work``; skipped when the model is already there. The UNet is trained to the
+    last of ``checkpoints`` steps, saved at each, and the checkpoint kept as ``model/`` is the one whose
+    single-image loss AUC is the highest at or below ``max_loss_auc`` (weak, but not nothing)."""
     import numpy as np
     from diffusers import DDPMPipeline
     from make_sample_data import random_crops, source_photographs, to_model_input, train_ddpm
@@ -48,17 +51,50 @@ def prepare(work: Path, members: int, steps: int, seed: int) -> None:
     if (work / "model" / "model_index.json").exists():
         print(f"reusing {work / 'model'}")
         return
-    crops = random_crops(source_photographs(), len(SETS) * members, np.random.default_rng(seed))
-    folders = {name: crops[index :: len(SETS)] for index, name in enumerate(SETS)}
-    for name, images in folders.items():
-        shutil.rmtree(work / name, ignore_errors=True)
-        (work / name).mkdir(parents=True)
-        for number, image in enumerate(images):
-            image.save(work / name / f"{name}_{number:04d}.png")
+    if not (work / "members").exists():
+        crops = random_crops(source_photographs(), len(SETS) * members, np.random.default_rng(seed))
+        for index, name in enumerate(SETS):
+            (work / name).mkdir(parents=True)
+            for number, image in enumerate(crops[index :: len(SETS)]):
+                image.save(work / name / f"{name}_{number:04d}.png")
+    from PIL import Image
+
+    images = [Image.open(path).convert("RGB") for path in sorted((work / "members").glob("*.png"))]
+
+    def save(step, unet, scheduler):
+        if step in checkpoints:
+            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(work / "checkpoints" / f"step-{step}",
+                                                                         safe_serialization=True)
+            print(f"step {step}: {time.perf_counter() - started:.0f} s", flush=True)
+
     started = time.perf_counter()
-    unet, scheduler = train_ddpm(to_model_input(folders["members"]), steps, seed)
-    print(f"trained {steps} steps on {members} members in {time.perf_counter() - started:.0f} s")
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(work / "model", safe_serialization=True)
+    train_ddpm(to_model_input(images), max(checkpoints), seed, on_step=save)
+    aucs = {step: loss_auc(work, work / "checkpoints" / f"step-{step}", seed) for step in checkpoints}
+    print("single-image loss AUC by training steps:", aucs)
+    weak = [step for step, value in aucs.items() if value <= max_loss_auc]
+    chosen = max(weak, key=aucs.get) if weak else min(checkpoints)
+    shutil.copytree(work / "checkpoints" / f"step-{chosen}", work / "model")
+    (work / "model" / "benchmark.json").write_text(json.dumps({"steps": chosen, "loss_auc_by_steps": aucs}))
+    print(f"kept the model after {chosen} steps")
+
+
+def loss_auc(work: Path, model: Path, seed: int) -> float:
+    """AUC of the single-image loss attack (loss at t = 100, 5 draws; lower is member), members vs heldout_a."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from cdi_audit.features.loss import DenoisingLoss
+    from cdi_audit.inputs.images import scan_image_set
+    from cdi_audit.models.loading import load_target
+    from cdi_audit.pipeline.extraction import extract_features
+
+    target = load_target(model, torch.device("cpu"))
+    members, heldout = (scan_image_set(work / name).records for name in ("members", "heldout_a"))
+    table, _ = extract_features([*members, *heldout], target, [DenoisingLoss()], seed=seed, batch_size=64)
+    losses = table.rows([record.key for record in [*members, *heldout]])[:, 0]
+    labels = np.r_[np.ones(len(members)), np.zeros(len(heldout))]
+    return round(float(roc_auc_score(labels, -losses)), 4)
 
 
 def extract(work: Path, label: str, spec: str, seed: int) -> Path:
@@ -158,7 +194,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cdi-audit-detection-power-512"))
     parser.add_argument("--label", default="current", help="names the features file and the JSON")
     parser.add_argument("--members", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[6000, 7500, 9000],
+                        help="training steps at which the model is saved; one of them is kept")
+    parser.add_argument("--max-loss-auc", type=float, default=0.56)
     parser.add_argument("--features", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -173,7 +211,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    prepare(args.work, args.members, args.steps, args.seed)
+    prepare(args.work, args.members, args.checkpoints, args.seed, args.max_loss_auc)
     if args.stage == "prepare":
         return
     features = extract(args.work, args.label, args.features, args.seed)

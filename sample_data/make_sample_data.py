@@ -101,8 +101,10 @@ def to_model_input(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3):
-    """Train the xs UNet on ``images`` (N, 3, S, S) in [-1, 1] with the DDPM noise-prediction loss.
+def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3,
+               on_step=None):
+    """Train the xs UNet on ``images`` (N, 3, S, S) in [-1, 1] with the DDPM noise-prediction loss;
+    ``on_step(step, unet, scheduler)``, if given, is called after every step (checkpoints).
 
     Returns (unet, scheduler). Epochs over the member set, not steps, are what
     make the model memorise (fixtures.md): 64 images, 6,000 steps = 3,000 epochs.
@@ -117,7 +119,7 @@ def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32
     order = torch.randperm(len(images), generator=generator)
     position = 0
     unet.train()
-    for _ in range(steps):
+    for step in range(steps):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
         batch = images[order[position : position + batch_size]]
@@ -129,6 +131,8 @@ def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step + 1, unet, scheduler)
     unet.eval()
     return unet, scheduler
 

@@ -22,6 +22,8 @@ NEWTON_ITERATIONS = 100
 # far tighter than scikit-learn's lbfgs default (tol 1e-4).
 STEP_TOLERANCE = 1e-9
 PROBLEMS_PER_SOLVE = 64
+# The L2 penalty on the standardised coefficients, 1 / C (protocol.md: C = 1).
+PENALTY = 1.0
 
 
 def fold_count(labels: np.ndarray) -> int:
@@ -45,7 +47,7 @@ def fit_logistic(design: np.ndarray, labels: np.ndarray, train: np.ndarray) -> n
     minimiser is unique and the halving line search makes every step descend.
     """
     problems, _, width = design.shape
-    penalty = np.ones(width)
+    penalty = np.full(width, PENALTY)
     penalty[-1] = 0.0
     theta = np.zeros((problems, width))
     current = _objective(design, labels, train, theta, penalty)
