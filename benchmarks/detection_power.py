@@ -6,7 +6,8 @@ The benchmark the detection-power work is measured on. Three stages, each kept u
    split into ``members/`` (trained on) and two never-trained sets, ``heldout_a/`` and ``heldout_b/``; the
    xs UNet trained on the members, saved at each of ``--checkpoints`` steps; kept is the checkpoint whose
    single-image loss attack AUC is the highest at or below ``--max-loss-auc`` (0.56): weak, but not nothing.
-   (With 512 members, 4,500 steps gave AUC 0.495: no signal at all.)
+   (With 512 members: AUC 0.495 after 4,500 steps, 0.505 after 6,000, 0.520 after 7,500, 0.529 after 9,000.)
+   Checkpoints beyond those already saved continue from the last one, with a fresh optimiser state.
 2. ``extract``: the ``full`` preset's features of all images, with this checkout's code (one file per
    ``--label``, so that features of two versions of the code can be compared on the same model).
 3. ``power``: for each feature set and n in ``--sizes``, ``--repeats`` audits of n members against n images
@@ -45,7 +46,7 @@ def prepare(work: Path, members: int, checkpoints: list[int], seed: int, max_los
     last of ``checkpoints`` steps, saved at each, and the checkpoint kept as ``model/`` is the one whose
     single-image loss AUC is the highest at or below ``max_loss_auc`` (weak, but not nothing)."""
     import numpy as np
-    from diffusers import DDPMPipeline
+    from diffusers import DDPMPipeline, UNet2DModel
     from make_sample_data import random_crops, source_photographs, to_model_input, train_ddpm
 
     if (work / "model" / "model_index.json").exists():
@@ -68,7 +69,13 @@ def prepare(work: Path, members: int, checkpoints: list[int], seed: int, max_los
             print(f"step {step}: {time.perf_counter() - started:.0f} s", flush=True)
 
     started = time.perf_counter()
-    train_ddpm(to_model_input(images), max(checkpoints), seed, on_step=save)
+    saved = sorted(int(folder.name.removeprefix("step-")) for folder in (work / "checkpoints").glob("step-*"))
+    if saved and saved[-1] < max(checkpoints):  # continue from the last checkpoint, with a fresh optimiser
+        unet = UNet2DModel.from_pretrained(work / "checkpoints" / f"step-{saved[-1]}" / "unet")
+        train_ddpm(to_model_input(images), max(checkpoints), seed, on_step=save, unet=unet, first_step=saved[-1])
+    elif not saved:
+        train_ddpm(to_model_input(images), max(checkpoints), seed, on_step=save)
+    checkpoints = sorted({*checkpoints, *saved})
     aucs = {step: loss_auc(work, work / "checkpoints" / f"step-{step}", seed) for step in checkpoints}
     print("single-image loss AUC by training steps:", aucs)
     weak = [step for step, value in aucs.items() if value <= max_loss_auc]
@@ -135,22 +142,37 @@ def feature_sets(extractors: list[str]) -> dict[str, list[int]]:
     return {name: columns for name, columns in sets.items() if columns}
 
 
-def power(features: Path, sizes: tuple[int, ...], repeats: int, permutations: int, seed: int, only: list[str] | None
-          ) -> dict:
-    """Members and null curves of every feature set, with the permutation test and the reference rule."""
+def load_features(work: Path, labels: list[str]) -> dict:
+    """The columns of one or more features files side by side (the same images in the same order)."""
+    import numpy as np
+
+    parts = [np.load(work / f"features-{label}.npz") for label in labels]
+    if any(not np.array_equal(part["groups"], parts[0]["groups"]) for part in parts):
+        raise SystemExit("the features files hold different images")
+    return {"matrix": np.concatenate([part["matrix"] for part in parts], axis=1), "groups": parts[0]["groups"],
+            **{key: np.concatenate([part[key] for part in parts]) for key in ("columns", "extractors")}}
+
+
+def power(data: dict, sizes: tuple[int, ...], repeats: int, permutations: int, seed: int, only: list[str] | None,
+          combined: dict[str, list[str]]) -> dict:
+    """Members and null curves of every feature set, with the permutation test and the reference rule.
+    ``combined``: more feature sets, each the union of the named sets."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
+    from cdi_audit.statistics import scoring
     from cdi_audit.statistics.testing import run_test
 
-    data = np.load(features)
     matrix, groups = data["matrix"], data["groups"]
     rows = {name: np.flatnonzero(groups == name) for name in SETS}
     sets = feature_sets(list(data["extractors"]))
+    for name, parts in combined.items():
+        sets[name] = sorted({column for part in parts for column in sets[part]})
     if only:
         sets = {name: columns for name, columns in sets.items() if name in only}
     loss = list(data["columns"]).index("loss_t100") if "loss_t100" in list(data["columns"]) else None
-    summary = {"features": str(features), "sizes": list(sizes), "repeats": repeats, "permutations": permutations}
+    summary = {"sizes": list(sizes), "repeats": repeats, "permutations": permutations, "penalty": scoring.PENALTY,
+               "sets": {name: [str(data["columns"][i]) for i in columns] for name, columns in sets.items()}}
     if loss is not None:  # lower loss = member: the single-image attack scores -loss
         values = matrix[np.r_[rows["members"], rows["heldout_a"]], loss]
         labels = np.r_[np.ones(len(rows["members"])), np.zeros(len(rows["heldout_a"]))]
@@ -204,6 +226,11 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--only", nargs="*", help="feature sets to evaluate (default: all)")
+    parser.add_argument("--extra", nargs="*", default=[], help="labels of more features files whose columns join")
+    parser.add_argument("--combine", nargs="*", default=[], metavar="NAME=SET+SET",
+                        help="more feature sets, each the union of named sets (e.g. full+flip=full+flip)")
+    parser.add_argument("--penalty", type=float, default=None, help="the scoring model's 1/C (default: the tool's)")
+    parser.add_argument("--out-label", default=None, help="names the JSON (default: --label)")
     parser.add_argument("--stage", choices=("prepare", "extract", "power", "all"), default="all")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -214,11 +241,17 @@ def main() -> None:
     prepare(args.work, args.members, args.checkpoints, args.seed, args.max_loss_auc)
     if args.stage == "prepare":
         return
-    features = extract(args.work, args.label, args.features, args.seed)
+    extract(args.work, args.label, args.features, args.seed)
     if args.stage == "extract":
         return
-    summary = power(features, tuple(args.sizes), args.repeats, args.permutations, args.seed, args.only)
-    out = HERE / "detection_power" / f"{args.label}.json"
+    if args.penalty is not None:
+        from cdi_audit.statistics import scoring
+
+        scoring.PENALTY = args.penalty
+    combined = dict(item.split("=", 1) for item in args.combine)
+    summary = power(load_features(args.work, [args.label, *args.extra]), tuple(args.sizes), args.repeats,
+                    args.permutations, args.seed, args.only, {name: sets.split("+") for name, sets in combined.items()})
+    out = HERE / "detection_power" / f"{args.out_label or args.label}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     print(f"wrote {out}; single-image loss AUC {summary.get('loss_auc')}")

@@ -102,9 +102,10 @@ def to_model_input(images: list[Image.Image]) -> torch.Tensor:
 
 
 def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3,
-               on_step=None):
+               on_step=None, unet=None, first_step: int = 0):
     """Train the xs UNet on ``images`` (N, 3, S, S) in [-1, 1] with the DDPM noise-prediction loss;
-    ``on_step(step, unet, scheduler)``, if given, is called after every step (checkpoints).
+    ``on_step(step, unet, scheduler)``, if given, is called after every step (checkpoints). ``unet``: a UNet to
+    continue training from step ``first_step`` (a fresh optimiser state; the random stream is seeded by both).
 
     Returns (unet, scheduler). Epochs over the member set, not steps, are what
     make the model memorise (fixtures.md): 64 images, 6,000 steps = 3,000 epochs.
@@ -112,14 +113,14 @@ def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    unet = tiny_unet(images.shape[-1])
+    generator = torch.Generator().manual_seed(seed if first_step == 0 else seed * 1_000_003 + first_step)
+    unet = tiny_unet(images.shape[-1]) if unet is None else unet
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     order = torch.randperm(len(images), generator=generator)
     position = 0
     unet.train()
-    for step in range(steps):
+    for step in range(first_step, steps):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
         batch = images[order[position : position + batch_size]]
