@@ -3,8 +3,8 @@
 An extractor is configured in ``__init__`` (timesteps, draws) and applied with
 ``extract``; it never thresholds or decides anything. Its result for an image
 depends only on the image, the model and the audit seed: noise comes from a
-generator seeded by (seed, image sha256, extractor, purpose, draw), never from
-global random state or from the image's position in a batch.
+generator seeded by (seed, extractor, purpose, draw), the same for every image,
+never from global random state or from the image's position in a batch.
 """
 
 from __future__ import annotations
@@ -45,9 +45,23 @@ class LatentBatch:
                            None if self.images is None else self.images[rows], pick(self.captions))
 
 
+# What stands for the image in the seed of noise every image shares.
+SHARED = "shared"
+# How noise is drawn, in every cache key: features drawn another way are never mixed with these.
+NOISE_SCHEME = "shared-by-all-images"
+
+
 @dataclass(frozen=True)
 class NoiseSource:
-    """Per-image Gaussian noise that is a pure function of (audit seed, image, extractor, purpose, draw)."""
+    """Gaussian noise that is a pure function of (audit seed, extractor, purpose, draw): every image of an audit
+    gets the same draw (common random numbers, methods.md section 0 item 6).
+
+    With shared noise the part of a feature's noise that is common to all images (how hard that particular
+    draw is to denoise) is the same for P and U and cancels in their comparison; each image's features still
+    depend on the image alone, so the permutation test stays exact. Measured on the weak-signal benchmark
+    (benchmarks/RESULTS.md, "Detection power, issue 22"): see there for the before/after numbers.
+    ``generator_seed`` with an image's hash gives per-image seeds (black-box variation requests).
+    """
 
     seed: int
 
@@ -56,14 +70,11 @@ class NoiseSource:
         return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
 
     def draw(self, batch: LatentBatch, extractor: str, purpose: str, draw: int = 0) -> torch.Tensor:
-        """Standard normal noise shaped like ``batch.z0``, drawn on the CPU then moved to its device."""
-        shape = batch.z0.shape[1:]
-        rows = [
-            torch.randn(shape, generator=torch.Generator().manual_seed(
-                self.generator_seed(image_hash, extractor, purpose, draw)))
-            for image_hash in batch.hashes
-        ]
-        return torch.stack(rows).to(batch.z0.device)
+        """Standard normal noise shaped like ``batch.z0``, the same for every row, drawn on the CPU then moved to
+        its device."""
+        generator = torch.Generator().manual_seed(self.generator_seed(SHARED, extractor, purpose, draw))
+        shared = torch.randn(batch.z0.shape[1:], generator=generator)
+        return shared.expand(len(batch.hashes), *shared.shape).contiguous().to(batch.z0.device)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from cdi_audit.blackbox.variation import BlackBoxTarget
 from cdi_audit.cache import FeatureSection, FeatureStore
 from cdi_audit.errors import ModelUnavailable
-from cdi_audit.features.base import Extractor, LatentBatch, NoiseSource
+from cdi_audit.features.base import NOISE_SCHEME, Extractor, LatentBatch, NoiseSource
 from cdi_audit.features.fused import ForwardBatcher, default_max_rows, run_fused
 from cdi_audit.features.table import FeatureTable
 from cdi_audit.inputs.images import ImageRecord, load_model_pixels
@@ -37,6 +37,7 @@ def cache_key(target: Target | BlackBoxTarget, extractor: Extractor, seed: int) 
         "version": extractor.version,
         "params": extractor.params(),
         "seed": seed,
+        "noise": NOISE_SCHEME,
         "device": target.device.type,
         "dtype": target.description.dtype,
     }
