@@ -14,7 +14,7 @@ from cdi_audit.cli import app
 
 CPU = torch.device("cpu")
 CAPTIONS = ["a red circle on a blue background", "a yellow square"]  # two captions for condition checks
-PRESET_COLUMNS = 14 + 5 + 2  # the preset's white-box columns, CLiD's 5 and structural's 2, on a text model
+PRESET_COLUMNS = 18 + 5 + 2  # the preset's white-box columns, CLiD's 5 and structural's 2, on a text model
 
 
 def check(arguments: list[str]):

@@ -82,7 +82,7 @@ def test_two_launched_processes_give_the_features_and_verdict_of_one(image_sets,
     assert summary.model_calls == 0 and summary.images_from_cache == 24
     alone, _ = on_one_thread(lambda: features_of(tiny_model, folders, None))
     assert merged.keys == alone.keys and len(alone.keys) == 24 and merged.columns == alone.columns
-    assert merged.values.shape == (24, 14) and np.isfinite(merged.values).all()
+    assert merged.values.shape == (24, 18) and np.isfinite(merged.values).all()
     # Other processes: equal to float32 rounding, with the same verdict and p-value (feature_checks.py).
     suspect_keys = scan_image_set(suspect).keys
     assert_same_audit(merged, alone, suspect_keys, [key for key in alone.keys if key not in suspect_keys])

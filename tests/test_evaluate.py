@@ -121,7 +121,7 @@ def test_feature_sets_are_each_covered_preset_and_each_extractor_alone_without_r
     from cdi_audit.pipeline.evaluate import evaluated_feature_sets
 
     fast = evaluated_feature_sets("fast", resolve_extractors("fast"), "none")
-    assert list(fast) == ["fast", "loss", "multi_loss", "secmi", "pia"] and len(fast["fast"]) == 14
+    assert list(fast) == ["fast", "loss", "multi_loss", "secmi", "pia", "neighbour_loss"] and len(fast["fast"]) == 18
     assert evaluated_feature_sets("blackbox", resolve_extractors("blackbox"), "none") == {
         "blackbox": ["rediffuse_l2", "rediffuse_l1", "rediffuse_ssim"]}
     mixed = evaluated_feature_sets("loss,rediffuse", resolve_extractors("loss,rediffuse"), "none")

@@ -6,6 +6,7 @@ so every quantity can be written out in float64 numpy and compared.
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from cdi_audit.features.base import LatentBatch, NoiseSource
 from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
+from cdi_audit.features.neighbour_loss import NeighbourLoss
 from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.registry import extractor_names, require_access, resolve_extractors
@@ -59,6 +61,23 @@ def l2(values: np.ndarray) -> np.ndarray:
     return np.sqrt((values.reshape(len(values), -1) ** 2).sum(axis=1))
 
 
+def test_every_image_gets_the_same_noise_and_its_features_do_not_depend_on_the_batch(batch: LatentBatch) -> None:
+    """Common random numbers: one draw per (seed, extractor, purpose, draw), shared by every image, so an
+    image's noise (and its features) is the same alone as in any batch; another purpose, draw or seed differs."""
+    noise = NoiseSource(seed=3)
+    eps = noise.draw(batch, "loss", "t100", 0)
+    assert all(torch.equal(eps[0], row) for row in eps[1:])
+    alone = batch.select([2])
+    torch.testing.assert_close(noise.draw(alone, "loss", "t100", 0)[0], eps[2], rtol=0, atol=0)
+    for other in (noise.draw(batch, "loss", "t200", 0), noise.draw(batch, "loss", "t100", 1),
+                  NoiseSource(seed=4).draw(batch, "loss", "t100", 0)):
+        assert not torch.equal(other[0], eps[0])
+    target = AnalyticTarget()
+    together = DenoisingLoss().extract(target, batch, noise)
+    # float64 throughout; the per-image norm of a batch of one may sum in another order
+    torch.testing.assert_close(DenoisingLoss().extract(target, alone, noise)[0], together[2], rtol=1e-12, atol=0)
+
+
 def test_loss_matches_hand_computation(batch: LatentBatch) -> None:
     target, noise = AnalyticTarget(), NoiseSource(seed=3)
     a = float(target.schedule.alphas_cumprod[100])
@@ -86,6 +105,60 @@ def test_multi_loss_shares_one_noise_draw_across_timesteps(batch: LatentBatch) -
     values = extractor.extract(target, batch, noise)
     assert extractor.columns[0] == "multi_loss_t000" and extractor.columns[-1] == "multi_loss_t900"
     np.testing.assert_allclose(values.numpy(), np.stack(expected, axis=1), rtol=1e-6)
+
+
+def neighbour_losses(target: AnalyticTarget, x: np.ndarray, noise: NoiseSource, batch: LatentBatch, t: int,
+                     draws: int) -> np.ndarray:
+    """The loss ||c_t z_t - eps|| of pixel images ``x``, averaged over the extractor's draws at ``t``."""
+    a, c = float(target.schedule.alphas_cumprod[t]), target.coefficient(t)
+    total = np.zeros(len(x))
+    for draw in range(draws):
+        eps = noise.draw(batch, "neighbour_loss", f"t{t:03d}", draw).double().numpy()
+        total += l2(c * (math.sqrt(a) * x + math.sqrt(1 - a) * eps) - eps) / draws
+    return total
+
+
+def test_neighbour_loss_matches_hand_computation() -> None:
+    """Columns loss(x) - loss(T x), the same noise for both, for T = mirror (the columns reversed), shift (right
+    by 2 and down by 1 pixel on a 16 px image, the edge repeated) and a JPEG re-encode at quality 90."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    uint8 = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)  # images as decoded: 8-bit steps
+    images = torch.from_numpy(uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+    batch = LatentBatch(images.clone(), ("a" * 64, "b" * 64, "c" * 64), images=images)
+    target, noise = AnalyticTarget(), NoiseSource(seed=6)
+    x = images.double().numpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 0), (2, 0)), mode="edge")
+    jpeg = []
+    for image in uint8:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        jpeg.append(np.asarray(Image.open(buffer)).transpose(2, 0, 1) / 127.5 - 1)
+    neighbours = {"mirror": x[..., ::-1], "shift": padded[..., :16, :16], "jpeg": np.stack(jpeg)}
+    extractor = NeighbourLoss(timesteps=(50, 200), neighbours=("mirror", "shift", "jpeg"), draws=2)
+    values = extractor.extract(target, batch, noise).numpy()
+    assert extractor.columns == ("neighbour_mirror_t050", "neighbour_shift_t050", "neighbour_jpeg_t050",
+                                 "neighbour_mirror_t200", "neighbour_shift_t200", "neighbour_jpeg_t200")
+    expected = [neighbour_losses(target, x, noise, batch, t, 2) - neighbour_losses(target, y, noise, batch, t, 2)
+                for t in (50, 200) for y in neighbours.values()]
+    # z_t is formed in float32: each loss, a norm over 768 values, carries a rounding of a few 1e-6
+    np.testing.assert_allclose(values, np.stack(expected, axis=1), rtol=0, atol=1e-5)
+    assert target.forward_rows == 2 * 2 * 4 * 3  # timesteps x draws x (image and 3 neighbours) x images
+    assert np.abs(values).min() > 0  # no neighbour equals its image
+
+
+def test_an_image_equal_to_its_mirror_scores_zero_in_the_mirror_columns(batch: LatentBatch) -> None:
+    """The same computation twice: a left-right symmetric image and its mirror get bit-equal losses."""
+    symmetric = torch.cat([batch.z0[..., :2], batch.z0[..., :2].flip(-1)], dim=-1)
+    batch = LatentBatch(symmetric, batch.hashes, images=symmetric)
+    values = NeighbourLoss(neighbours=("mirror",)).extract(AnalyticTarget(), batch, NoiseSource(seed=2))
+    assert values.shape == (3, 2) and torch.equal(values, torch.zeros_like(values))
+
+
+def test_neighbour_loss_refuses_an_unknown_neighbour() -> None:
+    with pytest.raises(ValueError, match="unknown neighbours \\['rotate'\\]; known: mirror, shift, jpeg"):
+        NeighbourLoss(neighbours=("mirror", "rotate"))
 
 
 def ddim_factor(target: AnalyticTarget, s: int, s_next: int) -> float:
@@ -126,14 +199,19 @@ def test_pia_and_pian_match_hand_computation(batch: LatentBatch) -> None:
     assert target.forward_rows == 3 * 3
 
 
-def test_fast_preset_has_fourteen_columns_and_thirty_calls_per_image(batch: LatentBatch) -> None:
+def test_fast_preset_has_eighteen_columns_and_fifty_four_calls_per_image(batch: LatentBatch) -> None:
+    """14 columns from 30 calls, and the neighbour loss: (the image, its mirror and its shift) x 2 timesteps x
+    4 draws."""
     target = AnalyticTarget()
+    batch = LatentBatch(batch.z0, batch.hashes, images=batch.z0)
     extractors = resolve_extractors("fast")
     columns = [column for extractor in extractors for column in extractor.columns]
-    assert len(columns) == 14 and len(set(columns)) == 14
+    assert len(columns) == 18 and len(set(columns)) == 18
+    assert [c for c in columns if c.startswith("neighbour_")] == [
+        "neighbour_mirror_t050", "neighbour_shift_t050", "neighbour_mirror_t100", "neighbour_shift_t100"]
     for extractor in extractors:
         extractor.extract(target, batch, NoiseSource(0))
-    assert target.forward_rows == 30 * len(batch.hashes)
+    assert target.forward_rows == 54 * len(batch.hashes)
 
 
 def test_levels_of_a_shorter_schedule_have_the_nominal_signal_to_noise_ratio() -> None:
@@ -174,7 +252,7 @@ def test_unknown_feature_names_are_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known: auto, fast, full, blackbox, loss"):
         resolve_extractors("fast,nonsense")
     assert [e.name for e in resolve_extractors("pia,pian,loss")] == ["pia", "loss"]
-    assert [e.name for e in resolve_extractors("auto")] == ["loss", "multi_loss", "secmi", "pia"]
+    assert [e.name for e in resolve_extractors("auto")] == ["loss", "multi_loss", "secmi", "pia", "neighbour_loss"]
     assert extractor_names("auto", "text", "black") == extractor_names("blackbox", "text") == ["rediffuse"]
 
 
@@ -204,7 +282,7 @@ def test_gradient_masking_matches_hand_computation(batch: LatentBatch) -> None:
 
 def test_noise_optimisation_moves_along_the_residual_and_lowers_the_loss(batch: LatentBatch) -> None:
     """For eps_theta = c z every gradient is parallel to r0 = c z_t - eps, so delta = -beta r0 / ||r0|| and the
-    final loss is exactly | ||r0|| - c ||delta|| |."""
+    final loss is exactly | ||r0|| - c ||delta|| |; the gradient of ||r|| at delta = 0 is c r0 / ||r0||, of norm c."""
     target, noise = AnalyticTarget(), NoiseSource(seed=4)
     eps = noise.draw(batch, "noise_optim", "t100").double().numpy()
     a, c = float(target.schedule.alphas_cumprod[100]), target.coefficient(100)
@@ -212,8 +290,9 @@ def test_noise_optimisation_moves_along_the_residual_and_lowers_the_loss(batch: 
     extractor = NoiseOptimisation()
     with torch.enable_grad():
         values = extractor.extract(target, batch, noise).numpy()
-    loss, delta_norm = values[:, 0], values[:, 1]
-    assert extractor.columns == ("noise_optim_loss_t100", "noise_optim_delta_t100")
+    loss, delta_norm, gradient_norm = values[:, 0], values[:, 1], values[:, 2]
+    assert extractor.columns == ("noise_optim_loss_t100", "noise_optim_delta_t100", "noise_optim_gradient_t100")
+    np.testing.assert_allclose(gradient_norm, c, rtol=1e-6)
     np.testing.assert_allclose(loss, np.abs(initial - c * delta_norm), rtol=1e-4, atol=1e-5)
     # The first iteration is a steepest-descent step of length 1, which lowers this loss by exactly c.
     assert (delta_norm >= 1 - 1e-6).all() and (loss <= initial - c + 1e-5).all()
@@ -230,10 +309,10 @@ def test_noise_optimisation_of_an_image_ignores_its_batch(batch: LatentBatch) ->
     np.testing.assert_allclose(together[1:2].numpy(), alone.numpy(), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
 
 
-def test_full_preset_has_twenty_six_columns() -> None:
+def test_full_preset_has_thirty_one_columns() -> None:
     extractors = resolve_extractors("full")
     columns = [column for extractor in extractors for column in extractor.columns]
-    assert len(columns) == 26 and len(set(columns)) == 26
+    assert len(columns) == 31 and len(set(columns)) == 31
     assert [e.name for e in extractors if e.access == "white"] == ["gradient_masking", "noise_optim"]
     assert [e.name for e in resolve_extractors("loss, noise_optim")] == ["loss", "noise_optim"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from feature_checks import assert_features_close
 
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.features.base import LatentBatch, NoiseSource
@@ -41,15 +42,15 @@ def test_fused_extraction_gives_each_extractor_its_own_values_in_fewer_calls(set
     calls, rows = target.network_calls, target.forward_rows
     alone = each_alone(target, batch, extractors)
     alone_calls, alone_rows = target.network_calls - calls, target.forward_rows - rows
-    assert (alone_calls, alone_rows) == (30, 30 * len(records))  # 5 + 10 + 12 + 3 requests of all 24 images
+    assert (alone_calls, alone_rows) == (54, 54 * len(records))  # 5 + 10 + 12 + 3 + 24 requests of all 24 images
     calls = target.network_calls
     table, summary = extract_features(records, target, extractors, 0, batch_size=len(records), max_rows=10_000)
-    # One call per round: round 1 holds loss (5), multi_loss (10), SecMI's first step and PIA's first
-    # prediction, which are the same request (z0 at t = 0) and evaluated once; SecMI's 11 further steps
-    # make 11 more rounds, PIA's second pair shares the second.
+    # One call per round: round 1 holds loss (5), multi_loss (10), the neighbour loss (24), SecMI's first step
+    # and PIA's first prediction, which are the same request (z0 at t = 0) and evaluated once; SecMI's 11
+    # further steps make 11 more rounds, PIA's second pair shares the second.
     assert target.network_calls - calls == 12
-    assert summary.model_calls == 29 * len(records)
-    np.testing.assert_allclose(table.values, alone, rtol=1e-5, atol=1e-7)
+    assert summary.model_calls == 53 * len(records)
+    assert_features_close(table.values, alone, table.columns, atol=1e-7)
 
 
 def test_shared_requests_are_evaluated_once_only_at_the_same_precision(setting) -> None:
@@ -142,4 +143,4 @@ def test_a_compiled_network_gives_the_eager_features(tiny_model: Path, image_set
     compiled.compile_network()
     expected, _ = extract_features(records, eager, extractors, 0, batch_size=8)
     values, _ = extract_features(records, compiled, extractors, 0, batch_size=8)
-    np.testing.assert_allclose(values.values, expected.values, rtol=1e-4, atol=1e-6)
+    assert_features_close(values.values, expected.values, values.columns, rtol=1e-4)

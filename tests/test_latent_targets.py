@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import write_images
+from feature_checks import assert_features_close
 from tiny_pipelines import save_tiny_dit, save_tiny_ldm, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
@@ -99,8 +99,8 @@ def test_latent_features_do_not_depend_on_batch_size(pipelines, tmp_path: Path) 
     target = load_target(pipelines["sd"], CPU)
     alone, summary = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=1)
     together, _ = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=5)
-    assert len(alone.columns) == 26 and summary.model_calls >= 5 * 50
-    np.testing.assert_allclose(together.values, alone.values, rtol=1e-4)
+    assert len(alone.columns) == 31 and summary.model_calls >= 5 * 50
+    assert_features_close(together.values, alone.values, alone.columns, rtol=1e-4, atol=0)
 
 
 def test_unsupported_or_unsafe_latent_folders_are_refused(pipelines, tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str)
     # conditional models the preset's CLiD and structural columns too.
     assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stderr
     dropped = {feature["name"] for feature in payload["dropped_features"]}
-    assert len(payload["features"]) + len(dropped) == {"ldm": 14, "dit": 14 + 2 + 2, "sd": 14 + 5 + 2}[name]
+    assert len(payload["features"]) + len(dropped) == {"ldm": 18, "dit": 18 + 2 + 2, "sd": 18 + 5 + 2}[name]
     assert payload["n_suspect"] == 12
     if name != "ldm":
         assert "clid_l" in payload["features"] and "structural_ssim_t200" in payload["features"]

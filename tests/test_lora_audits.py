@@ -244,5 +244,5 @@ def test_the_worked_example_of_the_lora_guide_gives_what_it_shows(tmp_path) -> N
     assert [runs[name].exit_code for name in runs] == [1, 0, 0]
     calibrated_result = results["calibrated"]
     assert calibrated_result["p_value"] < 0.01 and calibrated_result["effect"]["auc"] > 0.7
-    assert calibrated_result["controls"]["control_model"]["p_value"] == results["base"]["p_value"] > 0.5
+    assert calibrated_result["controls"]["control_model"]["p_value"] == results["base"]["p_value"] > 0.1
     assert results["uncalibrated"]["p_value"] > 0.1

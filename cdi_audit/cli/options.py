@@ -20,10 +20,10 @@ DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 MAX_SEED = 2**32 - 1
 FEATURES_HELP = (
     "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
-    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian; 14 columns, 29 model calls "
-    "per image); 'full' (white-box: fast + gradient_masking, noise_optim; 26 columns, about 57 model calls and 18 "
-    "backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, 3 on "
-    "latent models)."
+    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian, neighbour_loss; 18 columns, "
+    "53 model calls per image); 'full' (white-box: fast + gradient_masking, noise_optim; 31 columns, about 81 model "
+    "calls and 18 backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, "
+    "3 on latent models)."
 )
 ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
 

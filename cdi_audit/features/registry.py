@@ -8,6 +8,7 @@ from cdi_audit.features.clid import CLiD
 from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
+from cdi_audit.features.neighbour_loss import NeighbourLoss
 from cdi_audit.features.noise_optim import NoiseOptimisation
 from cdi_audit.features.pia import PIA
 from cdi_audit.features.rediffuse import ReDiffuse
@@ -16,16 +17,18 @@ from cdi_audit.features.structural import Structural
 from cdi_audit.models.target import ACCESS_LEVELS, Access, Target
 
 EXTRACTORS: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, SecMI, PIA, GradientMasking, NoiseOptimisation,
-                              CLiD, Structural, ReDiffuse)
+    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, NeighbourLoss, SecMI, PIA, GradientMasking,
+                              NoiseOptimisation, CLiD, Structural, ReDiffuse)
 }
 # ``pian`` shares its first model call with ``pia``: one extractor computes both.
 ALIASES = {"pian": "pia"}
 PRESETS: dict[str, tuple[str, ...]] = {
-    # grey-box, no gradients: 14 columns, 30 noise predictions per image, 29 evaluated (SecMI and PIA share one)
-    "fast": ("loss", "multi_loss", "secmi", "pia"),
-    # white-box, needs gradients: 26 columns, about 100 forward-equivalents per image
-    "full": ("loss", "multi_loss", "secmi", "pia", "gradient_masking", "noise_optim"),
+    # grey-box, no gradients: 18 columns, 54 noise predictions per image, 53 evaluated (SecMI and PIA share one).
+    # neighbour_loss is 24 of the 54 and most of the power on a model that memorises little (issue 22): on the
+    # weak-signal benchmark (benchmarks/RESULTS.md) fast needs 20 images per set for median p < 0.01, 100 without.
+    "fast": ("loss", "multi_loss", "secmi", "pia", "neighbour_loss"),
+    # white-box, needs gradients: 31 columns, about 81 model calls and 18 backward passes per image
+    "full": ("loss", "multi_loss", "secmi", "pia", "neighbour_loss", "gradient_masking", "noise_optim"),
     # black-box, an image-to-image endpoint is enough: 3 columns, 10 calls per image (2-3 on latent models)
     "blackbox": ("rediffuse",),
 }
