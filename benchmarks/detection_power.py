@@ -6,8 +6,11 @@ The benchmark the detection-power work is measured on. Three stages, each kept u
    split into ``members/`` (trained on) and two never-trained sets, ``heldout_a/`` and ``heldout_b/``; the
    xs UNet trained on the members, saved at each of ``--checkpoints`` steps; kept is the checkpoint whose
    single-image loss attack AUC is the highest at or below ``--max-loss-auc`` (0.56): weak, but not nothing.
-   (With 512 members: AUC 0.495 after 4,500 steps, 0.505 after 6,000, 0.520 after 7,500, 0.529 after 9,000.)
-   Checkpoints beyond those already saved continue from the last one, with a fresh optimiser state.
+   (With 512 members: AUC 0.495 after 4,500 steps, 0.505 after 6,000, 0.520 after 7,500, 0.529 after 9,000;
+   continued from 9,000: 0.544 after 10,500, 0.550 after 12,000, kept, 0.566 after 13,500.)
+   Checkpoints beyond those already saved continue from the last one, with a fresh optimiser state: the
+   model of RESULTS.md is ``--stage prepare`` with the default checkpoints, then again with
+   ``--checkpoints 10500 12000 13500``.
 2. ``extract``: the ``full`` preset's features of all images, with this checkout's code (one file per
    ``--label``, so that features of two versions of the code can be compared on the same model).
 3. ``power``: for each feature set and n in ``--sizes``, ``--repeats`` audits of n members against n images
@@ -17,8 +20,8 @@ The benchmark the detection-power work is measured on. Three stages, each kept u
 
     python benchmarks/detection_power.py [--work DIR] [--label NAME] [--repeats 50] [--permutations 100]
 
-Preparing takes about 15 minutes on 2 CPU cores, extracting about 10, the curves about as long; keep the
-machine otherwise idle. The JSON goes to ``benchmarks/detection_power/LABEL.json``; results are recorded by
+Preparing takes about an hour on 2 CPU cores (training to 9,000 steps took 36 minutes), extracting ``full``
+6 minutes, the curves about 5 per feature set; keep the machine otherwise idle. The JSON goes to ``benchmarks/detection_power/LABEL.json``; results are recorded by
 hand in ``benchmarks/RESULTS.md``.
 """
 
