@@ -21,8 +21,8 @@ The benchmark the detection-power work is measured on. Three stages, each kept u
     python benchmarks/detection_power.py [--work DIR] [--label NAME] [--repeats 50] [--permutations 100]
 
 Preparing takes about an hour on 2 CPU cores (training to 9,000 steps took 36 minutes), extracting ``full``
-6 minutes, the curves about 5 per feature set; keep the machine otherwise idle. The JSON goes to ``benchmarks/detection_power/LABEL.json``; results are recorded by
-hand in ``benchmarks/RESULTS.md``.
+6 minutes, the curves about 5 per feature set; keep the machine otherwise idle. The JSON goes to
+``benchmarks/detection_power/LABEL.json``; results are recorded by hand in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
