@@ -100,20 +100,17 @@ class NeighbourLoss(Extractor):
 
     def plan(self, target: Target, batch: LatentBatch, noise: NoiseSource) -> Plan:
         latents = [batch.z0, *(target.encode(NEIGHBOURS[name](batch.images)) for name in self.neighbours)]
-        requests, draws = [], []
-        for t in self.timesteps:
-            level = target.schedule.level(t)
-            for draw in range(self.draws):
-                eps = noise.draw(batch, self.name, nominal_timestep_label(t), draw)
-                draws.append(eps)
-                requests += [Forward(add_noise(target.schedule, z0, eps, level), level, batch.condition)
-                             for z0 in latents]
-        predictions = iter((yield requests))
+        levels = {t: target.schedule.level(t) for t in self.timesteps}
+        noises = {t: [noise.draw(batch, self.name, nominal_timestep_label(t), draw) for draw in range(self.draws)]
+                  for t in self.timesteps}
+        predictions = iter((yield [Forward(add_noise(target.schedule, z0, eps, levels[t]), levels[t], batch.condition)
+                                   for t in self.timesteps for eps in noises[t] for z0 in latents]))
         columns = []
-        for step in range(len(self.timesteps)):
+        for t in self.timesteps:
             losses = torch.zeros(len(latents), len(batch.hashes), dtype=torch.float64)
-            for eps in draws[step * self.draws : (step + 1) * self.draws]:
+            for eps in noises[t]:
                 for index in range(len(latents)):
-                    losses[index] += per_image_norm(next(predictions) - eps).double().cpu() / self.draws
-            columns += [losses[0] - losses[index] for index in range(1, len(latents))]
+                    losses[index] += per_image_norm(next(predictions) - eps).double().cpu()
+            losses /= self.draws
+            columns += list(losses[0] - losses[1:])  # one column per neighbour
         return torch.stack(columns, dim=1)
