@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -196,3 +197,67 @@ def test_images_far_smaller_than_the_model_resolution_are_warned_about(tmp_path:
     note = small_images_note(records, 32)
     assert note is not None and note.startswith("1 of 2 images (e.g. thin.png) are smaller than half")
     assert small_images_note(records, 30) is None
+
+
+def scan_within(seconds: float, root: Path, strict: bool = False):
+    """``scan_image_set(root)``, failing the test instead of hanging when the scan blocks (opening a FIFO does)."""
+    outcome: dict[str, object] = {}
+
+    def scan() -> None:
+        try:
+            outcome["images"] = scan_image_set(root, strict=strict)
+        except InputProblem as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=scan, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        for fifo in (path for path in root.rglob("*") if path.is_fifo()):  # unblock a reader stuck in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"scanning {root} did not return within {seconds} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["images"]
+
+
+def test_linked_sub_folders_are_followed(tmp_path: Path) -> None:
+    (tmp_path / "set").mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "set" / "one.png")
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "elsewhere" / "two.png")
+    (tmp_path / "set" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    images = scan_within(10, tmp_path / "set")
+    assert [record.path for record in images.records] == [tmp_path / "set" / "linked" / "two.png",
+                                                           tmp_path / "set" / "one.png"]
+    assert images.skipped == []
+
+
+def test_a_folder_reached_twice_is_scanned_once_and_a_link_loop_ends(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "a" / "img.png")
+    (root / "a" / "back").symlink_to(root, target_is_directory=True)  # a loop: set/a/back/a/back/...
+    (root / "b").symlink_to(root / "a", target_is_directory=True)  # a second path to set/a
+    images = scan_within(10, root, strict=True)  # a repeated folder loses nothing, so strict does not refuse it
+    assert [record.path for record in images.records] == [root / "a" / "img.png"]
+    assert images.skipped == [SkippedFile(str(root / "a" / "back"), f"same folder as {root}"),
+                              SkippedFile(str(root / "b"), f"same folder as {root / 'a'}")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_fifos_devices_and_broken_links_are_listed_as_skipped_and_never_opened(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "good.png")
+    os.mkfifo(tmp_path / "x.png")
+    (tmp_path / "null.png").symlink_to("/dev/null")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "missing.png")
+    images = scan_within(10, tmp_path)
+    assert [record.path.name for record in images.records] == ["good.png"]
+    assert {Path(item.path).name: item.reason for item in images.skipped} == {
+        "x.png": "not a regular file (a FIFO)",
+        "null.png": "not a regular file (a character device)",
+        "broken.png": "a symbolic link that cannot be followed (No such file or directory)",
+    }
+    with pytest.raises(InputProblem, match=r"3 file\(s\) .* \(first: .*broken\.png: a symbolic link") as refused:
+        scan_within(10, tmp_path, strict=True)
+    assert refused.value.exit_code == 3

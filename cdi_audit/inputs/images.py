@@ -10,7 +10,10 @@ needs them, so memory does not grow with the number of images.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +33,17 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One readable image file: where it is, what it is (sha256 of the file bytes), and the
-    condition a conditional model sees it with (a caption or a class id; None for others)."""
+    """One readable image file: where it is, what it is (sha256 of the file bytes), the
+    condition a conditional model sees it with (a caption or a class id; None for others), and where
+    that condition came from (``conditions.py`` names the sources; "none" when there is none). The
+    source is kept so that sets given their conditions under different rules can be refused; it is
+    not part of the record's identity."""
 
     path: Path
     sha256: str
     caption: str | None = None
     label: int | None = None
+    condition_source: str = field(default="none", compare=False)
 
     @property
     def key(self) -> str:
@@ -77,6 +84,12 @@ class ImageSet:
     def keys(self) -> list[str]:
         """Feature-row keys of the records (see ``ImageRecord.key``)."""
         return [record.key for record in self.records]
+
+    @property
+    def condition_sources(self) -> tuple[str, ...]:
+        """Where each record's condition came from, aligned with ``records``. Kept on the records themselves,
+        so that a set narrowed later (screening, sharding) still pairs each image with its source."""
+        return tuple(record.condition_source for record in self.records)
 
 
 def file_sha256(path: Path) -> str:
@@ -182,25 +195,64 @@ def _checked_sha256(path: Path) -> str:
     return digest
 
 
+# Reasons for skipping that lose nothing (the same file or folder is scanned under another path): not
+# refused by ``--strict``.
+_REPEAT_REASONS = ("same file as", "same folder as")
+_SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _special_file_kind(mode: int) -> str:
+    """What a path that is neither a regular file nor a folder is, for the reason it is skipped."""
+    return next((kind for is_kind, kind in _SPECIAL_FILE_KINDS if is_kind(mode)), "an unknown kind of file")
+
+
+def _unfollowable_reason(path: Path, error: OSError) -> str:
+    if path.is_symlink():
+        return f"a symbolic link that cannot be followed ({error.strerror or error})"
+    return f"cannot be read ({type(error).__name__}: {error})"
+
+
 def discover_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
     """Image files under ``root`` (recursive, sorted) and the other files, listed as skipped.
 
-    Hidden files and caption or label sidecars are ignored without a note.
+    Hidden files and caption or label sidecars are ignored without a note; every other file left out is
+    listed with why, so that an owner can see what the audit did not look at. Linked sub-folders are
+    followed, each real folder once (a link back up the tree would loop forever). Files are only
+    ``stat``-ed here, never opened: opening a FIFO blocks until something writes to it.
     """
     if not root.is_dir():
         raise InputProblem(f"{root} is not a folder; give a folder of images.")
     candidates: list[Path] = []
     skipped: list[SkippedFile] = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+    first_path_of_folder = {os.path.realpath(root): root}
+    pending = deque([root])  # breadth first: of two paths to one folder, the shallower is scanned
+    while pending:
+        folder = pending.popleft()
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder))
+        except OSError as error:
+            skipped.append(SkippedFile(str(folder), f"cannot be read ({type(error).__name__}: {error})"))
             continue
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            candidates.append(path)
-        elif suffix not in SIDECAR_SUFFIXES:
-            skipped.append(SkippedFile(str(path), f"unsupported file type '{suffix or path.name}'"))
-    return candidates, skipped
+        for path in (folder / name for name in names if not name.startswith(".")):
+            try:
+                mode = path.stat().st_mode
+            except OSError as error:
+                skipped.append(SkippedFile(str(path), _unfollowable_reason(path, error)))
+                continue
+            if stat.S_ISDIR(mode):
+                first = first_path_of_folder.setdefault(os.path.realpath(path), path)
+                if first == path:
+                    pending.append(path)
+                else:
+                    skipped.append(SkippedFile(str(path), f"same folder as {first}"))
+            elif not stat.S_ISREG(mode):
+                skipped.append(SkippedFile(str(path), f"not a regular file ({_special_file_kind(mode)})"))
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                candidates.append(path)
+            elif path.suffix.lower() not in SIDECAR_SUFFIXES:
+                skipped.append(SkippedFile(str(path), f"unsupported file type '{path.suffix.lower() or path.name}'"))
+    return sorted(candidates), sorted(skipped, key=lambda item: Path(item.path))
 
 
 def scan_image_set(
@@ -229,7 +281,7 @@ def scan_image_set(
             else:
                 first_path_of[digest] = path
                 records.append(ImageRecord(path, digest))
-    bad = [item for item in skipped if not item.reason.startswith("same file as")]
+    bad = [item for item in skipped if not item.reason.startswith(_REPEAT_REASONS)]
     if strict and bad:
         raise InputProblem(
             f"{len(bad)} file(s) in {root} cannot be used (first: {bad[0].path}: {bad[0].reason}); "
