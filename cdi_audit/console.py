@@ -29,13 +29,19 @@ Item = TypeVar("Item")
 _INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def visible(text: str) -> str:
+    """``text`` with every control and bidirectional character written as a visible escape (ESC as
+    '\\x1b', a right-to-left override as '\\u202e', a newline as '\\n'): what a terminal or a report may
+    show of a string that came from a file, so that it can neither forge a line nor reorder what it says."""
+    return _INVISIBLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def shown(text: object) -> str:
     """A user-supplied string (a file name, a caption, a path, a message quoting them) as the console may
     print it inside Rich markup: control characters written as visible escapes (so a newline in a file
     name cannot print a fake verdict line, and an escape sequence never reaches the terminal), and Rich's
     markup escaped (so '[red]x.png' keeps its brackets)."""
-    visible = _INVISIBLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(text))
-    return escape(visible)
+    return escape(visible(str(text)))
 
 
 def stderr_console() -> Console:

@@ -29,7 +29,7 @@ from cdi_audit.cli.options import (
     model_spec,
     require_one_model,
 )
-from cdi_audit.cli.reports import render_saved
+from cdi_audit.cli.reports import load_saved, render_saved
 from cdi_audit.console import stderr_console
 from cdi_audit.errors import ExitCode
 
@@ -84,6 +84,7 @@ def extract_evidence(
     from cdi_audit.evidence.output import write_outputs as write_evidence_files
     from cdi_audit.evidence.search import SearchSettings, run_search
     from cdi_audit.models.spec import Machine
+    from cdi_audit.report.files import REPORT_FORMATS, discard_manifest
 
     require_one_model(model, None, None, AccessChoice.auto)
     console = stderr_console()
@@ -98,11 +99,15 @@ def extract_evidence(
     print_summary(result, alpha, console)
     if out is not None:
         def write() -> list[Path]:
+            # An audit's folder: its reports gain the search. Its report is checked against the manifest
+            # before anything is written, and the manifest is deleted until it is written again last.
+            report = out / "report.json"
+            saved = load_saved(report, False, console) if report.is_file() else None
+            if saved is not None:
+                discard_manifest(out)
             written = write_evidence_files(result, out, alpha)
-            if (out / "report.json").is_file():  # an audit's folder: its reports gain the search
-                from cdi_audit.report.files import REPORT_FORMATS
-
-                written += render_saved(console, out / "report.json", out, REPORT_FORMATS)
+            if saved is not None:
+                written += render_saved(console, saved, out, REPORT_FORMATS, tuple(written))
             return written
 
         write_outputs(write, out, console, "The search finished")

@@ -8,9 +8,10 @@ score histograms, per-feature diagnostics, controls, method with citations, limi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
+from cdi_audit.console import visible
 from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
@@ -33,6 +34,7 @@ ACCESS_LABELS = {
     "grey": "grey-box (noise predictions)",
     "black": "black-box (image-to-image calls only)",
 }
+UNVERIFIED_TEXT = "UNVERIFIED: rendered with --force from a report.json that does not match its manifest ({reason})."
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Document:
     headline: str
     subtitle: str
     sections: tuple[Section, ...] = field(default_factory=tuple)
+    unverified: str | None = None  # the line both formats show at the top of a --force rendering
 
 
 @dataclass(frozen=True)
@@ -511,7 +514,8 @@ def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section,
                       f"reference images (in {result.reference_dir}) and {counts['model']} model files{control_files}. "
                       "Set digest "
                       f"(sha256 over the sorted role and file hashes): {manifest.digest}. Full paths are in the "
-                      "attached manifest.json; 'cdi-audit verify' re-hashes every file."),
+                      "attached manifest.json; the manifest.json of the audit's folder also lists the files "
+                      "written with this report, and 'cdi-audit verify' re-hashes every file."),
             Table(("role", "file", "sha256", "bytes", "pixels"), manifest_rows, (1.3, 3.2, 6.2, 1.2, 1.1),
                   monospace=(2, 3), small=True),
         ), folded=True),
@@ -546,8 +550,25 @@ def evidence_section(evidence: EvidenceSummary, result: AuditResult) -> Section 
     return Section("Extraction evidence: what the model reproduces", tuple(blocks), new_page=True)
 
 
+def _visible_strings(value):
+    """``value`` (a document, a block, a tuple of them, a string) with every string made ``visible``."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, tuple):
+        return tuple(_visible_strings(item) for item in value)
+    if is_dataclass(value):
+        return replace(value, **{item.name: _visible_strings(getattr(value, item.name)) for item in fields(value)})
+    return value
+
+
 def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigures,
-                   evidence: EvidenceSummary | None = None) -> Document:
+                   evidence: EvidenceSummary | None = None, unverified: str | None = None) -> Document:
+    """The report of ``result``. ``manifest``: the one the documents carry (inputs and report.json).
+    ``unverified``: why report.json does not match its manifest, for a rendering forced anyway.
+
+    Paths, captions, names and adapter headers come from files anyone can craft: every string of the
+    document has its control and bidirectional characters written as visible escapes here, once for both
+    formats, so that neither can hide or reorder text (a right-to-left override, an escape sequence)."""
     sections = [
         verdict_section(result),
         compared_section(result, figures),
@@ -561,7 +582,7 @@ def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigur
         limitations_section(result),
         *appendix_sections(result, manifest),
     ]
-    return Document(
+    document = Document(
         title="cdi-audit report",
         verdict=result.verdict,
         verdict_label=VERDICT_LABELS[result.verdict],
@@ -569,4 +590,6 @@ def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigur
         subtitle=f"Did this model train on these images? Audit of {result.created} (UTC), schema "
                  f"{result.schema_version}.",
         sections=tuple(section for section in sections if section is not None),
+        unverified=None if unverified is None else UNVERIFIED_TEXT.format(reason=unverified),
     )
+    return _visible_strings(document)

@@ -2,7 +2,9 @@
 the figures, report.html and report.pdf.
 
 Every file is written atomically, and only from the result (plus the thumbnails, drawn from the audited
-image files): re-writing the same result gives the same bytes. Torch-free, so ``cdi-audit report``
+image files): re-writing the same result gives the same bytes. manifest.json, which hashes all the others, is
+deleted before anything else is written and written last, so a write that fails part-way (a full disk)
+leaves a folder that ``cdi-audit verify`` refuses, never one that passes. Torch-free, so ``cdi-audit report``
 re-renders a folder without the model.
 """
 
@@ -15,7 +17,15 @@ from pathlib import Path
 
 from cdi_audit.cache import atomic_write
 from cdi_audit.evidence.summary import EvidenceSummary
-from cdi_audit.results.manifest import Manifest, build_manifest
+from cdi_audit.results.manifest import (
+    MANIFEST_NAME,
+    REPORT_NAME,
+    Manifest,
+    ManifestEntry,
+    build_manifest,
+    output_entry,
+    with_outputs,
+)
 from cdi_audit.results.schema import AuditResult, report_json
 
 SCORES_HEADER = ("path", "sha256", "role", "diagnostic_score")
@@ -43,14 +53,17 @@ def scores_csv(result: AuditResult) -> str:
 
 
 def write_reports(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
-                  thumbnails: bytes | None, evidence: EvidenceSummary | None = None) -> list[Path]:
-    """The figures as PNGs, and report.html / report.pdf for the chosen ``formats``; returns the paths."""
+                  thumbnails: bytes | None, evidence: EvidenceSummary | None = None,
+                  unverified: str | None = None) -> list[Path]:
+    """The figures as PNGs, and report.html / report.pdf for the chosen ``formats``; returns the paths.
+    ``manifest``: the one the documents carry (inputs and report.json). ``unverified``: why the report.json
+    does not match its manifest, when rendered anyway (--force); the documents say so at the top."""
     from cdi_audit.report.content import ReportFigures, build_document
     from cdi_audit.report.figures import sample_size_plot, score_histograms_plot
 
     formats = set(formats)
     figures = ReportFigures(sample_size_plot(result), score_histograms_plot(result), thumbnails)
-    document = build_document(result, manifest, figures, evidence)
+    document = build_document(result, manifest, figures, evidence, unverified)
     paths = [write_file(out / name, png) for name, png in figures.files().items()]
     if "html" in formats:
         from cdi_audit.report.html import render_html
@@ -64,16 +77,38 @@ def write_reports(result: AuditResult, manifest: Manifest, out: Path, formats: I
     return paths
 
 
+def discard_manifest(out: Path) -> None:
+    """Delete ``out``'s manifest.json before the folder's files are rewritten: until the new one is written
+    last, the folder verifies against nothing, so a write that fails half-way cannot leave it passing."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def write_manifest(out: Path, manifest: Manifest, written: list[Path], kept: Iterable[ManifestEntry]) -> Path:
+    """manifest.json: ``manifest`` (inputs and report.json) plus an output entry for every other file just
+    ``written`` into ``out``, and the ``kept`` entries of output files left as they were (those not
+    rewritten now)."""
+    outputs = [output_entry(out, path) for path in written if path.name != REPORT_NAME]
+    rewritten = {entry.path for entry in outputs}
+    outputs += [entry for entry in kept if entry.path not in rewritten]
+    return write_file(out / MANIFEST_NAME, manifest_json(with_outputs(manifest, outputs)))
+
+
 def write_output_folder(result: AuditResult, manifest: Manifest, out: Path, formats: Iterable[str],
-                        thumbnails: bytes | None, evidence: EvidenceSummary | None = None) -> list[Path]:
-    """Everything an audit leaves in ``out``, from the result, its manifest and the thumbnail strip (and a
-    search for near-copies of the same model, when ``extract-evidence`` wrote one into the folder)."""
-    return [
-        write_file(out / "report.json", report_json(result)),
-        write_file(out / "manifest.json", manifest_json(manifest)),
+                        thumbnails: bytes | None, evidence: EvidenceSummary | None = None,
+                        kept: Iterable[ManifestEntry] = (), report: bytes | None = None) -> list[Path]:
+    """Everything an audit leaves in ``out``, from the result, its manifest (inputs and report.json) and the
+    thumbnail strip (and a search for near-copies, when ``extract-evidence`` wrote one into the folder).
+    manifest.json goes first and comes back last, listing every file written; ``kept``: entries of output
+    files already in ``out`` to list as they are unless rewritten now (a re-rendering of one format keeps
+    the other's; the search's own files). ``report``: report.json's bytes as the manifest hashed them (a
+    re-rendering copies them: re-serialising a report an older version wrote could change them)."""
+    discard_manifest(out)
+    written = [
+        write_file(out / REPORT_NAME, report_json(result) if report is None else report),
         write_file(out / "scores.csv", scores_csv(result)),
         *write_reports(result, manifest, out, formats, thumbnails, evidence),
     ]
+    return [*written, write_manifest(out, manifest, written, kept)]
 
 
 def write_audit_files(result: AuditResult, out: Path, formats: Iterable[str] = REPORT_FORMATS) -> list[Path]:

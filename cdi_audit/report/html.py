@@ -27,6 +27,7 @@ h1 { font-size: 1.5rem; margin: 0.2rem 0; }
 h3 { font-size: 1rem; margin: 1rem 0 0.3rem; }
 h2 { font-size: 1.2rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2rem; }
 .subtitle { color: #555; margin-top: 0; }
+.unverified { color: #b3261e; font-weight: 700; border: 2px solid #b3261e; padding: 0.4rem 0.6rem; }
 .verdict { color: #fff; border-radius: 0.5rem; padding: 0.8rem 1rem; }
 .verdict strong { font-size: 1.4rem; display: block; letter-spacing: 0.05em; }
 dl { display: grid; grid-template-columns: minmax(8rem, 14rem) 1fr; gap: 0.25rem 1rem; }
@@ -80,6 +81,14 @@ def render_section(section: Section) -> str:
     return f"<section><h2>{escape(section.title)}</h2>\n{body}\n</section>"
 
 
+def unverified_line(document: Document) -> str:
+    """The warning a --force rendering carries under the title (nothing otherwise, so that a verified
+    rendering keeps its bytes)."""
+    if document.unverified is None:
+        return ""
+    return f'<p class="unverified">{escape(document.unverified)}</p>\n'
+
+
 def render_html(document: Document) -> str:
     sections = "\n".join(render_section(section) for section in document.sections)
     return f"""<!DOCTYPE html>
@@ -92,7 +101,7 @@ def render_html(document: Document) -> str:
 </head>
 <body>
 <h1>{escape(document.title)}</h1>
-<p class="subtitle">{escape(document.subtitle)}</p>
+{unverified_line(document)}<p class="subtitle">{escape(document.subtitle)}</p>
 <div class="verdict" style="background:{VERDICT_COLOURS[document.verdict]}">
 <strong>{escape(document.verdict_label)}</strong>{escape(document.headline)}
 </div>

@@ -29,6 +29,7 @@ from cdi_audit.report.content import (
 )
 
 GREY = (90, 90, 90)
+RED = (179, 38, 30)  # the --force warning, in the evidence banner's red
 TEXT = 9.5
 LINE = 4.6
 
@@ -148,6 +149,9 @@ def render_pdf(document: Document, created: str, attachments: dict[str, bytes]) 
     pdf.add_page()
     pdf.set_font("DejaVu", "B", 18)
     pdf.cell(0, 9, document.title, new_x="LMARGIN", new_y="NEXT")
+    if document.unverified is not None:
+        pdf.set_text_color(*RED)
+        _paragraph(pdf, document.unverified, TEXT + 0.5, "B")
     pdf.set_text_color(*GREY)
     _paragraph(pdf, document.subtitle, TEXT - 0.5)
     pdf.set_text_color(255, 255, 255)
