@@ -268,7 +268,6 @@ def with_conditions(images: ImageSet, conditioning: Conditioning, caption: str |
     return images, notes
 
 
-
 def _kinds(images: ImageSet) -> frozenset[str]:
     return frozenset(images.condition_sources) - {NO_SOURCE}
 
