@@ -12,16 +12,20 @@ adapter would audit the base under the adapter's name.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdi_audit.errors import InputProblem, ModelUnavailable, brief
+from cdi_audit.errors import InputProblem, InvalidSetting, ModelUnavailable, brief
 from cdi_audit.results.schema import TrainingClaims
 
 # Files that unpickle when loaded: refused as models (loading.py), and as adapters without --allow-pickle.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
+# Adapters are trained for scale 1 and used at 0.5-2; far beyond that the fused weights say nothing about what
+# the adapter learned.
+MAX_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,33 @@ class Adapter:
     # weights_only=True, which unpickles tensors and plain containers but no code.
     allow_pickle: bool = False
 
+    def __post_init__(self) -> None:
+        scale = self.scale
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+                and 0 < scale <= MAX_SCALE):
+            raise InvalidSetting("adapter", f"{self.path}: the scale must be above 0 and at most {MAX_SCALE:g} "
+                                            f"(1.0: as trained), not {scale!r}; at 0 the base would be audited "
+                                            "under the adapter's name.")
+
     @classmethod
     def parse(cls, text: str, allow_pickle: bool = False) -> Adapter:
-        """``FILE`` or ``FILE:SCALE`` (the scale a number, e.g. 0.8)."""
-        path, separator, scale = text.rpartition(":")
-        if separator and path and not scale.startswith(("/", "\\")):
-            try:
-                return cls(Path(path), float(scale), allow_pickle)
-            except ValueError:
-                pass
-        return cls(Path(text), allow_pickle=allow_pickle)
+        """``FILE`` or ``FILE:SCALE``: only a number after the last ':' is a scale. A file whose own name ends
+        in ':NUMBER' is taken as it is when no file is named by the part before the colon (else write
+        ``NAME:1``)."""
+        head, colon, tail = text.rpartition(":")
+        if not colon or not head or any(separator in tail for separator in "/\\"):
+            return cls(Path(text), allow_pickle=allow_pickle)
+        try:
+            scale = float(tail)
+        except ValueError:
+            scale = None
+        if Path(text).is_file() and (scale is None or not Path(head).exists()):
+            return cls(Path(text), allow_pickle=allow_pickle)
+        if scale is None:
+            wrong = "nothing" if not tail.strip() else repr(tail)
+            raise InvalidSetting("adapter", f"{text!r} has {wrong} after its last ':' where a scale goes; write "
+                                            "FILE or FILE:SCALE with a number (e.g. 0.8).")
+        return cls(Path(head), scale, allow_pickle)
 
     @property
     def pickled(self) -> bool:
@@ -58,10 +79,15 @@ class Adapter:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
+# kohya names an SDXL UNet's layers by the original (SGM) blocks, an SD 1.x/2.x UNet's by diffusers' down_blocks,
+# mid_block and up_blocks.
+SDXL_KOHYA_UNET = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+
+
 def base_guess(keys: list[str]) -> str:
     """Which kind of base an adapter's keys were written for, in words (for a refusal)."""
-    if any(key.startswith(("lora_te1_", "lora_te2_")) or "text_encoder_2" in key or "add_embedding" in key
-           for key in keys):
+    if any(key.startswith(("lora_te1_", "lora_te2_", *SDXL_KOHYA_UNET)) or "text_encoder_2" in key
+           or "add_embedding" in key for key in keys):
         return "an SDXL base"
     if any(key.startswith(("lora_unet_double_blocks", "lora_unet_single_blocks")) or "single_transformer_blocks" in key
            for key in keys):
@@ -109,9 +135,9 @@ def fuse_adapters(loader: str, modules: Mapping[str, object], adapters: tuple[Ad
         before = _adapted(modules)
         try:
             holder.load_lora_weights(weights, adapter_name=name)
-        except Exception as error:
-            raise ModelUnavailable(f"The adapter {adapter.path} cannot be loaded onto this {family} base "
-                                   f"({brief(error)}).") from error
+        except Exception as error:  # peft's errors on shapes that differ are long and name no base
+            raise ModelUnavailable(f"The adapter {adapter.path} cannot be loaded onto this {family} base: it seems "
+                                   f"to be for {base_guess(keys)} ({brief(error)}).") from error
         # diffusers only warns about keys it cannot place: count the layers it placed against the file's.
         placed, expected = _adapted(modules) - before, _layers_in(keys)
         if placed < expected:
@@ -149,8 +175,13 @@ def _keys(adapter: Adapter) -> list[str]:
 
 
 def check_adapter_file(adapter: Adapter) -> None:
-    """A missing, pickled or unreadable adapter is refused before any loading, in one sentence."""
+    """A missing, pickled, unreadable or empty adapter is refused before any loading, in one sentence: an empty
+    one would place 0 of 0 layers, and the base would be audited under the adapter's name."""
     path = adapter.path
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))[:3]
+        found = f" (it holds {', '.join(inside)})" if inside else ""
+        raise InputProblem(f"The adapter {path} is a folder{found}; give the adapter's .safetensors file.")
     if not path.is_file():
         raise InputProblem(f"No adapter at {path}: the file does not exist.")
     if adapter.pickled and not adapter.allow_pickle:
@@ -161,9 +192,12 @@ def check_adapter_file(adapter: Adapter) -> None:
         raise ModelUnavailable(f"{path} is not a .safetensors adapter.")
     kind = "pickle" if adapter.pickled else "safetensors"
     try:
-        _keys(adapter)
+        keys = _keys(adapter)
     except Exception as error:  # safetensors and torch raise their own error types for a damaged file
         raise ModelUnavailable(f"{path} is not a readable {kind} adapter ({brief(error)}).") from error
+    if not keys:
+        raise ModelUnavailable(f"The adapter {path} holds no tensors, so it would change nothing; give the file "
+                               "its training wrote.")
 
 
 # How many of the most frequent training tags the report shows.

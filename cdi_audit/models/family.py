@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -66,10 +67,15 @@ class LoadedParts:
     pipeline_config: Mapping[str, Any] = field(default_factory=dict)  # model_index.json's other entries
     warnings: list[str] = field(default_factory=list)  # for the report: what the family noticed
     guidance: float | None = None  # the guidance value a guidance-distilled denoiser takes (Flux-dev), else None
+    configs: Path | None = None  # the folder whose component configs were read (None: the model path)
 
     @property
     def denoiser(self) -> Any:
         return self.parts[self.roles["denoiser"]]
+
+    def config_file(self, folder: str) -> Path:
+        """The config file of the component in ``folder``, named in a refusal."""
+        return Path(self.configs or self.description.path) / folder / "config.json"
 
     @property
     def autoencoder(self) -> Any:
@@ -121,3 +127,31 @@ class Family(abc.ABC):
 
     def check(self, loaded: LoadedParts) -> None:  # noqa: B027 (most families need no check of their own)
         """Refuse (``ModelUnavailable``) or warn (``loaded.warnings``) about what only this family knows."""
+
+    def fed_side(self, loaded: LoadedParts) -> int:
+        """The side of the square inputs (latents, or images) the denoiser is fed: its config's sample_size, the
+        first of a (height, width) pair, or ``default_sample_size`` (loading has checked it is an integer)."""
+        size = loaded.denoiser.config.get("sample_size", self.default_sample_size)
+        return size[0] if isinstance(size, (list, tuple)) else size
+
+    def check_side(self, loaded: LoadedParts, multiple: int, why: str) -> None:
+        """Refuse a fed side that is not a multiple of ``multiple`` (``why``: what divides it): the network
+        would fail on it half-way through the audit, in a reshape."""
+        side = self.fed_side(loaded)
+        if side % multiple:
+            must = "even" if multiple == 2 else f"a multiple of {multiple}"
+            config = loaded.config_file(loaded.roles["denoiser"])
+            raise ModelUnavailable(f"{config}: sample_size gives the {self.label} denoiser inputs of side {side}; "
+                                   f"{why}, so the side must be {must}: correct sample_size to the model's "
+                                   "resolution.")
+
+
+def config_integer(loaded: LoadedParts, folder: str, key: str, minimum: int = 1) -> int:
+    """An integer the audit computes with, from the config of the component in ``folder``; anything else (a
+    string, a null, too small) would fail only half-way through the audit, so it is refused naming the file."""
+    config = loaded.parts[folder].config
+    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelUnavailable(f"{loaded.config_file(folder)}: {key} is {value!r}, not an integer of at least "
+                               f"{minimum}; correct it to the value the weights were saved with.")
+    return value

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -52,6 +53,11 @@ from cdi_audit.results.schema import AdapterInfo, FileDigest, ModelInfo
 FINGERPRINT_SUFFIXES = frozenset({".safetensors", ".json", ".txt"})
 # A schedule shorter than 2 steps has no noising to measure; one beyond 100,000 is no trained model's.
 MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS = 2, 100_000
+# A flow scheduler's static shift s moves its sigmas to s t / (1 + (s - 1) t), towards noise (s > 1) or towards
+# the data (s < 1; 1 / s mirrors s). Published models train at 1 to about 20 (SD3 3). At 100 the least noisy of
+# 1000 training levels is already sigma 0.09, so the low-noise levels the features are measured at are gone;
+# further out (and at 0, below it, or not finite) no sigma is left strictly between 0 and 1 at all.
+MIN_FLOW_SHIFT, MAX_FLOW_SHIFT = 0.01, 100.0
 # The side of the square images the model is fed. 4096 x 4096 RGB in float32 is 192 MiB per image, 6 GiB
 # per batch of 32 (and more in activations): a config asking more is a mistake, not a model we can audit.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 4096
@@ -245,6 +251,8 @@ def _load_schedule(root: Path, family: Family, nominal: NominalKind) -> tuple[No
     if "num_train_timesteps" in config:  # absent: the scheduler's default
         _check_timesteps(config["num_train_timesteps"], config_path)
     class_name = config.get("_class_name", "")
+    if class_name == FLOW_SCHEDULER:
+        _check_flow_shift(config, config_path)
     scheduler_class = getattr(diffusers, class_name, None) if class_name.endswith("Scheduler") else None
     if scheduler_class is None:
         raise ModelUnavailable(f"{root}/scheduler names an unknown scheduler {class_name!r}.")
@@ -283,6 +291,19 @@ def _check_timesteps(value: object, config_path: Path, field: str = "num_train_t
         raise ModelUnavailable(f"{config_path}: {field} is {value!r}, not an integer from {MIN_TRAIN_TIMESTEPS} to "
                                f"{MAX_TRAIN_TIMESTEPS}; correct num_train_timesteps to the steps the model was "
                                "trained with.")
+
+
+def _check_flow_shift(config: dict, config_path: Path) -> None:
+    """A flow scheduler's static ``shift``, where it is applied (not with dynamic shifting, whose shift is an
+    inference setting, as are ``base_shift`` and ``max_shift``, none of which the audit reads), must be a number
+    from MIN_FLOW_SHIFT to MAX_FLOW_SHIFT: outside, the training sigmas leave the audit no levels to measure."""
+    shift = config.get("shift", 1.0)
+    if config.get("use_dynamic_shifting", False):
+        return
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not MIN_FLOW_SHIFT <= shift <= MAX_FLOW_SHIFT:
+        raise ModelUnavailable(f"{config_path}: shift is {shift!r}; it must be a positive number from {MIN_FLOW_SHIFT} "
+                               f"to {MAX_FLOW_SHIFT:g} (published flow models use 1 to about 20, SD3 3); correct shift "
+                               "to the one the model was trained with.")
 
 
 def _load_model(root: Path, part: str) -> DeferredModule:
@@ -371,6 +392,19 @@ def _downscaling(autoencoder, config_path: Path) -> int:
     return 2 ** (len(channels) - 1)
 
 
+def _check_latent_scale(autoencoder, config_path: Path) -> None:
+    """Latents are scaling_factor x (mean - shift_factor): a scale that is not a positive finite number, or a
+    shift that is not a finite one, would fail half-way through the audit or make every latent non-finite."""
+    for key, least in (("scaling_factor", 0.0), ("shift_factor", -math.inf)):
+        value = autoencoder.config.get(key)
+        if value is None:  # absent: 1 and 0, as the pipelines read them
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least < value < math.inf:
+            kind = "a positive number" if key == "scaling_factor" else "a finite number"
+            raise ModelUnavailable(f"{config_path}: {key} is {value!r}, not {kind}; correct it to the autoencoder's "
+                                   "(the value the model was trained with).")
+
+
 def _quiet(library) -> None:
     """diffusers and transformers log progress bars and notes while loading; our stderr is for the audit."""
     library.utils.logging.set_verbosity_error()
@@ -378,33 +412,47 @@ def _quiet(library) -> None:
 
 
 @contextlib.contextmanager
-def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[Path]:
-    """The user's --model-config folder, a shipped config named by it, or the shipped one that fits."""
-    if config is not None and str(config) in SHIPPED and not Path(config).exists():
-        with materialised_config(str(config)) as folder:
-            yield folder
-    elif config is not None:
-        yield Path(config)
+def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[tuple[Path, str]]:
+    """The user's --model-config folder, a shipped config named by it, or the shipped one that fits; with the
+    words a message names them by (a shipped config by its name: its folder is a temporary copy)."""
+    name = str(config) if config is not None else packaged_config_for(checkpoint)
+    if name in SHIPPED and (config is None or not Path(config).exists()):
+        with materialised_config(name) as folder:
+            yield folder, f"the configs in the shipped {name!r}"
     else:
-        with materialised_config(packaged_config_for(checkpoint)) as folder:
-            yield folder
+        _check_config_folder(Path(config))
+        yield Path(config), f"the configs in {config}"
 
 
-def _check_checkpoint_fits(checkpoint: Path, family: Family, config: Path) -> None:
-    """A file recognised as one family's must not be given another family's configs."""
+def _check_config_folder(config: Path) -> None:
+    """A --model-config that is not a shipped name must be a folder holding a pipeline's model_index.json."""
+    expected = (f"give the pipeline folder of the checkpoint's architecture (its configs and tokenizers, as "
+                f"save_pretrained writes them) or a shipped config ({', '.join(SHIPPED)})")
+    if not config.exists():
+        raise ModelUnavailable(f"The --model-config {config} does not exist; {expected}.")
+    if not config.is_dir():
+        raise ModelUnavailable(f"The --model-config {config} is a file, not a folder; {expected}.")
+    if not (config / "model_index.json").is_file():
+        what = "it is empty" if not any(config.iterdir()) else "no model_index.json"
+        raise ModelUnavailable(f"The --model-config folder {config} holds no pipeline configs ({what}); {expected}.")
+
+
+def _check_checkpoint_fits(checkpoint: Path, family: Family, configs: str) -> None:
+    """A file recognised as one family's must not be given another family's configs (``configs``: their
+    words)."""
     kind = checkpoint_family(checkpoint)
     if kind is not None and FAMILY_OF_CHECKPOINT[kind] != family.name:
-        raise ModelUnavailable(f"{checkpoint} holds a {CHECKPOINT_NAMES[kind]} model, but the configs in {config} "
-                               f"are of a {family.label} pipeline; give --model-config the configs of the file's own "
+        raise ModelUnavailable(f"{checkpoint} holds a {CHECKPOINT_NAMES[kind]} model, but {configs} are of a "
+                               f"{family.label} pipeline; give --model-config the configs of the file's own "
                                "architecture.")
 
 
-def _load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...]
-                      ) -> tuple[dict, list[str]]:
+def _load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...],
+                      configs: str) -> tuple[dict, list[str]]:
     """The components of a single-file checkpoint, configured from ``config`` (offline; ``config`` already
-    checked by ``_check_configs``), through the family's diffusers pipeline; those the file does not hold
-    (``Family.single_file_parts``) are read from ``config``. Also the notes for the report: parts of the file
-    that the configs leave out."""
+    checked by ``_check_configs``; ``configs``: the words naming it), through the family's diffusers pipeline;
+    those the file does not hold (``Family.single_file_parts``) are read from ``config``. Also the notes for the
+    report: parts of the file that the configs leave out."""
     import diffusers
 
     keys = checkpoint_keys(checkpoint)
@@ -427,7 +475,7 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
     absent = {name: None for name, value in _read_json(config / "model_index.json").items()
               if isinstance(value, list) and value[:1] == [None]}
     folders = {component.folder for component in components}
-    notes = [f"The checkpoint also holds {folder} weights, which the configs in {config} leave out "
+    notes = [f"The checkpoint also holds {folder} weights, which {configs} leave out "
              "(model_index.json); the audit runs without them, as the pipeline would."
              for folder, present in in_file.items() if present and folder not in folders]
     pipeline_class = getattr(diffusers, str(family.single_file_pipeline))
@@ -436,15 +484,15 @@ def _load_single_file(checkpoint: Path, config: Path, family: Family, components
                                                    torch_dtype=torch.float32,
                                                    **{**absent, **family.single_file_options, **from_config})
     except Exception as error:
-        raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with the configs in {config} "
-                               f"({brief(error)}).") from error
+        raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with {configs} ({brief(error)})."
+                               ) from error
     parts = {component.folder: getattr(pipeline, component.folder) for component in components}
     for folder, part in parts.items():
         missing = [name for name, p in getattr(part, "named_parameters", list)() if p.device.type == "meta"]
         if missing:  # diffusers loads what the file holds and leaves the rest unset
-            raise ModelUnavailable(f"{checkpoint} lacks {len(missing)} of the {folder} weights that the configs in "
-                                   f"{config} call for (the first: {missing[0]}); the file is incomplete or of "
-                                   "another architecture.")
+            raise ModelUnavailable(f"{checkpoint} lacks {len(missing)} of the {folder} weights that {configs} call "
+                                   f"for (the first: {missing[0]}); the file is incomplete or of another "
+                                   "architecture.")
     return parts, notes
 
 
@@ -463,11 +511,11 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     for adapter in adapters:
         check_adapter_file(adapter)
     if root.is_file():
-        with _single_file_configs(root, config) as configs:
+        with _single_file_configs(root, config) as (configs, configs_named):
             family, index, options = _check_configs(configs)
-            _check_checkpoint_fits(root, family, configs)
+            _check_checkpoint_fits(root, family, configs_named)
             components = family.components(index)
-            parts, single_file_notes = _load_single_file(root, configs, family, components)
+            parts, single_file_notes = _load_single_file(root, configs, family, components, configs_named)
             schedule, prediction_type, train_steps = _load_schedule(configs, family, _nominal(components))
             files = model_files(root)
             config_files = model_files(configs)
@@ -488,6 +536,8 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
     roles = {c.role: c.folder for c in components if c.role != "condition"}
     sample_size = _image_size(parts[roles["denoiser"]], parts.get(roles.get("autoencoder", "")), config_folder, roles,
                               family.default_sample_size)
+    if "autoencoder" in roles:
+        _check_latent_scale(parts[roles["autoencoder"]], config_folder / roles["autoencoder"] / "config.json")
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
                                  claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)
@@ -515,7 +565,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
         guidance=guidance_value,
     )
     loaded = LoadedParts(parts, roles, schedule, prediction_type, device, description, options,
-                         guidance=guidance_value)
+                         guidance=guidance_value, configs=config_folder)
     family.check(loaded)
     target = family.build(loaded)
     target.notes = loaded.warnings + single_file_notes + notes

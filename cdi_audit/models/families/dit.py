@@ -8,7 +8,7 @@ from cdi_audit.errors import InputProblem
 from cdi_audit.inputs.images import ImageRecord
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.families import register
-from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
 from cdi_audit.models.latent import LatentTarget
 from cdi_audit.models.target import Conditioning
 
@@ -56,6 +56,13 @@ class DiT(Family):
     def components(self, index: PipelineIndex) -> tuple[Component, ...]:
         return (Component("transformer", frozenset({"DiTTransformer2DModel"}), role="denoiser"),
                 Component("vae", frozenset({"AutoencoderKL"}), role="autoencoder"))
+
+    def check(self, loaded: LoadedParts) -> None:
+        """The class count is the null class's id; the latent side must split into whole patches."""
+        denoiser = loaded.roles["denoiser"]
+        config_integer(loaded, denoiser, "num_embeds_ada_norm")
+        patch = config_integer(loaded, denoiser, "patch_size")
+        self.check_side(loaded, patch, f"the transformer cuts latents into {patch} x {patch} patches")
 
     def build(self, loaded: LoadedParts) -> DiTTarget:
         return DiTTarget(loaded.denoiser, loaded.autoencoder, loaded.schedule, loaded.prediction_type,

@@ -108,5 +108,8 @@ class Flux(Family):
                                    "takes no guidance value (guidance_embeds is false, as for Flux-schnell).")
         return None
 
+    def check(self, loaded: LoadedParts) -> None:
+        self.check_side(loaded, 2, "Flux packs latents in 2 x 2 patches")
+
     def build(self, loaded: LoadedParts) -> FluxTarget:
         return FluxTarget(loaded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cdi_audit.models.families import register
+from cdi_audit.models.families.pixel import check_unet_side
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.latent import LatentTarget
 
@@ -22,6 +23,9 @@ class LatentDiffusion(Family):
         autoencoder = "vae" if index.has("vae") else "vqvae"
         return (Component("unet", frozenset({"UNet2DModel"}), role="denoiser"),
                 Component(autoencoder, AUTOENCODERS, role="autoencoder"))
+
+    def check(self, loaded: LoadedParts) -> None:
+        check_unet_side(self, loaded)
 
     def build(self, loaded: LoadedParts) -> LatentTarget:
         return LatentTarget(loaded.denoiser, loaded.autoencoder, loaded.schedule, loaded.prediction_type,

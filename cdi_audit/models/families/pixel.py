@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cdi_audit.errors import ModelUnavailable
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
@@ -33,6 +34,17 @@ class PixelTarget(Target):
         return self.unet(z_t, time).sample
 
 
+def check_unet_side(family: Family, loaded: LoadedParts) -> None:
+    """A UNet2DModel halves the side in every down block but the last and doubles it back without fitting it to
+    the skip connections' (as UNet2DConditionModel does), so the side must stay whole through every halving."""
+    blocks = loaded.denoiser.config.get("down_block_types")
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ModelUnavailable(f"{loaded.config_file(loaded.roles['denoiser'])}: down_block_types is {blocks!r}, not "
+                               "a list of the UNet's down blocks; correct it to the one the weights were saved with.")
+    halvings = len(blocks) - 1
+    family.check_side(loaded, 2**halvings, f"the UNet halves it {halvings} times")
+
+
 @register
 class PixelDiffusion(Family):
     name = "pixel"
@@ -43,6 +55,9 @@ class PixelDiffusion(Family):
 
     def components(self, index: PipelineIndex) -> tuple[Component, ...]:
         return (Component("unet", frozenset({"UNet2DModel"}), role="denoiser"),)
+
+    def check(self, loaded: LoadedParts) -> None:
+        check_unet_side(self, loaded)
 
     def build(self, loaded: LoadedParts) -> PixelTarget:
         return PixelTarget(loaded.denoiser, loaded.schedule, loaded.prediction_type, loaded.device,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from cdi_audit.errors import ModelUnavailable
 from cdi_audit.models.condition import Tokens
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
 from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
-from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
 
 T5_TOKENIZERS = frozenset({"T5Tokenizer", "T5TokenizerFast"})
 SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length
@@ -30,7 +31,7 @@ class SD3Target(StableDiffusionTarget):
         t5 = loaded.parts.get("text_encoder_3")
         self.text_encoder_3 = None if t5 is None else self._kept_on_cpu(t5)
         self.tokenizer_3 = loaded.parts.get("tokenizer_3")
-        self.joint_width = int(loaded.denoiser.config.get("joint_attention_dim"))
+        self.joint_width = loaded.denoiser.config["joint_attention_dim"]  # checked by StableDiffusion3.check
 
     def tokenize(self, captions: list[str]) -> dict[str, Tokens]:
         tokens = {"text": clip_tokens(self.tokenizer, captions), "text_2": clip_tokens(self.tokenizer_2, captions)}
@@ -93,6 +94,22 @@ class StableDiffusion3(Family):
                 Component("text_encoder", clip, "text_encoder"), Component("text_encoder_2", clip, "text_encoder"),
                 Component("tokenizer", TOKENIZERS, "tokenizer"), Component("tokenizer_2", TOKENIZERS, "tokenizer"),
                 *t5)
+
+    def check(self, loaded: LoadedParts) -> None:
+        """The latent side must split into whole patches, no more a side than the position embedding holds
+        (the transformer finds out only when first run); the T5 states' width is the transformer's."""
+        denoiser = loaded.roles["denoiser"]
+        config_integer(loaded, denoiser, "joint_attention_dim")
+        patch = config_integer(loaded, denoiser, "patch_size")
+        self.check_side(loaded, patch, f"the transformer cuts latents into {patch} x {patch} patches")
+        patches = self.fed_side(loaded) // patch
+        if loaded.denoiser.config.get("pos_embed_max_size") is None:
+            return
+        most = config_integer(loaded, denoiser, "pos_embed_max_size")
+        if patches > most:
+            raise ModelUnavailable(f"{loaded.config_file(denoiser)}: sample_size gives {patches} patches a side, more "
+                                   f"than pos_embed_max_size {most}, the side of the transformer's position embedding; "
+                                   "correct sample_size to the model's resolution.")
 
     def build(self, loaded: LoadedParts) -> SD3Target:
         return SD3Target(loaded)

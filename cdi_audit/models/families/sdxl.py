@@ -20,7 +20,7 @@ from cdi_audit.models.condition import Condition, Tokens
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
 from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
-from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
 
 # Stable Diffusion 1.x's latent scale; SDXL's VAE is trained for 0.13025, and configs that say 0.18215 exist.
 SD1_SCALING_FACTOR = 0.18215
@@ -102,8 +102,8 @@ class StableDiffusionXL(Family):
         if unet.get("addition_embed_type") != "text_time":
             raise ModelUnavailable(f"{loaded.description.path}: the SDXL UNet's addition_embed_type is "
                                    f"{unet.get('addition_embed_type')!r}, not 'text_time'.")
-        projection = loaded.parts["text_encoder_2"].config.projection_dim
-        expected = 6 * unet.get("addition_time_embed_dim", 0) + projection
+        projection = config_integer(loaded, "text_encoder_2", "projection_dim")
+        expected = 6 * config_integer(loaded, loaded.roles["denoiser"], "addition_time_embed_dim") + projection
         if unet.get("projection_class_embeddings_input_dim") != expected:
             raise ModelUnavailable(
                 f"{loaded.description.path}: the UNet's projection_class_embeddings_input_dim is "
