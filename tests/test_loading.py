@@ -190,3 +190,83 @@ def test_a_latent_sample_size_is_bounded_after_the_autoencoders_downscaling(tmp_
         "resolution.")
     with pytest.raises(ModelUnavailable, match=r"vae/config.json: block_out_channels is None"):
         _image_size(SimpleNamespace(config={"sample_size": 64}), SimpleNamespace(config={}), tmp_path, layout)
+
+
+def test_a_unet2d_side_that_does_not_halve_whole_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    """The tiny UNet has 3 down blocks: it halves the side twice, and 18 -> 9 -> 5 does not come back to 18."""
+    copy, config = edited_copy(tiny_model, tmp_path, "unet/config.json", sample_size=18)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: sample_size gives the pixel UNet2DModel denoiser inputs of side 18; the UNet halves it twice, "
+        "so the side must be a multiple of 4: correct sample_size to the model's resolution.")
+
+
+@pytest.fixture(scope="module")
+def tiny_latent_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tiny_pipelines import save_tiny_dit, save_tiny_ldm
+
+    root = tmp_path_factory.mktemp("latent")
+    return {"ldm": save_tiny_ldm(root / "ldm"), "dit": save_tiny_dit(root / "dit")}
+
+
+@pytest.mark.parametrize(("model", "config", "change", "phrase"), [
+    ("ldm", "vqvae", {"scaling_factor": "abc"}, "scaling_factor is 'abc', not a positive number"),
+    ("dit", "vae", {"scaling_factor": float("nan")}, "scaling_factor is nan, not a positive number"),
+    ("dit", "vae", {"scaling_factor": 0}, "scaling_factor is 0, not a positive number"),
+    ("dit", "vae", {"shift_factor": "x"}, "shift_factor is 'x', not a finite number"),
+    ("dit", "vae", {"shift_factor": float("inf")}, "shift_factor is inf, not a finite number"),
+    ("ldm", "unet", {"sample_size": 9}, "inputs of side 9; the UNet halves it once, so the side must be even"),
+    ("dit", "transformer", {"sample_size": 7}, "cuts latents into 2 x 2 patches, so the side must be even"),
+    ("dit", "transformer", {"num_embeds_ada_norm": "abc"}, "num_embeds_ada_norm is 'abc', not an integer of at "
+                                                            "least 1"),
+    ("dit", "transformer", {"patch_size": None}, "patch_size is None, not an integer of at least 1"),
+])
+def test_a_latent_config_value_the_audit_computes_with_is_refused_when_malformed(
+        tiny_latent_models, tmp_path: Path, model, config, change, phrase) -> None:
+    copy, path = edited_copy(tiny_latent_models[model], tmp_path, f"{config}/config.json", **change)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value).startswith(f"{path}: ") and phrase in str(raised.value)
+
+
+def single_file(tmp_path: Path, *keys: str) -> Path:
+    """A safetensors file holding only ``keys`` (enough for the checks that precede loading)."""
+    from safetensors.torch import save_file
+
+    save_file({key: torch.zeros(1) for key in keys or ("weight",)}, tmp_path / "model.safetensors")
+    return tmp_path / "model.safetensors"
+
+
+@pytest.mark.parametrize(("case", "phrase"), [
+    ("missing", "The --model-config {config} does not exist; give the checkpoint's pipeline folder (its configs "
+                "and tokenizers) or a shipped config name (stable-diffusion-v1, stable-diffusion-v2, "),
+    ("empty", "The --model-config folder {config} holds no pipeline configs (it is empty)"),
+    ("not a pipeline", "The --model-config folder {config} holds no pipeline configs (no model_index.json)"),
+    ("file", "The --model-config {config} is a file, not a folder"),
+])
+def test_a_model_config_that_holds_no_configs_says_so(tmp_path: Path, case: str, phrase: str) -> None:
+    config = tmp_path / "configs"
+    if case == "file":
+        config.write_text("{}")
+    elif case != "missing":
+        config.mkdir()
+    if case == "not a pipeline":
+        (config / "unet").mkdir()
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(single_file(tmp_path), CPU, config=config)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(phrase.format(config=config))
+    assert case == "missing" or message.endswith(
+        "; give the checkpoint's pipeline folder (its configs and tokenizers) or a shipped config name.")
+
+
+def test_a_shipped_config_is_named_by_its_name_never_by_its_temporary_copy(tmp_path: Path) -> None:
+    from cdi_audit.models.single_file import SDXL_TEXT_KEYS
+
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(single_file(tmp_path, *SDXL_TEXT_KEYS), CPU, config=Path("stable-diffusion-v2"))
+    assert assert_one_line(raised.value) == (
+        f"{tmp_path / 'model.safetensors'} holds a SDXL model, but the configs in the shipped 'stable-diffusion-v2' "
+        "are of a text-to-image Stable Diffusion pipeline; give --model-config the configs of the file's own "
+        "architecture.")

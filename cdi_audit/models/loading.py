@@ -426,10 +426,9 @@ def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[tupl
 
 def _check_config_folder(config: Path) -> None:
     """A --model-config that is not a shipped name must be a folder holding a pipeline's model_index.json."""
-    expected = (f"give the pipeline folder of the checkpoint's architecture (its configs and tokenizers, as "
-                f"save_pretrained writes them) or a shipped config ({', '.join(SHIPPED)})")
+    expected = "give the checkpoint's pipeline folder (its configs and tokenizers) or a shipped config name"
     if not config.exists():
-        raise ModelUnavailable(f"The --model-config {config} does not exist; {expected}.")
+        raise ModelUnavailable(f"The --model-config {config} does not exist; {expected} ({', '.join(SHIPPED)}).")
     if not config.is_dir():
         raise ModelUnavailable(f"The --model-config {config} is a file, not a folder; {expected}.")
     if not (config / "model_index.json").is_file():

@@ -42,7 +42,8 @@ def check_unet_side(family: Family, loaded: LoadedParts) -> None:
         raise ModelUnavailable(f"{loaded.config_file(loaded.roles['denoiser'])}: down_block_types is {blocks!r}, not "
                                "a list of the UNet's down blocks; correct it to the one the weights were saved with.")
     halvings = len(blocks) - 1
-    family.check_side(loaded, 2**halvings, f"the UNet halves it {halvings} times")
+    times = {1: "once", 2: "twice"}.get(halvings, f"{halvings} times")
+    family.check_side(loaded, 2**halvings, f"the UNet halves it {times}")
 
 
 @register
