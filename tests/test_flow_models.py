@@ -201,6 +201,55 @@ def test_a_t5_tokenizer_without_tokenizer_json_is_refused(flux, tmp_path):
         load_target(copy, CPU)
 
 
+def edited_copy(model: Path, tmp_path: Path, config: str, **changes) -> tuple[Path, Path]:
+    """(a copy of ``model``, the config file in it) with ``changes`` made to that config."""
+    copy = shutil.copytree(model, tmp_path / "model")
+    path = copy / config
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return copy, path
+
+
+@pytest.mark.parametrize("shift", [0, -1.0, float("nan"), 1e300, 1e-300, 1000.0, "3", True])
+def test_a_flow_shift_that_leaves_no_levels_to_measure_is_refused(sd3, tmp_path, shift):
+    """Applied to the grid t as s t / (1 + (s - 1) t), these numbers leave no sigma strictly between 0 and 1, or
+    none near the data (the others are no numbers); the one-line refusal names the file and the value."""
+    from cdi_audit.errors import ModelUnavailable
+
+    copy, path = edited_copy(sd3, tmp_path, "scheduler/scheduler_config.json", shift=shift)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert str(raised.value) == (
+        f"{path}: shift is {shift!r}; it must be a positive number from 0.01 to 100 (published flow models use 1 "
+        "to about 20, SD3 3); correct shift to the one the model was trained with.")
+
+
+@pytest.mark.parametrize(("family", "shift"), [("sd3", 0.01), ("sd3", 100), ("flux", 0)])
+def test_a_flow_shift_in_range_or_unused_loads(sd3, flux, tmp_path, family, shift):
+    """The bounds load; Flux shifts dynamically, at inference only, so its static shift is never read."""
+    copy, _ = edited_copy({"sd3": sd3, "flux": flux}[family], tmp_path, "scheduler/scheduler_config.json",
+                          shift=shift)
+    schedule = load_target(copy, CPU).schedule
+    assert schedule.train_steps > 0 and schedule.level(0) <= schedule.level(999)
+
+
+@pytest.mark.parametrize(("family", "change", "phrase"), [
+    ("flux", {"sample_size": 7}, "text-to-image Flux denoiser inputs of side 7; Flux packs latents in 2 x 2 "
+                                 "patches, so the side must be even"),
+    ("sd3", {"sample_size": 7}, "inputs of side 7; the transformer cuts latents into 2 x 2 patches, so the side "
+                                "must be even"),
+    ("sd3", {"sample_size": 32}, "sample_size gives 16 patches a side, more than pos_embed_max_size 8"),
+    ("sd3", {"joint_attention_dim": None}, "joint_attention_dim is None, not an integer of at least 1"),
+])
+def test_a_flow_transformer_config_that_would_fail_mid_audit_is_refused(sd3, flux, tmp_path, family, change,
+                                                                        phrase):
+    from cdi_audit.errors import ModelUnavailable
+
+    copy, path = edited_copy({"sd3": sd3, "flux": flux}[family], tmp_path, "transformer/config.json", **change)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert str(raised.value).startswith(f"{path}: ") and phrase in str(raised.value)
+
+
 @pytest.fixture(scope="module")
 def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("flow-images")
