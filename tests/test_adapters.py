@@ -104,6 +104,8 @@ def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixe
 
 @pytest.mark.parametrize(("case", "code", "message"), [
     ("missing", 3, "No adapter at"),
+    ("folder", 3, "is a folder (it holds pytorch_lora_weights.safetensors); give the adapter's .safetensors file"),
+    ("empty", 4, "holds no tensors, so it would change nothing"),
     ("pickle", 4, "pickle adapter"),
     ("truncated", 4, "not a readable safetensors adapter"),
     ("flux", 4, "does not fit this text-to-image Stable Diffusion base"),
@@ -119,6 +121,11 @@ def test_an_adapter_that_cannot_be_used_is_refused_in_one_line(base_and_lora, ti
     adapter, model = str(lora), base
     if case == "missing":
         adapter = str(tmp_path / "absent.safetensors")
+    elif case == "folder":
+        adapter = str(lora.parent)
+    elif case == "empty":
+        save_file({}, tmp_path / "empty.safetensors")
+        adapter = str(tmp_path / "empty.safetensors")
     elif case == "pickle":
         (tmp_path / "lora.pt").write_bytes(b"\x80\x04")
         adapter = str(tmp_path / "lora.pt")
@@ -148,6 +155,37 @@ def test_an_adapter_that_fits_only_partly_names_what_it_could_not_place(base_and
               tmp_path / "partly.safetensors")
     with pytest.raises(ModelUnavailable, match=r"could not place 8 of its 32 layers"):
         load_target(base, CPU, adapters=(Adapter(tmp_path / "partly.safetensors"),))
+
+
+def test_an_adapter_the_loader_cannot_take_names_the_base_it_seems_to_be_for(base_and_lora, tmp_path) -> None:
+    """An SDXL LoRA (its UNet layers, and text_encoder_2's, as diffusers saves a LoRA that trained both) on an
+    SD 1.x base: peft fails on the first shape that differs, and the refusal says which base the file is for."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file, save_file
+    from tiny_sdxl import WIDTHS, save_sdxl, tiny_sdxl_components
+
+    base, _, _ = base_and_lora
+    sdxl = save_sdxl(tmp_path / "sdxl", tiny_sdxl_components(tmp_path / "sdxl"))
+    unet_only = random_lora(StableDiffusionXLPipeline, sdxl, tmp_path / "lora")
+    layer = "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj"
+    save_file({**load_file(unet_only), f"{layer}.lora_A.weight": torch.zeros(4, WIDTHS[1]),
+               f"{layer}.lora_B.weight": torch.zeros(WIDTHS[1], 4)}, tmp_path / "both.safetensors")
+    for lora, guess in ((unet_only, "a Stable Diffusion 1.x/2.x or SDXL UNet of another size"),
+                        (tmp_path / "both.safetensors", "an SDXL base")):
+        with pytest.raises(ModelUnavailable) as raised:
+            load_target(base, CPU, adapters=(Adapter(lora),))
+        assert str(raised.value).startswith(
+            f"The adapter {lora} cannot be loaded onto this text-to-image Stable Diffusion base: it seems to be for "
+            f"{guess} (RuntimeError: Error(s) in loading state_dict")
+
+
+def test_kohya_names_of_sdxl_unet_blocks_are_taken_for_sdxl() -> None:
+    from cdi_audit.models.adapters import base_guess
+
+    assert base_guess(["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight"]) == (
+        "an SDXL base")
+    assert base_guess(["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"]) == (
+        "a Stable Diffusion 1.x/2.x or SDXL UNet of another size")
 
 
 def test_an_sdxl_adapter_loads_through_the_sdxl_loader(tmp_path) -> None:
