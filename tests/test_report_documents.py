@@ -14,9 +14,9 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.report.files import write_reports
+from cdi_audit.report.files import manifest_json, write_reports
 from cdi_audit.report.thumbnails import _unchanged_images
-from cdi_audit.results.manifest import Manifest
+from cdi_audit.results.manifest import Manifest, documented_manifest
 from cdi_audit.results.schema import AuditResult
 from cdi_audit.statistics.power import images_for_power
 
@@ -87,9 +87,11 @@ def test_the_pdf_states_the_verdict_p_value_and_counts_in_order(sample_folder: P
     assert "not legal advice" in text and "does not prove that the images were not used" in text
     assert "CDI: Copyrighted Data Identification in Diffusion Models" in text
     assert "Are Diffusion Models Vulnerable to Membership Inference Attacks?" in text  # secmi is in 'fast'
-    # The appendix lists every file of the manifest with its full hash, and the set digest.
+    # The appendix lists every input file and report.json with its full hash, and the set digest (the output
+    # files, the PDF among them, cannot be in it).
     compact = text.replace(" ", "")
-    assert all(entry.sha256 in compact for entry in manifest.files) and manifest.digest in compact
+    shown = documented_manifest(manifest).files
+    assert len(shown) == 133 and all(entry.sha256 in compact for entry in shown) and manifest.digest in compact
     for row in result.feature_diagnostics:
         assert f"{row.name} {row.auc:.3f} {row.weight:+.3f}" in text
 
@@ -97,8 +99,10 @@ def test_the_pdf_states_the_verdict_p_value_and_counts_in_order(sample_folder: P
 def test_the_pdf_carries_report_and_manifest_and_the_audit_date(sample_folder: Path) -> None:
     reader = PdfReader(sample_folder / "report.pdf")
     attachments = {name: contents[0] for name, contents in reader.attachments.items()}
-    assert attachments == {name: (sample_folder / name).read_bytes() for name in ("report.json", "manifest.json")}
-    result, _ = loaded(sample_folder)
+    result, manifest = loaded(sample_folder)
+    # The manifest of the inputs and report.json: manifest.json on disk less the entries of the output files.
+    assert attachments == {"report.json": (sample_folder / "report.json").read_bytes(),
+                           "manifest.json": manifest_json(documented_manifest(manifest)).encode()}
     assert reader.metadata.creation_date == datetime.fromisoformat(result.created)
     assert reader.metadata.title == "cdi-audit report: EVIDENCE"
 
