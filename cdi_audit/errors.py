@@ -48,6 +48,19 @@ class SettingsProblem(AuditError):
     exit_code = ExitCode.USAGE
 
 
+class InvalidSetting(SettingsProblem):
+    """One setting outside what it may be, named by its field, so that each way in names it its own way: the
+    command line as its option (``--alpha``), a batch file as its key, Python as the field itself."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(self.worded(field))
+
+    def worded(self, name: str) -> str:
+        """The sentence with the setting called ``name``, e.g. "--alpha must be between 0 and 0.5"."""
+        return f"{name} {self.problem}"
+
+
 class AccessInsufficient(SettingsProblem):
     """The chosen features need more access to the model (e.g. gradients) than the target gives."""
 

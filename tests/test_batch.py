@@ -152,8 +152,10 @@ def test_models_are_loaded_once_and_a_failed_audit_does_not_stop_the_others(imag
     ('[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\n', "missing model"),
     ('[[audit]]\nname = "x"\nsuspect = "a"\nreference = "b"\nmodel = "m"\n[[audit]]\nname = "x"\nsuspect = "a"\n'
      'reference = "b"\nmodel = "m"\n', "the name 'x' is used twice"),
-    ('[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "m"\nalpha = "high"\n', "alpha must be a float"),
-    ('[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "m"\npermutations = 50\n', "use at least 100"),
+    ('[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "m"\nalpha = "high"\n',
+     "audit 1 (audit-1): alpha must be a number (got 'high')"),
+    ('[[audit]]\nsuspect = "a"\nreference = "b"\nmodel = "m"\npermutations = 50\n',
+     "audit 1 (audit-1): permutations must be at least 100 for alpha = 0.01"),
     ('[[audit]\n', "not valid TOML"),
     ('[defaults]\nmodel = "m"\n', "lists no audits"),
     # Paths that do not exist, after the file's other mistakes; the image folders are each audit's own matter.

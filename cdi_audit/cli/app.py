@@ -26,7 +26,7 @@ from rich.console import Console
 
 from cdi_audit import __version__
 from cdi_audit.console import StageProgress, shown, stderr_console
-from cdi_audit.errors import AuditError, ExitCode, OutputProblem, SettingsProblem, brief, is_out_of_memory
+from cdi_audit.errors import AuditError, ExitCode, InvalidSetting, OutputProblem, brief, is_out_of_memory
 
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
@@ -76,8 +76,22 @@ def fail(console: Console, code: int, message: str, json_output: bool = False) -
     raise typer.Exit(int(code))
 
 
+# The options of settings fields whose names differ from ``--field-name``.
+OPTION_NAMES = {"suspect_dir": "SUSPECT_DIR", "reference_dir": "--reference", "n_jobs": "--jobs",
+                "control": "--control-model", "calibration": "--no-calibration", "members_dir": "--members",
+                "nonmembers_dir": "--nonmembers", "tests": "--test", "use_cache": "--no-cache",
+                "compile_network": "--compile"}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets a settings field."""
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
 def _failure(error: BaseException) -> tuple[int, str]:
     """The exit code and the sentence for an exception that ended a command."""
+    if isinstance(error, InvalidSetting):
+        return error.exit_code, error.worded(option_name(error.field))
     if isinstance(error, AuditError):
         return error.exit_code, str(error)
     if isinstance(error, KeyboardInterrupt):
@@ -158,18 +172,6 @@ def write_outputs(write: Callable[[], list[Path]], out: Path, console: Console, 
                             "then re-run (the features are cached).") from None
     for path in paths:
         console.print(f"[dim]wrote {shown(path)}[/]")
-
-
-def check_cache_dir(value: Path | None) -> Path | None:
-    """--cache-dir must be a folder, or not exist yet inside one (the feature store's own rule)."""
-    from cdi_audit.cache import require_cache_folder
-
-    if value is not None:
-        try:
-            require_cache_folder(value)
-        except SettingsProblem as problem:
-            raise typer.BadParameter(str(problem)) from None
-    return value
 
 
 def main() -> None:

@@ -44,14 +44,11 @@ from cdi_audit.cli.options import (
     SeedOption,
     StrictOption,
     TestChoice,
-    check_features,
     check_report_formats,
     model_spec,
     report_formats_of,
-    require_adapter_for_calibration,
     require_one_model,
     require_out_for_reports,
-    require_reachable,
 )
 from cdi_audit.console import stderr_console
 from cdi_audit.errors import VERDICT_EXIT_CODES
@@ -70,14 +67,14 @@ def check(
     adapter: AdapterOption = None,
     guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
-    features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
+    features: Annotated[str, typer.Option(metavar="NAMES", help=FEATURES_HELP)] = "auto",
     alpha: AlphaOption = 0.01,
     seed: SeedOption = 0,
     test: Annotated[TestChoice, typer.Option(
         help="'permutation' (exact, uses all images) or 'split' (fast, valid, less power).")
     ] = TestChoice.permutation,
     permutations: Annotated[int, typer.Option(
-        min=1, metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
+        metavar="B", help="Number of label permutations B (the smallest possible p is 1/(B+1)).")] = 1000,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     compile_network: CompileOption = False,
@@ -97,10 +94,10 @@ def check(
         help="Reports to render into --out: 'pdf,html' (the default), 'pdf', 'html' or 'none'. 'cdi-audit "
              "report' renders them again later from report.json.")] = None,
     shift_alpha: Annotated[float, typer.Option(
-        min=0.001, max=0.5, metavar="ALPHA",
-        help="Level of the model-free distribution-shift check: if image statistics alone (size, format, "
-             "compression, colour, sharpness) tell the sets apart at this level, the verdict is inconclusive "
-             "(exit 5).")] = 0.05,
+        metavar="ALPHA",
+        help="Level of the model-free distribution-shift check (0.001 to 0.5): if image statistics alone (size, "
+             "format, compression, colour, sharpness) or the captions' style and words tell the sets apart at "
+             "this level, the verdict is inconclusive (exit 5).")] = 0.05,
     control_model: Annotated[Path | None, typer.Option(
         metavar="PATH", show_default=False,
         help="A model known NOT to have seen your images (for a fine-tune: its base model), loaded like --model "
@@ -113,7 +110,7 @@ def check(
         help="Like --model-config, for a single-file control checkpoint.")] = None,
     no_calibration: NoCalibrationOption = False,
     curve_resamples: Annotated[int, typer.Option(
-        min=0, metavar="R",
+        metavar="R",
         help="Random audits per point of the p-value-against-number-of-images curve (split test, so cheap); "
              "0 skips the curve.")] = 100,
     strict: StrictOption = False,
@@ -138,25 +135,17 @@ def check(
     """
     from cdi_audit.blackbox.endpoints import EndpointSettings
     from cdi_audit.models.spec import Machine
-    from cdi_audit.pipeline.audit import AuditSettings, run_audit
+    from cdi_audit.pipeline.audit import run_audit
+    from cdi_audit.pipeline.settings import AuditSettings
     from cdi_audit.report.terminal import print_summary
 
-    if test is TestChoice.permutation:
-        require_reachable(permutations, alpha, "alpha")
     console = stderr_console()
     require_one_model(model, endpoint, endpoint_cmd, access)
-    if adapter and model is None:
-        raise typer.BadParameter("an adapter is fused into a local base; give it as --model.", param_hint="--adapter")
-    if adapter and control_model is not None:
-        raise typer.BadParameter("with --adapter the base (--model) is the control model; leave --control-model out.",
-                                 param_hint="--control-model")
-    require_adapter_for_calibration(no_calibration, adapter)
     if control_model_config is not None and control_model is None:
         raise typer.BadParameter("it configures the control model; add --control-model PATH.",
                                  param_hint="--control-model-config")
     require_out_for_reports(report_formats, out)
     formats = report_formats_of(report_formats)
-    prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
     endpoint_settings = None if model is not None else EndpointSettings(
         url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
         backoff=retry_backoff, max_rps=max_rps, image_size=image_size,
@@ -172,6 +161,7 @@ def check(
         use_cache=not no_cache, strict=strict, n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
         control=model_spec(control_model, control_model_config, None, False), calibration=not no_calibration,
     )
+    prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
     result = run_stage(lambda progress: run_audit(settings, progress), console)
     payload = result.model_dump_json(indent=2)
     if out is not None:

@@ -33,12 +33,8 @@ from cdi_audit.cli.options import (
     NoCalibrationOption,
     SeedOption,
     StrictOption,
-    check_alpha,
-    check_features,
     model_spec,
-    require_adapter_for_calibration,
     require_one_model,
-    require_reachable,
 )
 from cdi_audit.console import stderr_console
 
@@ -63,19 +59,19 @@ def evaluate(
     allow_pickle: AllowPickleOption = False,
     no_calibration: NoCalibrationOption = False,
     features: Annotated[str, typer.Option(
-        callback=check_features, metavar="NAMES",
+        metavar="NAMES",
         help=FEATURES_HELP + " Every preset these cover, and each extractor alone, is evaluated.")] = "full",
     repeats: Annotated[int, typer.Option(
-        min=1, metavar="R", help="Random draws of P and U per sample size.")] = 50,
+        metavar="R", help="Random draws of P and U per sample size.")] = 50,
     test: Annotated[list[EvaluationTestChoice] | None, typer.Option(
         metavar="TEST", show_default=False,
         help="Tests to compare (repeat the option; default: all three). 'cdi-reference' is the CDI paper's "
              "pooled t-test, NOT calibrated, shown only for comparison.")] = None,
     permutations: Annotated[int, typer.Option(
-        min=1, metavar="B", help="Permutations per simulated audit (at least 100, so that p can go below "
+        metavar="B", help="Permutations per simulated audit (at least 100, so that p can go below "
                                  "0.01).")] = 200,
     alpha: Annotated[float, typer.Option(
-        callback=check_alpha, metavar="ALPHA", help="Level for the rejection rates (power and false positives).")
+        metavar="ALPHA", help="Level for the rejection rates (power and false positives).")
     ] = 0.01,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
@@ -105,15 +101,11 @@ def evaluate(
     from cdi_audit.models.spec import Machine
     from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
     from cdi_audit.report.evaluation_table import print_evaluation
-    from cdi_audit.statistics.evaluation import EVALUATION_TESTS, NEEDED_P
+    from cdi_audit.statistics.evaluation import EVALUATION_TESTS
 
     require_one_model(model, None, None, access)
-    require_adapter_for_calibration(no_calibration, adapter)
     tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS
-    if "permutation" in tests:
-        require_reachable(permutations, NEEDED_P, "the 'images needed' threshold")
     console = stderr_console()
-    prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
     settings = EvaluationSettings(
         members_dir=members, nonmembers_dir=nonmembers, model=spec,
@@ -123,6 +115,7 @@ def evaluate(
         caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
         calibration=not no_calibration,
     )
+    prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
     result = run_stage(lambda progress: run_evaluation(settings, progress), console)
     payload = result.model_dump_json(indent=2)
     if out is not None:

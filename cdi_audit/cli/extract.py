@@ -30,7 +30,6 @@ from cdi_audit.cli.options import (
     ModelOption,
     SeedOption,
     StrictOption,
-    check_features,
     model_spec,
     require_one_model,
 )
@@ -92,7 +91,7 @@ def extract(
     adapter: AdapterOption = None,
     guidance: GuidanceOption = None,
     allow_pickle: AllowPickleOption = False,
-    features: Annotated[str, typer.Option(callback=check_features, metavar="NAMES", help=FEATURES_HELP)] = "auto",
+    features: Annotated[str, typer.Option(metavar="NAMES", help=FEATURES_HELP)] = "auto",
     shard: Annotated[str, typer.Option(
         callback=_check_shard, metavar="i/N",
         help="Extract only shard i of N: the images whose sha256 is i-1 modulo N, so N processes or machines "
@@ -122,7 +121,8 @@ def extract(
     WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
     from cdi_audit.models.spec import Machine
-    from cdi_audit.pipeline.audit import ModelSettings, run_extraction
+    from cdi_audit.pipeline.audit import run_extraction
+    from cdi_audit.pipeline.settings import ModelSettings
 
     require_one_model(model, None, None, access)
     console = stderr_console()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -10,14 +9,10 @@ from typing import Annotated
 
 import typer
 
-from cdi_audit.cli.app import check_cache_dir
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.spec import ModelSpec
-from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
-# sklearn and numpy take seeds below 2**32; a larger one would fail deep inside the statistics.
-MAX_SEED = 2**32 - 1
 FEATURES_HELP = (
     "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
     "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian, neighbour_loss; 18 columns, "
@@ -49,23 +44,6 @@ class TestChoice(str, Enum):
     split = "split"
 
 
-def check_alpha(value: float) -> float:
-    problem = alpha_problem(value)
-    if problem is not None:
-        raise typer.BadParameter(problem)
-    return value
-
-
-def check_features(value: str) -> str:
-    from cdi_audit.features.registry import resolve_extractors
-
-    try:
-        resolve_extractors(value)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-    return value
-
-
 def report_formats_of(value: str | None) -> tuple[str, ...]:
     """'pdf,html' -> ("pdf", "html"); 'none' -> (); None (not given) -> both."""
     if value is None:
@@ -87,22 +65,6 @@ def check_report_formats(value: str | None) -> str | None:
 def require_out_for_reports(report_formats: str | None, out: Path | None) -> None:
     if report_formats is not None and out is None:
         raise typer.BadParameter("--report renders into an output folder; add --out DIR.", param_hint="--report")
-
-
-def check_device(value: str) -> str:
-    from cdi_audit.models.loading import resolve_device
-
-    try:
-        resolve_device(value)
-    except (RuntimeError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
-    return value
-
-
-def check_dtype(value: str) -> str:
-    if value not in ("auto", "float32", "bfloat16", "float16"):
-        raise typer.BadParameter("choose auto, float32, bfloat16 or float16.")
-    return value
 
 
 ModelOption = Annotated[Path | None, typer.Option(
@@ -180,24 +142,24 @@ ModelConfigOption = Annotated[Path | None, typer.Option(
          "SD3 / Flux files, the model's pipeline folder: components the file lacks (a Flux transformer file "
          "holds nothing else) are read from it. Nothing is looked up online.")]
 AlphaOption = Annotated[float, typer.Option(
-    callback=check_alpha, metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha.")]
-SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, metavar="INT",
-                                         help="Seed for noise draws, folds and permutations.")]
+    metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha (between 0 and 0.5).")]
+SeedOption = Annotated[int, typer.Option(metavar="INT",
+                                         help="Seed for noise draws, folds and permutations (0 to 2**32 - 1).")]
 DeviceOption = Annotated[str, typer.Option(
-    envvar="CDI_AUDIT_DEVICE", callback=check_device, metavar="DEVICE",
+    envvar="CDI_AUDIT_DEVICE", metavar="DEVICE",
     help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")]
 DtypeOption = Annotated[str, typer.Option(
-    envvar="CDI_AUDIT_DTYPE", callback=check_dtype, metavar="DTYPE",
+    envvar="CDI_AUDIT_DTYPE", metavar="DTYPE",
     help="Precision of forward passes: 'auto' (bfloat16 or float16 on CUDA, float32 on CPU), 'float32', "
          "'bfloat16' or 'float16'. DDIM inversions always run in float32.")]
-BatchSizeOption = Annotated[int, typer.Option(min=1, metavar="N", help="Images per model batch.")]
+BatchSizeOption = Annotated[int, typer.Option(metavar="N", help="Images per model batch.")]
 CompileOption = Annotated[bool, typer.Option(
     "--compile", help="Run the network through torch.compile: worth it for long GPU runs; the first batches wait "
                       "for the compilation (a minute or more), and features move only by float rounding.")]
 MaxBatchGradOption = Annotated[int, typer.Option(
-    min=1, metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
+    metavar="N", help="Images per backward pass for gradient features (caps their memory).")]
 CacheDirOption = Annotated[Path | None, typer.Option(
-    envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False, callback=check_cache_dir,
+    envvar="CDI_AUDIT_CACHE_DIR", metavar="DIR", show_default=False,
     help="Feature cache folder (default: the user cache folder, e.g. ~/.cache/cdi-audit).")]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features.")]
 JsonOption = Annotated[bool, typer.Option(
@@ -205,18 +167,12 @@ JsonOption = Annotated[bool, typer.Option(
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Stop (exit 3) on any unreadable or unsupported file instead of skipping it.")]
 JobsOption = Annotated[int, typer.Option(
-    min=1, metavar="N", help="Worker processes for the statistics (default: one per CPU core, at most 8).")]
+    metavar="N", help="Worker processes for the statistics (default: one per CPU core, at most 8).")]
 CaptionOption = Annotated[str | None, typer.Option(
     metavar="TEXT", show_default=False,
     help="One caption for every image (text-to-image models). Otherwise captions come from NAME.txt beside "
          "each image or a captions.csv / captions.jsonl in the folder; images without one get the empty caption.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-
-
-def require_reachable(permutations: int, threshold: float, what: str) -> None:
-    problem = permutations_problem(permutations, threshold, what)
-    if problem is not None:
-        raise typer.BadParameter(problem, param_hint="--permutations")
 
 
 def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: str | None,
@@ -232,25 +188,22 @@ def require_one_model(model: Path | None, endpoint: str | None, endpoint_cmd: st
                                  "anyway", param_hint="--access")
 
 
-def require_adapter_for_calibration(no_calibration: bool, adapters: list[str] | None) -> None:
-    if no_calibration and not adapters:
-        raise typer.BadParameter("calibration against the base applies to adapter audits only; add --adapter.",
-                                 param_hint="--no-calibration")
-
-
 def adapters_of(values: list[str] | None, allow_pickle: bool = False) -> tuple[Adapter, ...]:
-    """The --adapter values as adapters; a scale that is not a finite number is a usage error."""
-    adapters = tuple(Adapter.parse(value, allow_pickle) for value in values or ())
-    for adapter in adapters:
-        if not math.isfinite(adapter.scale):
-            raise typer.BadParameter(f"the scale of {adapter.path} must be a finite number.", param_hint="--adapter")
-    return adapters
+    """The --adapter values as adapters (their scales are checked by the adapter itself)."""
+    return tuple(Adapter.parse(value, allow_pickle) for value in values or ())
 
 
 def model_spec(model: Path | None, config: Path | None, adapters: list[str] | None, allow_pickle: bool,
                guidance: float | None = None) -> ModelSpec | None:
     """The model the --model, --model-config, --adapter, --allow-pickle and --guidance options name (None
-    without --model)."""
-    if guidance is not None and not math.isfinite(guidance):
-        raise typer.BadParameter("must be a finite number.", param_hint="--guidance")
-    return None if model is None else ModelSpec(model, config, adapters_of(adapters, allow_pickle), guidance)
+    without --model, where an endpoint serves its own model and takes none of them)."""
+    if model is None:
+        given = [name for name, value in (("--model-config", config), ("--adapter", adapters),
+                                          ("--guidance", guidance)) if value]
+        if guidance is not None and "--guidance" not in given:
+            given.append("--guidance")
+        if given:
+            raise typer.BadParameter(f"{' and '.join(given)} describe a local model; an endpoint serves its own "
+                                     "model and would silently ignore them.", param_hint=given[0])
+        return None
+    return ModelSpec(model, config, adapters_of(adapters, allow_pickle), guidance)

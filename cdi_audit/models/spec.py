@@ -9,14 +9,22 @@ and the report speak of the same files. A ``Machine`` says where and how the net
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.adapters import Adapter
 
 if TYPE_CHECKING:
     from cdi_audit.models.target import Target
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Guidance-distilled transformers embed the value as a sinusoid of 1000 times it; trained values lie around 1-10,
+# and far larger ones overflow float32 inside that embedding.
+MAX_GUIDANCE = 100.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,17 @@ class Machine:
     dtype: str = "auto"  # auto, float32, bfloat16 or float16 (forward passes; the VAE and inversions stay float32)
     compile_network: bool = False  # torch.compile the network (values move by float rounding only)
 
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidSetting("dtype", f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
+        if self.device != "auto":
+            from cdi_audit.models.loading import resolve_device
+
+            try:
+                resolve_device(self.device)
+            except (RuntimeError, ValueError) as error:
+                raise InvalidSetting("device", f"cannot be {self.device!r}: {error}") from None
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -36,6 +55,20 @@ class ModelSpec:
     config: Path | None = None  # configs of a single-file checkpoint: a folder or a shipped name
     adapters: tuple[Adapter, ...] = ()  # LoRA files fused into the base, in this order
     guidance: float | None = None  # the value a guidance-distilled transformer is fed (None: its default)
+
+    def __post_init__(self) -> None:
+        guidance = self.guidance
+        if guidance is not None and not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
+                                         and math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+            raise InvalidSetting("guidance", f"must be a number from 0 to {MAX_GUIDANCE:g} (guidance-distilled "
+                                             f"models are trained around 1 to 10), not {guidance!r}.")
+        seen: set[Path] = set()
+        for adapter in self.adapters:
+            where = Path(adapter.path).resolve()
+            if where in seen:
+                raise InvalidSetting("adapter", f"{adapter.path} is given twice; give it once, at the scale you "
+                                                "mean (two copies would add up).")
+            seen.add(where)
 
     @property
     def key(self) -> tuple:

@@ -18,13 +18,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cdi_audit.cache import FeatureStore, default_cache_dir
+from cdi_audit.cache import FeatureStore
 from cdi_audit.console import StageProgress
-from cdi_audit.errors import AuditError, InputProblem, SettingsProblem
+from cdi_audit.errors import AuditError, InputProblem, InvalidSetting, SettingsProblem
 from cdi_audit.features.table import FeatureTable, calibrated
 from cdi_audit.inputs.images import ImageSet, scan_image_set, small_images_note
 from cdi_audit.inputs.sharding import ALL, Shard
-from cdi_audit.models.spec import Machine, ModelSpec
+from cdi_audit.models.spec import ModelSpec
+from cdi_audit.pipeline.settings import AuditSettings, ModelSettings
 from cdi_audit.results.schema import (
     AuditResult,
     ControlModelResult,
@@ -41,14 +42,13 @@ from cdi_audit.results.schema import (
 )
 from cdi_audit.statistics.power import (
     CURVE_TEST,
-    DEFAULT_CURVE_RESAMPLES,
     POWER_TARGET,
     curve_images_for_power,
     images_for_power,
 )
-from cdi_audit.statistics.testing import TestName, TestOutcome
+from cdi_audit.statistics.testing import TestOutcome
 from cdi_audit.verdict.control_model import ControlComparison, judge_with_control
-from cdi_audit.verdict.controls import DEFAULT_SHIFT_ALPHA, shift_check
+from cdi_audit.verdict.controls import shift_check
 from cdi_audit.verdict.decision import decide
 from cdi_audit.verdict.screening import (
     DuplicateGroup,
@@ -60,7 +60,6 @@ from cdi_audit.verdict.screening import (
 )
 
 if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
-    from cdi_audit.blackbox.endpoints import EndpointSettings
     from cdi_audit.blackbox.variation import BlackBoxTarget
     from cdi_audit.features.base import Extractor
     from cdi_audit.models.target import Target
@@ -75,60 +74,6 @@ TEST_DESCRIPTIONS = {
     "suspect > reference on the held-out half",
 }
 VERSIONED_PACKAGES = ("cdi-audit", "torch", "diffusers", "numpy", "scipy", "scikit-learn", "pillow")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSettings:
-    """How features are computed: shared by ``check`` and ``evaluate``."""
-
-    model: ModelSpec | None = None  # None when the model is reached through ``endpoint``
-    machine: Machine = Machine()  # where the network runs: device, dtype, torch.compile
-    access: str = "auto"  # "auto": all a local model gives; "blackbox": use it through variations only
-    endpoint: EndpointSettings | None = None
-    features: str = "auto"
-    seed: int = 0
-    batch_size: int = 32
-    max_batch_grad: int = 16
-    caption: str | None = None  # one caption for every image (text-to-image models)
-    cache_dir: Path | None = None
-    use_cache: bool = True
-    strict: bool = False
-    n_jobs: int = 1
-    # With adapters: score the features and how much the adapters changed each (adapted minus base, per image).
-    calibration: bool = True
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether features are the adapters' per-image change against their base (models.md section 4)."""
-        return self.calibration and self.model is not None and bool(self.model.adapters)
-
-
-@dataclass(frozen=True, kw_only=True)
-class AuditSettings(ModelSettings):
-    suspect_dir: Path
-    reference_dir: Path
-    alpha: float = 0.01
-    test: TestName = "permutation"
-    permutations: int = 1000
-    curve_resamples: int = DEFAULT_CURVE_RESAMPLES  # 0: no sample-size curve
-    shift_alpha: float = DEFAULT_SHIFT_ALPHA
-    # A model known not to have seen the suspect images (for a fine-tune, its base model). An adapted model's
-    # control is its base, never another model.
-    control: ModelSpec | None = None
-
-    @property
-    def control_is_base(self) -> bool:
-        """Whether the audit's control is an adapted model's base (no control model was given)."""
-        return self.control is None and self.model is not None and bool(self.model.adapters)
-
-    @property
-    def control_model(self) -> ModelSpec | None:
-        """The model the audit is compared with: the control given, or an adapted model's base."""
-        return self.model.base if self.control_is_base else self.control
-
-    @property
-    def control_label(self) -> str:
-        return "Base model" if self.control_is_base else "Control model"
 
 
 def require_enough(images: ImageSet, role: str, needed: int = MIN_IMAGES) -> None:
@@ -289,7 +234,7 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
     from cdi_audit.inputs.conditions import with_conditions
     from cdi_audit.pipeline.extraction import extract_features
 
-    store_root = (settings.cache_dir or default_cache_dir()) if settings.use_cache else None
+    store_root = settings.store_root
     label = role.replace("_", " ")
     with timed(timings, role + "load_model"):
         target = models.open(settings, store_root) if models is not None else open_target(settings, store_root)
@@ -348,6 +293,8 @@ def extract_with_control(settings: AuditSettings, suspect: ModelFeatures, image_
     try:
         control = load_and_extract(control_settings(settings, suspect.extractors), image_sets, progress, timings,
                                    "control_", refuse_suspect_model, models)
+    except InvalidSetting as error:
+        raise SettingsProblem(f"{settings.control_label} {settings.control_model.path}: {error}") from error
     except AuditError as error:
         raise type(error)(f"{settings.control_label} {settings.control_model.path}: {error}") from error
     missing = sorted(set(suspect.table.columns) - set(control.table.columns))

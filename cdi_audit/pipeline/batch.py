@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
 from cdi_audit.console import StageProgress
-from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, SettingsProblem
+from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, InvalidSetting, SettingsProblem
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.single_file import SHIPPED
 from cdi_audit.models.spec import Machine, ModelSpec
-from cdi_audit.pipeline.audit import AuditSettings, ModelPool, run_audit
-from cdi_audit.pipeline.settings_checks import alpha_problem, permutations_problem
+from cdi_audit.pipeline.audit import ModelPool, run_audit
+from cdi_audit.pipeline.settings import AuditSettings
 from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
 
 if sys.version_info >= (3, 11):
@@ -35,16 +36,54 @@ else:  # pragma: no cover - Python 3.10
 
 Correction = Literal["bh", "holm", "none"]
 CORRECTIONS: tuple[Correction, ...] = ("bh", "holm", "none")
-PATH_KEYS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "model_path",
-             "model_config": "model_config", "control_model": "control_model",
-             "control_model_config": "control_model_config"}
-VALUE_KEYS = {"features": str, "alpha": float, "test": str, "permutations": int, "seed": int,
-              "shift_alpha": float, "curve_resamples": int, "caption": str, "access": str, "calibration": bool,
-              "guidance": float}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Exit codes of failed audits are all more severe than any verdict's; among verdicts, inconclusive is the
 # most severe, then evidence, then no evidence.
 VERDICT_SEVERITY = {"no_evidence": 0, "evidence": 1, "inconclusive": 2}
+# What a batch file calls the settings' fields, where the names differ; the machine's settings come from the
+# command line and are named as its options.
+BATCH_KEYS = {"suspect_dir": "suspect", "reference_dir": "reference", "control": "control_model",
+              "adapter": "adapters", "cache_dir": "--cache-dir", "batch_size": "--batch-size",
+              "max_batch_grad": "--max-batch-grad", "n_jobs": "--jobs", "device": "--device", "dtype": "--dtype"}
+TYPE_WORDS = {"string_type": "must be text in quotes", "int_type": "must be a whole number",
+              "float_type": "must be a number", "bool_type": "must be true or false",
+              "list_type": "must be a list", "dict_type": "must be a table", "model_type": "must be a table"}
+# A file nested deeper than this is no batch file; Python's TOML reader would exhaust its recursion first.
+MAX_NESTING = 64
+
+
+class AuditTable(BaseModel):
+    """One ``[[audit]]`` table, or ``[defaults]``: the keys a batch file may set, with their types. Their
+    ranges are the rule book's (``pipeline/settings.py``), checked when the table becomes ``AuditSettings``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+    name: str | None = None
+    suspect: str | None = None
+    reference: str | None = None
+    model: str | None = None
+    model_config_path: str | None = Field(None, alias="model_config")
+    control_model: str | None = None
+    control_model_config: str | None = None
+    adapters: list[str] | None = None  # "FILE" or "FILE:SCALE"
+    features: str | None = None
+    alpha: float | None = None
+    test: str | None = None
+    permutations: int | None = None
+    seed: int | None = None
+    shift_alpha: float | None = None
+    curve_resamples: int | None = None
+    caption: str | None = None
+    access: str | None = None
+    calibration: bool | None = None
+    guidance: float | None = None
+
+
+class BatchFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    defaults: AuditTable = AuditTable()
+    audit: list[AuditTable] = []
 
 
 @dataclass(frozen=True)
@@ -82,68 +121,91 @@ def _resolve(key: str, value: str, folder: Path) -> Path:
     return folder / path  # an absolute path stays as it is
 
 
-def _entry_settings(table: dict, where: str, folder: Path) -> dict:
-    """The AuditSettings fields one table of the batch file sets, checked and with paths resolved."""
+def _nesting(value: object, depth: int = 0) -> int:
+    """How deep tables and lists nest in a parsed document (stops counting past MAX_NESTING)."""
+    if depth > MAX_NESTING or not isinstance(value, (dict, list)):
+        return depth
+    children = value.values() if isinstance(value, dict) else value
+    return max((_nesting(child, depth + 1) for child in children), default=depth)
+
+
+def _parse(path: Path) -> BatchFile:
+    """The file parsed by the batch schema: TOML syntax, table names, keys and their types."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputProblem(f"The batch file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputProblem(f"The batch file {path} cannot be read as UTF-8 text ({type(error).__name__}).") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsProblem(f"The batch file {path} is not valid TOML: {error}") from None
+    except RecursionError:
+        document = {"nested": [[]] * (MAX_NESTING + 1)}
+    if _nesting(document) > MAX_NESTING:
+        raise SettingsProblem(f"The batch file {path} nests tables or lists more than {MAX_NESTING} deep; a batch "
+                              "file is [defaults] and [[audit]] tables of plain values.")
+    try:
+        return BatchFile.model_validate(document)
+    except ValidationError as error:
+        raise SettingsProblem(_schema_problem(path, document, error.errors()[0])) from None
+
+
+def _schema_problem(path: Path, document: dict, error: dict) -> str:
+    """One sentence for the first schema error: the file, the table (audit number and name), the key."""
+    location = list(error["loc"])
+    table = location.pop(0)
+    where = f"{path} [defaults]" if table == "defaults" else f"{path}"
+    if table == "audit" and location and isinstance(location[0], int):
+        index = location.pop(0)
+        entry = document["audit"][index]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"{path} audit {index + 1} ({name if isinstance(name, str) else f'audit-{index + 1}'})"
+    if error["type"] == "extra_forbidden":
+        if len(location) == 0:  # an unknown top-level table
+            return f"{path}: unknown table {table!r}; use [defaults] and [[audit]]."
+        known = ", ".join(AuditTable.model_json_schema(by_alias=True)["properties"])
+        return f"{where}: unknown key {location[0]!r}; the keys are {known}."
+    key = ".".join(str(part) for part in location) or table
+    if not location and table == "audit":
+        return f"{path}: audit must be [[audit]] tables (got {type(error['input']).__name__})."
+    words = TYPE_WORDS.get(error["type"], error["msg"].lower())
+    return f"{where}: {key} {words} (got {error['input']!r})."
+
+
+def _table_values(table: AuditTable, folder: Path) -> dict:
+    """The AuditSettings fields one table sets, with paths resolved against the batch file's folder and the
+    adapters parsed."""
     values = {}
-    for key, value in table.items():
-        if key in PATH_KEYS:
-            if not isinstance(value, str):
-                raise SettingsProblem(f"{where}: {key} must be a path in quotes.")
-            values[PATH_KEYS[key]] = _resolve(key, value, folder)
+    for key, value in table.model_dump(exclude_unset=True, by_alias=True).items():
+        if key in PATH_FIELDS:
+            values[PATH_FIELDS[key]] = _resolve(key, value, folder)
         elif key == "adapters":
-            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-                raise SettingsProblem(f"{where}: adapters must be a list of paths in quotes (\"FILE\" or "
-                                      "\"FILE:SCALE\").")
-            parsed = [Adapter.parse(item) for item in value]
-            values["adapters"] = tuple(Adapter(_resolve(key, str(a.path), folder), a.scale) for a in parsed)
-        elif key in VALUE_KEYS:
-            kind = VALUE_KEYS[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise SettingsProblem(f"{where}: {key} must be a {kind.__name__} (got {value!r}).")
-            values[key] = value
+            parsed = [Adapter.parse(text if Path(text).is_absolute() else str(folder / text)) for text in value]
+            values["adapters"] = tuple(parsed)
         elif key != "name":
-            known = ", ".join(sorted([*PATH_KEYS, *VALUE_KEYS, "adapters"]))
-            raise SettingsProblem(f"{where}: unknown key {key!r}; the keys are name, {known}.")
+            values[key] = value
     return values
 
 
-def _audit_settings(values: dict, where: str) -> AuditSettings:
+PATH_FIELDS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "model_path",
+               "model_config": "model_config", "control_model": "control_model",
+               "control_model_config": "control_model_config"}
+
+
+def _audit_settings(values: dict) -> AuditSettings:
     """AuditSettings from a table's flat values: the model paths become model specs, the machine's options a
-    ``Machine``."""
+    ``Machine``; every range is checked there."""
     values = dict(values)
     model = ModelSpec(values.pop("model_path"), values.pop("model_config", None), values.pop("adapters", ()),
                       values.pop("guidance", None))
     control_path, control_config = values.pop("control_model", None), values.pop("control_model_config", None)
     if control_config is not None and control_path is None:
-        raise SettingsProblem(f"{where}: control_model_config is given without a control_model.")
+        raise SettingsProblem("control_model_config is given without a control_model.")
     control = None if control_path is None else ModelSpec(control_path, control_config)
-    if model.adapters and control is not None:
-        raise SettingsProblem(f"{where}: with adapters the base (model) is the control model; leave control_model "
-                              "out.")
-    if not values.get("calibration", True) and not model.adapters:
-        raise SettingsProblem(f"{where}: calibration applies to audits with adapters only.")
     machine = Machine(**{key: values.pop(key) for key in ("device", "dtype", "compile_network") if key in values})
     return AuditSettings(model=model, control=control, machine=machine, **values)
-
-
-def _check_values(settings: AuditSettings, where: str) -> None:
-    from cdi_audit.features.registry import resolve_extractors
-
-    problem = alpha_problem(settings.alpha)
-    if problem is None and settings.test == "permutation":
-        problem = permutations_problem(settings.permutations, settings.alpha)
-    if problem is not None:
-        raise SettingsProblem(f"{where}: {problem}")
-    if settings.test not in ("permutation", "split"):
-        raise SettingsProblem(f"{where}: test must be 'permutation' or 'split' (got {settings.test!r}).")
-    if settings.access not in ("auto", "blackbox"):
-        raise SettingsProblem(f"{where}: access must be 'auto' or 'blackbox' (got {settings.access!r}).")
-    try:
-        resolve_extractors(settings.features)
-    except ValueError as error:
-        raise SettingsProblem(f"{where}: {error}") from None
 
 
 def _check_model_paths(settings: AuditSettings, where: str) -> None:
@@ -168,46 +230,46 @@ def _check_model_paths(settings: AuditSettings, where: str) -> None:
             raise SettingsProblem(f"{where}: the {key} {config} does not exist; {hint}.")
 
 
+def _entry(table: AuditTable, index: int, defaults: dict, base: dict, folder: Path, path: Path) -> BatchEntry:
+    """One audit of the file as complete settings: the command line's machine settings, then the file's
+    defaults, then the audit's own values."""
+    name = table.name if table.name is not None else f"audit-{index}"
+    where = f"{path} audit {index} ({name})"
+    if not NAME_PATTERN.match(name):
+        raise SettingsProblem(f"{where}: a name is a folder name for its output: letters, digits, '.', '_', '-'.")
+    try:
+        values = {**base, **defaults, **_table_values(table, folder)}
+        missing = [key for key, field in (("suspect", "suspect_dir"), ("reference", "reference_dir"),
+                                          ("model", "model_path")) if values.get(field) is None]
+        if missing:
+            raise SettingsProblem(f"missing {', '.join(missing)}.")
+        return BatchEntry(name, _audit_settings(values))
+    except InvalidSetting as error:
+        raise SettingsProblem(f"{where}: {error.worded(BATCH_KEYS.get(error.field, error.field))}") from None
+    except SettingsProblem as error:
+        raise SettingsProblem(f"{where}: {error}") from None
+
+
 def read_batch_file(path: Path, machine: dict | None = None) -> list[BatchEntry]:
     """The audits of a batch file, each as complete settings. ``machine`` gives the settings that belong to
     the command line (device, dtype, batch sizes, cache, jobs); the file's ``[defaults]`` and each
     ``[[audit]]`` give the rest, an audit's own values first."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputProblem(f"The batch file {path} does not exist.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SettingsProblem(f"The batch file {path} is not valid TOML: {error}") from None
-    unknown = sorted(set(document) - {"defaults", "audit"})
-    if unknown:
-        raise SettingsProblem(f"{path}: unknown table(s) {', '.join(unknown)}; use [defaults] and [[audit]].")
-    audits = document.get("audit", [])
-    if not isinstance(audits, list) or not audits:
+    parsed = _parse(path)
+    if not parsed.audit:
         raise SettingsProblem(f"{path} lists no audits; add [[audit]] tables with suspect, reference and model.")
     folder = path.resolve().parent
-    defaults = _entry_settings(document.get("defaults", {}), f"{path} [defaults]", folder)
-    base = dict(machine or {})
-    entries, names, places = [], set(), []
-    for index, table in enumerate(audits, start=1):
-        name = str(table.get("name", f"audit-{index}"))
-        where = f"{path} audit {index} ({name})"
-        if not NAME_PATTERN.match(name):
-            raise SettingsProblem(f"{where}: a name is a folder name for its output: letters, digits, '.', '_', "
-                                  "'-'.")
-        if name in names:
-            raise SettingsProblem(f"{where}: the name {name!r} is used twice.")
-        names.add(name)
-        values = {**base, **defaults, **_entry_settings(table, where, folder)}
-        missing = [key for key, field in (("suspect", "suspect_dir"), ("reference", "reference_dir"),
-                                          ("model", "model_path")) if values.get(field) is None]
-        if missing:
-            raise SettingsProblem(f"{where}: missing {', '.join(missing)}.")
-        settings = _audit_settings(values, where)
-        _check_values(settings, where)
-        entries.append(BatchEntry(name, settings))
-        places.append(where)
-    for entry, where in zip(entries, places, strict=True):  # after the file's own mistakes, so those come first
-        _check_model_paths(entry.settings, where)
+    try:
+        defaults = _table_values(parsed.defaults, folder)
+    except InvalidSetting as error:
+        raise SettingsProblem(f"{path} [defaults]: {error.worded(BATCH_KEYS.get(error.field, error.field))}") from None
+    entries: list[BatchEntry] = []
+    for index, table in enumerate(parsed.audit, start=1):
+        entry = _entry(table, index, defaults, dict(machine or {}), folder, path)
+        if entry.name in {earlier.name for earlier in entries}:
+            raise SettingsProblem(f"{path} audit {index} ({entry.name}): the name {entry.name!r} is used twice.")
+        entries.append(entry)
+    for index, entry in enumerate(entries, start=1):  # after the file's own mistakes, so those come first
+        _check_model_paths(entry.settings, f"{path} audit {index} ({entry.name})")
     return entries
 
 

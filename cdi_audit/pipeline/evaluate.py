@@ -21,7 +21,6 @@ from cdi_audit.features.table import CALIBRATED_SUFFIX, calibrated
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.pipeline.audit import (
     TEST_DESCRIPTIONS,
-    ModelSettings,
     load_and_extract,
     on_model,
     package_versions,
@@ -29,6 +28,7 @@ from cdi_audit.pipeline.audit import (
     require_enough,
     timed,
 )
+from cdi_audit.pipeline.settings import ModelSettings, check_evaluation
 from cdi_audit.results.schema import (
     EvaluationResult,
     ImagesNeededResult,
@@ -36,6 +36,7 @@ from cdi_audit.results.schema import (
 )
 from cdi_audit.statistics.evaluation import (
     EVALUATION_TESTS,
+    NEEDED_P,
     Draw,
     curve_points,
     discrimination,
@@ -64,6 +65,10 @@ class EvaluationSettings(ModelSettings):
     repeats: int = 50
     permutations: int = 200
     tests: tuple[AnyTestName, ...] = EVALUATION_TESTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_evaluation(self.alpha, self.repeats, self.permutations, self.tests, NEEDED_P)
 
 
 def evaluated_feature_sets(spec: str, extractors: list[Extractor], conditioning: str) -> dict[str, list[str]]:
