@@ -45,7 +45,8 @@ def shown(text: object) -> str:
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True)
+    """The console for humans. Emoji codes are off: a file named ':fire:.png' prints as written."""
+    return Console(stderr=True, emoji=False)
 
 
 class RateColumn(ProgressColumn):

@@ -61,10 +61,11 @@ def test_a_second_identical_run_makes_no_model_call_and_gives_the_same_p_value(a
     ("change", "message"),
     [
         (lambda args: args[:2] + args[4:], "Missing option '--reference'"),
-        (lambda args: [*args, "--alpha", "0.7"], "alpha must be between 0 and 0.5"),
+        (lambda args: [*args, "--alpha", "0.7"], "--alpha must be a number between 0 and 0.5 (e.g. 0.01), not 0.7"),
         (lambda args: [*args, "--features", "fast,bogus"], "unknown feature set or extractor 'bogus'"),
         (lambda args: [*args, "--test", "bogus"], "'bogus' is not one of"),
-        (lambda args: [*args, "--test", "permutation", "--permutations", "50"], "smallest p-value is 1/51"),
+        (lambda args: [*args, "--test", "permutation", "--permutations", "50"],
+         "--permutations must be at least 100 for alpha = 0.01: with 50 the smallest p-value is 1/51"),
         (lambda args: [*args, "--device", "tpu"], "--device"),
     ],
 )

@@ -48,7 +48,7 @@ from cdi_audit.statistics.power import (
 )
 from cdi_audit.statistics.testing import TestOutcome
 from cdi_audit.verdict.control_model import ControlComparison, judge_with_control
-from cdi_audit.verdict.controls import shift_check
+from cdi_audit.verdict.controls import ConditionsSeen, shift_check
 from cdi_audit.verdict.decision import decide
 from cdi_audit.verdict.screening import (
     DuplicateGroup,
@@ -65,6 +65,8 @@ if TYPE_CHECKING:  # torch-backed types, imported only when a model is used
     from cdi_audit.models.target import Target
 
 MIN_IMAGES = 10
+# What the two image sets of an audit are called in messages.
+SET_ROLES = ("suspect", "reference")
 LOW_POWER_IMAGES = 50
 MAX_BALANCE_RATIO = 4.0
 TEST_DESCRIPTIONS = {
@@ -222,45 +224,72 @@ def public_configuration(settings: object) -> dict[str, str | int | float | bool
     return configuration
 
 
-def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
-                     timings: dict[str, float], role: str = "",
-                     check_target: Callable[[Target | BlackBoxTarget], None] | None = None,
-                     models: ModelPool | None = None) -> ModelFeatures:
-    """Load the model, check it can serve the features, attach the conditions it needs, and extract
-    the features of every image (through the cache). ``role`` prefixes timing keys and progress labels
-    (e.g. "control_" for the control model); ``check_target`` may refuse the loaded model; ``models`` keeps
-    loaded models for later audits."""
-    from cdi_audit.features.registry import extractors_for, require_access
-    from cdi_audit.inputs.conditions import with_conditions
-    from cdi_audit.pipeline.extraction import extract_features
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model ready to extract from: its target, the extractors it serves, and the image sets with the
+    conditions it sees them with (captions or class ids)."""
 
-    store_root = settings.store_root
-    label = role.replace("_", " ")
+    target: Target | BlackBoxTarget
+    extractors: list[Extractor]
+    image_sets: list[ImageSet]
+    notes: list[str]
+
+
+def open_model(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
+               timings: dict[str, float], role: str = "",
+               check_target: Callable[[Target | BlackBoxTarget], None] | None = None,
+               models: ModelPool | None = None, set_roles: tuple[str, ...] = SET_ROLES) -> OpenedModel:
+    """Load the model, check it can serve the features, and attach the conditions it needs; sets whose
+    conditions follow different rules (``set_roles`` names them) are refused before any feature is extracted.
+    ``role`` prefixes timing keys and progress labels (e.g. "control_" for the control model); ``check_target``
+    may refuse the loaded model; ``models`` keeps loaded models for later audits."""
+    from cdi_audit.features.registry import extractors_for, require_access
+    from cdi_audit.inputs.conditions import require_alike, with_conditions
+
     with timed(timings, role + "load_model"):
-        target = models.open(settings, store_root) if models is not None else open_target(settings, store_root)
+        target = (models.open(settings, settings.store_root) if models is not None
+                  else open_target(settings, settings.store_root))
     if check_target is not None:
         check_target(target)
     extractors, notes = extractors_for(settings.features, target)
     notes[:0] = target.notes
     require_access(target.access, extractors)
     if target.access == "black":
-        target.on_calls_done = progress.counter(label + "endpoint calls (this batch)")
+        target.on_calls_done = progress.counter(role.replace("_", " ") + "endpoint calls (this batch)")
     conditioned = []
     for images in image_sets:
         with_condition, set_notes = with_conditions(images, target.conditioning, settings.caption)
         conditioned.append(with_condition)
         notes.extend(note for note in set_notes if note not in notes)
-    store = FeatureStore(store_root) if store_root is not None else None
-    records = [record for images in conditioned for record in images.records]
-    small = small_images_note(records, target.sample_size)
+    require_alike(list(zip(set_roles, conditioned, strict=True)))
+    small = small_images_note([record for images in conditioned for record in images.records], target.sample_size)
     if small is not None:
         notes.append(small)
+    return OpenedModel(target, extractors, conditioned, notes)
+
+
+def extract_opened(settings: ModelSettings, opened: OpenedModel, progress: StageProgress,
+                   timings: dict[str, float], role: str = "") -> ModelFeatures:
+    """The features of every image of ``opened``'s sets (through the cache)."""
+    from cdi_audit.pipeline.extraction import extract_features
+
+    store = FeatureStore(settings.store_root) if settings.store_root is not None else None
+    records = [record for images in opened.image_sets for record in images.records]
     with timed(timings, role + "extract"):
         table, summary = extract_features(
-            records, target, extractors, settings.seed, settings.batch_size, store,
-            progress.counter(label + "extracting features (images)"), settings.max_batch_grad,
+            records, opened.target, opened.extractors, settings.seed, settings.batch_size, store,
+            progress.counter(role.replace("_", " ") + "extracting features (images)"), settings.max_batch_grad,
         )
-    return ModelFeatures(table, summary, target, extractors, conditioned, notes)
+    return ModelFeatures(table, summary, opened.target, opened.extractors, opened.image_sets, opened.notes)
+
+
+def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progress: StageProgress,
+                     timings: dict[str, float], role: str = "",
+                     check_target: Callable[[Target | BlackBoxTarget], None] | None = None,
+                     models: ModelPool | None = None, set_roles: tuple[str, ...] = SET_ROLES) -> ModelFeatures:
+    """``open_model`` then ``extract_opened``: the features of every image on one model."""
+    opened = open_model(settings, image_sets, progress, timings, role, check_target, models, set_roles)
+    return extract_opened(settings, opened, progress, timings, role)
 
 
 def on_model(settings: ModelSettings, model: ModelSpec, extractors: list[Extractor]) -> ModelSettings:
@@ -372,6 +401,17 @@ def image_scores(suspect: ImageSet, reference: ImageSet, outcome: TestOutcome | 
             for (record, role), score in zip(labelled, scores, strict=True)]
 
 
+def conditions_seen(opened: OpenedModel) -> ConditionsSeen | None:
+    """What the model sees besides pixels, image by image, for the shift check: captions for a text-to-image
+    model, class ids for a class-conditional one, nothing otherwise."""
+    kind = opened.target.conditioning
+    if kind not in ("text", "class"):
+        return None
+    records = [record for images in opened.image_sets for record in images.records]
+    return ConditionsSeen(kind, {record.sha256: record.caption if kind == "text" else record.label
+                                 for record in records})
+
+
 def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
               models: ModelPool | None = None) -> AuditResult:
     """Run one audit end to end. Raises ``AuditError`` subclasses for inputs or models it cannot use.
@@ -380,11 +420,12 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
     timings: dict[str, float] = {}
     with timed(timings, "scan"):
         inputs = gather_images(settings, progress)
+    opened = open_model(settings, [inputs.suspect, inputs.reference], progress, timings, models=models)
     with timed(timings, "shift_check"):
         shift = shift_check(inputs.screened.screen.suspect, inputs.screened.screen.reference,
                             settings.shift_alpha, settings.seed, settings.permutations, settings.n_jobs,
-                            progress.counter("shift check (image statistics)"))
-    extracted = load_and_extract(settings, [inputs.suspect, inputs.reference], progress, timings, models=models)
+                            progress.counter("shift check (image statistics)"), conditions=conditions_seen(opened))
+    extracted = extract_opened(settings, opened, progress, timings)
     table, summary, target = extracted.table, extracted.summary, extracted.target
     suspect, reference = extracted.image_sets
     control_features = control_decision = None

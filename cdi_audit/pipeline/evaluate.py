@@ -49,6 +49,7 @@ from cdi_audit.statistics.evaluation import (
 from cdi_audit.statistics.testing import AnyTestName
 from cdi_audit.verdict.screening import reject_overlap
 
+EVALUATION_ROLES = ("members", "non-members")
 TEST_NOTES = {
     **{test: f"ours: {description}" for test, description in TEST_DESCRIPTIONS.items()},
     "cdi-reference": "the CDI paper's rule: two-sided Welch t-test on pooled cross-fitted scores; NOT calibrated "
@@ -128,13 +129,13 @@ def run_evaluation(settings: EvaluationSettings, progress: StageProgress | None 
         # The null curve draws two disjoint sets of at least 10 non-members.
         require_enough(nonmembers, "non-members", needed=20)
         reject_overlap(members, nonmembers, "a training member cannot also be a non-member")
-    extracted = load_and_extract(settings, [members, nonmembers], progress, timings)
+    extracted = load_and_extract(settings, [members, nonmembers], progress, timings, set_roles=EVALUATION_ROLES)
     table = extracted.table
     members, nonmembers = extracted.image_sets
     sets = evaluated_feature_sets(settings.features, extracted.extractors, extracted.target.conditioning)
     if settings.calibrated:  # as check does: the features and how much the adapters changed each of them
         base = load_and_extract(on_model(settings, settings.model.base, extracted.extractors), [members, nonmembers],
-                                progress, timings, "base_")
+                                progress, timings, "base_", set_roles=EVALUATION_ROLES)
         table = calibrated(table, base.table)
         sets = {name: [*columns, *(column + CALIBRATED_SUFFIX for column in columns)]
                 for name, columns in sets.items()}

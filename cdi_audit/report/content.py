@@ -314,8 +314,9 @@ def controls_section(result: AuditResult) -> Section:
             f"FAILED at {controls.shift_alpha:g}: the verdict cannot be evidence"
         rows.append(("distribution shift", f"p = {p_text(controls.shift_p_value)} ({status}). The same test on "
                                            "model-free image statistics (size, format, compression, colour, "
-                                           "sharpness, EXIF): if the sets differ without the model, a model-based "
-                                           "difference proves nothing about training."))
+                                           "sharpness, EXIF) and, for a conditional model, the captions' style and "
+                                           "words or the mix of classes: if the sets differ without the model, a "
+                                           "model-based difference proves nothing about training."))
     else:
         rows.append(("distribution shift", "not checked by the version that ran this audit"))
     if controls.control_model is not None:
