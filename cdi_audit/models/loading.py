@@ -113,6 +113,8 @@ def _read_json(path: Path) -> dict:
 def _refuse_path(root: Path, config: Path | None) -> None:
     if not root.exists():
         raise ModelUnavailable(f"No model at {root}: the path does not exist. Expected {EXPECTED_LAYOUT}.")
+    if config is not None and not _is_shipped(config):
+        _check_config_folder(Path(config))
     if root.is_file():
         if root.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelUnavailable(
@@ -415,13 +417,17 @@ def _quiet(library) -> None:
 def _single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[tuple[Path, str]]:
     """The user's --model-config folder, a shipped config named by it, or the shipped one that fits; with the
     words a message names them by (a shipped config by its name: its folder is a temporary copy)."""
-    name = str(config) if config is not None else packaged_config_for(checkpoint)
-    if name in SHIPPED and (config is None or not Path(config).exists()):
+    if config is None or _is_shipped(config):
+        name = str(config) if config is not None else packaged_config_for(checkpoint)
         with materialised_config(name) as folder:
             yield folder, f"the configs in the shipped {name!r}"
     else:
-        _check_config_folder(Path(config))
         yield Path(config), f"the configs in {config}"
+
+
+def _is_shipped(config: Path) -> bool:
+    """Whether --model-config names a shipped config (a path of that name, if there is one, comes first)."""
+    return str(config) in SHIPPED and not Path(config).exists()
 
 
 def _check_config_folder(config: Path) -> None:
