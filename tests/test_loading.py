@@ -270,3 +270,21 @@ def test_a_shipped_config_is_named_by_its_name_never_by_its_temporary_copy(tmp_p
         f"{tmp_path / 'model.safetensors'} holds a SDXL model, but the configs in the shipped 'stable-diffusion-v2' "
         "are of a text-to-image Stable Diffusion pipeline; give --model-config the configs of the file's own "
         "architecture.")
+
+
+@pytest.mark.parametrize(("change", "value", "step"), [
+    ({"beta_end": float("nan")}, "nan", 0), ({"beta_end": 1.5}, "0", 336),
+    ({"trained_betas": [0.1, -0.5, 0.1]}, "1.35", 1),
+])
+def test_betas_that_make_no_schedule_are_refused(tiny_model: Path, tmp_path: Path, change, value, step) -> None:
+    copy, config = edited_copy(tiny_model, tmp_path, "scheduler/scheduler_config.json", **change)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: the schedule it gives has alphas_cumprod {value} at timestep {step}, not a share of signal in "
+        "(0, 1]; correct beta_start, beta_end or trained_betas to the model's.")
+
+
+def test_a_zero_terminal_snr_schedule_loads(tiny_model: Path, tmp_path: Path) -> None:
+    copy, _ = edited_copy(tiny_model, tmp_path, "scheduler/scheduler_config.json", rescale_betas_zero_snr=True)
+    assert float(load_target(copy, CPU).schedule.alphas_cumprod[-1]) == 0.0

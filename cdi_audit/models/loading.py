@@ -273,6 +273,7 @@ def _load_schedule(root: Path, family: Family, nominal: NominalKind) -> tuple[No
         raise ModelUnavailable(f"The scheduler {class_name} in {root} has no alphas_cumprod schedule, and a "
                                f"{family.label} model is trained with one.")
     _check_timesteps(len(alphas_cumprod), config_path, "the length of its schedule (alphas_cumprod)")
+    _check_signal_fractions(torch.as_tensor(alphas_cumprod), config_path)
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in SCHEDULER_PREDICTION_TYPES:
         raise ModelUnavailable(
@@ -293,6 +294,20 @@ def _check_timesteps(value: object, config_path: Path, field: str = "num_train_t
         raise ModelUnavailable(f"{config_path}: {field} is {value!r}, not an integer from {MIN_TRAIN_TIMESTEPS} to "
                                f"{MAX_TRAIN_TIMESTEPS}; correct num_train_timesteps to the steps the model was "
                                "trained with.")
+
+
+def _check_signal_fractions(alphas_cumprod: torch.Tensor, config_path: Path) -> None:
+    """Each abar_t is the share of the signal left at step t, in (0, 1] (0 at the last step too: a zero
+    terminal SNR schedule): betas that make one non-finite, negative or above 1, or 0 before the end (a beta
+    outside [0, 1), or underflow), are no schedule, and an audit on them would measure nonsense."""
+    abar = alphas_cumprod.double()
+    before_the_end = torch.arange(len(abar)) < len(abar) - 1
+    bad = ~torch.isfinite(abar) | (abar > 1) | (abar < 0) | ((abar == 0) & before_the_end)
+    if bad.any():
+        step = int(bad.nonzero()[0])
+        raise ModelUnavailable(f"{config_path}: the schedule it gives has alphas_cumprod "
+                               f"{float(alphas_cumprod[step]):g} at timestep {step}, not a share of signal in (0, 1]; "
+                               "correct beta_start, beta_end or trained_betas to the model's.")
 
 
 def _check_flow_shift(config: dict, config_path: Path) -> None:
