@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdi_audit.errors import InputProblem, SettingsProblem
+from cdi_audit.errors import InputProblem, OutputProblem, SettingsProblem
 
 CHUNK_PATTERN = "chunk-*.npz"
 
@@ -46,14 +46,20 @@ class FeatureSection:
         return rows
 
     def append(self, hashes: list[str], values: np.ndarray) -> None:
-        """Store rows for ``hashes`` as one new chunk, atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        key_file = self.folder / "key.json"
-        if not key_file.exists():
-            atomic_write(key_file, json.dumps(self.key, indent=2, sort_keys=True).encode())
+        """Store rows for ``hashes`` as one new chunk, atomically. The folder took files when the run started
+        (the settings check it); a disk that fills mid-run is the user's to fix (exit 2), not a bug."""
         buffer = io.BytesIO()
         np.savez(buffer, hashes=np.array(hashes, dtype=str), values=np.asarray(values, dtype=np.float64))
-        atomic_write(self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.npz", buffer.getvalue())
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            key_file = self.folder / "key.json"
+            if not key_file.exists():
+                atomic_write(key_file, json.dumps(self.key, indent=2, sort_keys=True).encode())
+            atomic_write(self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.npz", buffer.getvalue())
+        except OSError as error:
+            raise OutputProblem(f"The feature cache {self.folder.parent.parent} stopped taking files "
+                                f"({error.strerror or type(error).__name__}); free space or give another "
+                                "--cache-dir, then re-run: features stored so far are kept.") from None
 
 
 def _read_chunk(chunk: Path) -> dict[str, np.ndarray]:

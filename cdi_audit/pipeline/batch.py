@@ -142,8 +142,8 @@ def _parse(path: Path) -> BatchFile:
     except tomllib.TOMLDecodeError as error:
         raise SettingsProblem(f"The batch file {path} is not valid TOML: {error}") from None
     except RecursionError:
-        document = {"nested": [[]] * (MAX_NESTING + 1)}
-    if _nesting(document) > MAX_NESTING:
+        document = None
+    if document is None or _nesting(document) > MAX_NESTING:
         raise SettingsProblem(f"The batch file {path} nests tables or lists more than {MAX_NESTING} deep; a batch "
                               "file is [defaults] and [[audit]] tables of plain values.")
     try:
