@@ -288,3 +288,25 @@ def test_betas_that_make_no_schedule_are_refused(tiny_model: Path, tmp_path: Pat
 def test_a_zero_terminal_snr_schedule_loads(tiny_model: Path, tmp_path: Path) -> None:
     copy, _ = edited_copy(tiny_model, tmp_path, "scheduler/scheduler_config.json", rescale_betas_zero_snr=True)
     assert float(load_target(copy, CPU).schedule.alphas_cumprod[-1]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_text_to_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_pipelines import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "model")
+
+
+@pytest.mark.parametrize(("length", "shown"), [(None, "not set"), ("abc", "'abc'"), (0, "0"), (77, "77")])
+def test_a_clip_tokenizer_length_its_encoder_cannot_take_is_refused(tiny_text_to_image: Path, tmp_path: Path,
+                                                                    length, shown) -> None:
+    """The tiny text encoder has 16 positions; transformers takes 10^30 for a length that is not set."""
+    copy, config = edited_copy(tiny_text_to_image, tmp_path, "tokenizer/tokenizer_config.json", model_max_length=length)
+    if length is None:
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                      if k != "model_max_length"}))
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: model_max_length is {shown}; it must be an integer from 2 to 16 (the text encoder's "
+        "max_position_embeddings): correct it to the tokenizer's (77 for CLIP).")

@@ -73,9 +73,9 @@ class LoadedParts:
     def denoiser(self) -> Any:
         return self.parts[self.roles["denoiser"]]
 
-    def config_file(self, folder: str) -> Path:
+    def config_file(self, folder: str, name: str = "config.json") -> Path:
         """The config file of the component in ``folder``, named in a refusal."""
-        return Path(self.configs or self.description.path) / folder / "config.json"
+        return Path(self.configs or self.description.path) / folder / name
 
     @property
     def autoencoder(self) -> Any:

@@ -17,7 +17,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.models.condition import Condition, Tokens
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
-from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
+from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, check_clip_lengths, clip_tokens
 from cdi_audit.models.families.sd3 import T5_TOKENIZERS, t5_tokens
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 
@@ -109,6 +109,7 @@ class Flux(Family):
         return None
 
     def check(self, loaded: LoadedParts) -> None:
+        check_clip_lengths(loaded)
         self.check_side(loaded, 2, "Flux packs latents in 2 x 2 patches")
 
     def build(self, loaded: LoadedParts) -> FluxTarget:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cdi_audit.errors import ModelUnavailable
 from cdi_audit.inputs.images import ImageRecord
 from cdi_audit.models.condition import Condition, Tokens
 from cdi_audit.models.deferred import load_now
@@ -68,6 +69,24 @@ def clip_tokens(tokenizer, captions: list[str]) -> Tokens:
     return Tokens(ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
+def check_clip_lengths(loaded: LoadedParts) -> None:
+    """Captions are padded and cut to each CLIP tokenizer's model_max_length, which its text encoder's position
+    embeddings must cover; a tokenizer config without it (transformers then takes 10^30), or with a length
+    the encoder cannot take, would fail at the first caption, or (0) encode no caption at all."""
+    from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+
+    for folder, tokenizer in loaded.parts.items():
+        if not folder.startswith("tokenizer") or "CLIP" not in type(tokenizer).__name__:
+            continue
+        most = loaded.parts[folder.replace("tokenizer", "text_encoder")].config.max_position_embeddings
+        length = tokenizer.model_max_length
+        if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= most:
+            shown = "not set" if length == VERY_LARGE_INTEGER else f"{length!r}"
+            raise ModelUnavailable(f"{loaded.config_file(folder, 'tokenizer_config.json')}: model_max_length is "
+                                   f"{shown}; it must be an integer from 2 to {most} (the text encoder's "
+                                   "max_position_embeddings): correct it to the tokenizer's (77 for CLIP).")
+
+
 @register
 class StableDiffusion(Family):
     name = "sd"
@@ -85,6 +104,9 @@ class StableDiffusion(Family):
                 Component("vae", frozenset({"AutoencoderKL"}), role="autoencoder"),
                 Component("text_encoder", frozenset({"CLIPTextModel"}), "text_encoder"),
                 Component("tokenizer", TOKENIZERS, "tokenizer"))
+
+    def check(self, loaded: LoadedParts) -> None:
+        check_clip_lengths(loaded)
 
     def build(self, loaded: LoadedParts) -> StableDiffusionTarget:
         return StableDiffusionTarget(loaded)

@@ -16,7 +16,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.models.condition import Tokens
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
-from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
+from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, check_clip_lengths, clip_tokens
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
 
 T5_TOKENIZERS = frozenset({"T5Tokenizer", "T5TokenizerFast"})
@@ -97,7 +97,9 @@ class StableDiffusion3(Family):
 
     def check(self, loaded: LoadedParts) -> None:
         """The latent side must split into whole patches, no more a side than the position embedding holds
-        (the transformer finds out only when first run); the T5 states' width is the transformer's."""
+        (the transformer finds out only when first run); the T5 states' width is the transformer's; the CLIP
+        tokenizers' lengths fit their encoders."""
+        check_clip_lengths(loaded)
         denoiser = loaded.roles["denoiser"]
         config_integer(loaded, denoiser, "joint_attention_dim")
         patch = config_integer(loaded, denoiser, "patch_size")

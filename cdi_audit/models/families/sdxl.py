@@ -19,7 +19,7 @@ from cdi_audit.inputs.images import sdxl_crop_geometry
 from cdi_audit.models.condition import Condition, Tokens
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
-from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, clip_tokens
+from cdi_audit.models.families.sd import TOKENIZERS, StableDiffusionTarget, check_clip_lengths, clip_tokens
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
 
 # Stable Diffusion 1.x's latent scale; SDXL's VAE is trained for 0.13025, and configs that say 0.18215 exist.
@@ -98,6 +98,7 @@ class StableDiffusionXL(Family):
     def check(self, loaded: LoadedParts) -> None:
         """The UNet's added embedding must take 6 time ids and the pooled projection, as the pipeline checks;
         an SDXL VAE config with SD 1.x's scaling factor is read as it is, with a warning."""
+        check_clip_lengths(loaded)
         unet = loaded.denoiser.config
         if unet.get("addition_embed_type") != "text_time":
             raise ModelUnavailable(f"{loaded.description.path}: the SDXL UNet's addition_embed_type is "
