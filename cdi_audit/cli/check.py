@@ -86,9 +86,10 @@ def check(
     json_output: JsonOption = False,
     out: Annotated[Path | None, typer.Option(
         metavar="DIR", show_default=False,
-        help="Folder to write the audit into: report.json (the full result), manifest.json (sha256, size and "
-             "dimensions of every input and model file; see 'cdi-audit verify'), scores.csv (per-image diagnostic "
-             "scores), the figures as PNG, report.html and report.pdf (see --report).")] = None,
+        help="Folder to write the audit into: report.json (the full result), scores.csv (per-image diagnostic "
+             "scores), the figures as PNG, report.html and report.pdf (see --report), and last manifest.json "
+             "(sha256 and size of every input, model file and file written there; see 'cdi-audit verify').")
+    ] = None,
     report_formats: Annotated[str | None, typer.Option(
         "--report", metavar="FORMATS", callback=check_report_formats, show_default=False,
         help="Reports to render into --out: 'pdf,html' (the default), 'pdf', 'html' or 'none'. 'cdi-audit "
