@@ -389,7 +389,7 @@ def _(root, shared):
 
 
 for scale in ("0", "-1", "inf", "nan", "1e300"):
-    case(f"adapter scale {scale}", 2, "the scale must be above 0 and at most 10")(
+    case(f"adapter scale {scale}", 2, "the scale must be a number above 0 and at most 10")(
         lambda root, shared, scale=scale: lora_check(root, f"{LORA}:{scale}"))
 
 
@@ -445,6 +445,14 @@ def _(root, shared):
             "--image-size", "16", "--guidance", "3"]
 
 
+for option, value, phrase in (("--endpoint-timeout", "0", "--endpoint-timeout must be a number of at least 0.1"),
+                              ("--retries", "-1", "--retries must be a whole number of at least 0"),
+                              ("--image-size", "4", "--image-size must be a whole number of at least 8")):
+    case(f"endpoint {option} {value}", 2, phrase)(lambda root, shared, option=option, value=value: [
+        "check", str(sets(root)[0]), "--reference", str(sets(root)[1]), "--endpoint-cmd", "vary {input} {output}",
+        "--image-size", "16", option, value])
+
+
 @case("--no-calibration without an adapter", 2, "--no-calibration against the base applies to audits with")
 def _(root, shared):
     return check(root, shared, "--no-calibration")
@@ -480,7 +488,7 @@ for extra, phrase in (("permutations = -5", "audit 1 (a): permutations must be a
                       ("seed = -1", "audit 1 (a): seed must be a whole number from 0"),
                       (f"seed = {2**64}", "audit 1 (a): seed must be a whole number from 0"),
                       ("guidance = nan", "audit 1 (a): guidance must be a number from 0 to 100"),
-                      ('adapters = ["x.safetensors:inf"]', "x.safetensors: the scale must be above 0"),
+                      ('adapters = ["x.safetensors:inf"]', "x.safetensors: the scale must be a number above 0"),
                       ('permutations = "ten"', "audit 1 (a): permutations must be a whole number (got 'ten')"),
                       ("alpha = true", "audit 1 (a): alpha must be a number (got True)"),
                       ('test = "bogus"', "audit 1 (a): test must be 'permutation' or 'split', not 'bogus'")):

@@ -104,7 +104,7 @@ def test_machine_and_model_rules() -> None:
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, math.nan, 10.5])
 def test_adapter_scales_outside_0_to_10_are_refused(scale: float) -> None:
-    with pytest.raises(InvalidSetting, match="the scale must be above 0 and at most 10"):
+    with pytest.raises(InvalidSetting, match="the scale must be a number above 0 and at most 10"):
         Adapter(Path("a.safetensors"), scale)
 
 

@@ -47,6 +47,7 @@ from cdi_audit.blackbox.variation import (
 )
 from cdi_audit.errors import ModelUnavailable, SettingsProblem
 from cdi_audit.results.schema import ModelInfo
+from cdi_audit.rules import check_count, check_number, require
 
 Result = TypeVar("Result")
 ENVIRONMENT_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -301,6 +302,21 @@ class EndpointSettings:
     image_size: int | None = None
     family: str | None = None  # "pixel" or "latent"
     conditioning: str | None = None  # "none", "text" or "class"
+
+    def __post_init__(self) -> None:
+        require((self.url is None) != (self.command is None), "endpoint",
+                "must be given as a URL or as a command, not both and not neither.")
+        check_number(self.timeout, "endpoint_timeout", 0.1)
+        check_count(self.retries, "retries", least=0)
+        check_number(self.backoff, "retry_backoff", 0)
+        if self.max_rps is not None:
+            check_number(self.max_rps, "max_rps", 0.001)
+        if self.image_size is not None:
+            check_count(self.image_size, "image_size", least=8)
+        require(self.family in (None, "pixel", "latent"), "endpoint_family",
+                f"must be 'pixel' or 'latent', not {self.family!r}.")
+        require(self.conditioning in (None, "none", "text", "class"), "endpoint_conditioning",
+                f"must be 'none', 'text' or 'class', not {self.conditioning!r}.")
 
     def public(self) -> dict[str, str | int | float | None]:
         """The settings as reports record them: no header values, no credentials in the URL."""

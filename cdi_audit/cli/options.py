@@ -92,20 +92,21 @@ HeaderOption = Annotated[list[str] | None, typer.Option(
     help="HTTP header for every call (repeatable). Write secrets as ${ENV_VAR}, e.g. --header 'Authorization: "
          "Bearer ${API_KEY}' in single quotes: the value is read from the environment and never shown or saved.")]
 EndpointTimeoutOption = Annotated[float, typer.Option(
-    min=0.1, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL, help="Time limit of one call.")]
+    metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL, help="Time limit of one call (at least 0.1).")]
 RetriesOption = Annotated[int, typer.Option(
-    min=0, metavar="N", rich_help_panel=ENDPOINT_PANEL,
+    metavar="N", rich_help_panel=ENDPOINT_PANEL,
     help="Retries of a failed call (network error, timeout, HTTP 429 or 5xx, an answer that is not an image) "
          "before the audit stops with exit code 4.")]
 RetryBackoffOption = Annotated[float, typer.Option(
-    min=0.0, metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL,
+    metavar="SECONDS", rich_help_panel=ENDPOINT_PANEL,
     help="Wait before the first retry; it doubles with each next one (up to 60 s). Retry-After is honoured.")]
 MaxRpsOption = Annotated[float | None, typer.Option(
-    min=0.001, metavar="RATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
-    help="At most this many calls per second (default: no limit).")]
+    metavar="RATE", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="At most this many calls per second (at least 0.001; default: no limit).")]
 ImageSizeOption = Annotated[int | None, typer.Option(
-    min=8, metavar="PIXELS", show_default=False, rich_help_panel=ENDPOINT_PANEL,
-    help="Resolution the endpoint's model works at; needed when the endpoint does not describe itself (GET).")]
+    metavar="PIXELS", show_default=False, rich_help_panel=ENDPOINT_PANEL,
+    help="Resolution the endpoint's model works at (at least 8); needed when the endpoint does not describe "
+         "itself (GET).")]
 EndpointFamilyOption = Annotated[FamilyChoice | None, typer.Option(
     show_default=False, rich_help_panel=ENDPOINT_PANEL,
     help="Whether the endpoint's model is a latent model (its variations are then compared with its own "

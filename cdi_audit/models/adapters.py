@@ -12,7 +12,6 @@ adapter would audit the base under the adapter's name.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from cdi_audit.errors import InputProblem, InvalidSetting, ModelUnavailable, brief
 from cdi_audit.results.schema import TrainingClaims
+from cdi_audit.rules import check_number
 
 # Files that unpickle when loaded: refused as models (loading.py), and as adapters without --allow-pickle.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
@@ -39,12 +39,11 @@ class Adapter:
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
-        scale = self.scale
-        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
-                and 0 < scale <= MAX_SCALE):
-            raise InvalidSetting("adapter", f"{self.path}: the scale must be above 0 and at most {MAX_SCALE:g} "
-                                            f"(1.0: as trained), not {scale!r}; at 0 the base would be audited "
-                                            "under the adapter's name.")
+        try:
+            check_number(self.scale, "adapter", 0, MAX_SCALE, above=True, note=" (1.0: as trained)")
+        except InvalidSetting as error:
+            raise InvalidSetting("adapter", f"{self.path}: the scale {error.problem} At 0 the base would be "
+                                            "audited under the adapter's name.") from None
 
     @classmethod
     def parse(cls, text: str, allow_pickle: bool = False) -> Adapter:

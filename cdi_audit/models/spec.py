@@ -9,13 +9,13 @@ and the report speak of the same files. A ``Machine`` says where and how the net
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.adapters import Adapter
+from cdi_audit.rules import check_number
 
 if TYPE_CHECKING:
     from cdi_audit.models.target import Target
@@ -57,11 +57,9 @@ class ModelSpec:
     guidance: float | None = None  # the value a guidance-distilled transformer is fed (None: its default)
 
     def __post_init__(self) -> None:
-        guidance = self.guidance
-        if guidance is not None and not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
-                                         and math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
-            raise InvalidSetting("guidance", f"must be a number from 0 to {MAX_GUIDANCE:g} (guidance-distilled "
-                                             f"models are trained around 1 to 10), not {guidance!r}.")
+        if self.guidance is not None:
+            check_number(self.guidance, "guidance", 0, MAX_GUIDANCE,
+                         note=" (guidance-distilled models are trained around 1 to 10)")
         seen: set[Path] = set()
         for adapter in self.adapters:
             where = Path(adapter.path).resolve()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.spec import Machine, ModelSpec
+from cdi_audit.rules import check_count, is_number, require
 from cdi_audit.statistics.power import DEFAULT_CURVE_RESAMPLES
 from cdi_audit.statistics.testing import AnyTestName, TestName
 from cdi_audit.verdict.controls import DEFAULT_SHIFT_ALPHA
@@ -30,28 +31,8 @@ ACCESS_CHOICES = ("auto", "blackbox")
 SHIFT_ALPHA_RANGE = (0.001, 0.5)
 
 
-def require(condition: bool, field_name: str, problem: str) -> None:
-    if not condition:
-        raise InvalidSetting(field_name, problem)
-
-
-def is_integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_count(value: object, field_name: str, least: int = 1) -> None:
-    """A whole number of things (permutations, images per batch, workers) of at least ``least``."""
-    require(is_integer(value) and value >= least, field_name, f"must be a whole number of at least {least}, not "
-            f"{value!r}.")
-
-
 def check_seed(seed: object) -> None:
-    require(is_integer(seed) and 0 <= seed <= MAX_SEED, "seed",
-            f"must be a whole number from 0 to {MAX_SEED} (2**32 - 1), not {seed!r}.")
+    check_count(seed, "seed", least=0, most=MAX_SEED)
 
 
 def check_level(value: object, field_name: str, low: float = 0.0, high: float = 0.5, inclusive: bool = False) -> None:
