@@ -239,6 +239,7 @@ def test_a_flow_shift_in_range_or_unused_loads(sd3, flux, tmp_path, family, shif
                                 "must be even"),
     ("sd3", {"sample_size": 32}, "sample_size gives 16 patches a side, more than pos_embed_max_size 8"),
     ("sd3", {"joint_attention_dim": None}, "joint_attention_dim is None, not an integer of at least 1"),
+    ("flux", {"in_channels": 4}, "in_channels is 4, but the autoencoder's latents have 4 x 4 packed channels"),
 ])
 def test_a_flow_transformer_config_that_would_fail_mid_audit_is_refused(sd3, flux, tmp_path, family, change,
                                                                         phrase):

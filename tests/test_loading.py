@@ -310,3 +310,14 @@ def test_a_clip_tokenizer_length_its_encoder_cannot_take_is_refused(tiny_text_to
     assert assert_one_line(raised.value) == (
         f"{config}: model_max_length is {shown}; it must be an integer from 2 to 16 (the text encoder's "
         "max_position_embeddings): correct it to the tokenizer's (77 for CLIP).")
+
+
+def test_a_denoiser_that_does_not_take_the_autoencoders_latents_is_refused(tiny_text_to_image: Path,
+                                                                          tmp_path: Path) -> None:
+    """An inpainting UNet (9 input channels on 4-channel latents) is recognised as a text-to-image one."""
+    copy, config = edited_copy(tiny_text_to_image, tmp_path, "unet/config.json", in_channels=9)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value).startswith(
+        f"{config}: in_channels is 9, but the autoencoder's latents have 4 channels; an inpainting or "
+        "image-conditioned model")

@@ -101,6 +101,9 @@ class Family(abc.ABC):
     # A flow-matching family's time input per unit of sigma (SD3: 1000, Flux: 1, its transformer scales it);
     # None for a family trained on a variance-preserving schedule (``models/schedule.py``).
     flow_time_scale: ClassVar[float | None] = None
+    # How many latent positions one input position of the denoiser takes, channels side by side (Flux packs
+    # 2 x 2 patches: 4); its in_channels must be that many times the autoencoder's latent_channels.
+    packed_positions: ClassVar[int] = 1
     # The latent side to audit at when the denoiser's config records none (Flux's transformer takes any size;
     # its pipeline's default is 128, i.e. 1024 px). None: the config's sample_size is required.
     default_sample_size: ClassVar[int | None] = None

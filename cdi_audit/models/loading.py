@@ -422,6 +422,17 @@ def _check_latent_scale(autoencoder, config_path: Path) -> None:
                                    "(the value the model was trained with).")
 
 
+def _check_channels(family: Family, denoiser, autoencoder, config_path: Path) -> None:
+    """The denoiser must take the autoencoder's latents: an inpainting or image-conditioned UNet (9 or 8 input
+    channels on 4-channel latents) loads as a text-to-image one, and would fail at its first step."""
+    takes, gives = denoiser.config.get("in_channels"), autoencoder.config.get("latent_channels")
+    if not isinstance(gives, int) or takes != family.packed_positions * gives:
+        packed = f" x {family.packed_positions} packed" if family.packed_positions > 1 else ""
+        raise ModelUnavailable(f"{config_path}: in_channels is {takes!r}, but the autoencoder's latents have {gives!r}"
+                               f"{packed} channels; an inpainting or image-conditioned model, which takes more, is not "
+                               "audited by this version, and other components must come from the same pipeline.")
+
+
 def _quiet(library) -> None:
     """diffusers and transformers log progress bars and notes while loading; our stderr is for the audit."""
     library.utils.logging.set_verbosity_error()
@@ -558,6 +569,8 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                               family.default_sample_size)
     if "autoencoder" in roles:
         _check_latent_scale(parts[roles["autoencoder"]], config_folder / roles["autoencoder"] / "config.json")
+        _check_channels(family, parts[roles["denoiser"]], parts[roles["autoencoder"]],
+                        config_folder / roles["denoiser"] / "config.json")
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
                                  claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)

@@ -88,6 +88,7 @@ class Flux(Family):
     single_file_parts = {"vae": ("vae.", "first_stage_model."), "text_encoder": ("text_encoders.clip_l.",),
                          "text_encoder_2": ("text_encoders.t5xxl.",)}
     default_sample_size = 128  # FluxPipeline.default_sample_size: 1024 px through the 8x VAE
+    packed_positions = 4
 
     def recognises(self, index: PipelineIndex) -> bool:
         return index.has("transformer", "FluxTransformer2DModel")
