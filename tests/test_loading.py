@@ -321,3 +321,12 @@ def test_a_denoiser_that_does_not_take_the_autoencoders_latents_is_refused(tiny_
     assert assert_one_line(raised.value).startswith(
         f"{config}: in_channels is 9, but the autoencoder's latents have 4 channels; an inpainting or "
         "image-conditioned model")
+
+
+def test_a_pixel_unet_on_other_channels_than_rgb_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    copy, config = edited_copy(tiny_model, tmp_path, "unet/config.json", in_channels=1)
+    with pytest.raises(ModelUnavailable) as raised:
+        load_target(copy, CPU)
+    assert assert_one_line(raised.value) == (
+        f"{config}: in_channels is 1, but the audit feeds images as RGB (3 channels); a pixel model on other channels "
+        "(grayscale, RGBA) is not audited by this version.")

@@ -34,6 +34,9 @@ class PixelTarget(Target):
         return self.unet(z_t, time).sample
 
 
+RGB = 3  # the channels images are fed with (``inputs/images.py`` converts every mode to RGB)
+
+
 def check_unet_side(family: Family, loaded: LoadedParts) -> None:
     """A UNet2DModel halves the side in every down block but the last and doubles it back without fitting it to
     the skip connections' (as UNet2DConditionModel does), so the side must stay whole through every halving."""
@@ -58,6 +61,12 @@ class PixelDiffusion(Family):
         return (Component("unet", frozenset({"UNet2DModel"}), role="denoiser"),)
 
     def check(self, loaded: LoadedParts) -> None:
+        """Images are fed as RGB: a UNet on other channels (grayscale, RGBA) would fail at its first step."""
+        channels = loaded.denoiser.config.get("in_channels")
+        if channels != RGB:
+            raise ModelUnavailable(f"{loaded.config_file(loaded.roles['denoiser'])}: in_channels is {channels!r}, but "
+                                   f"the audit feeds images as RGB ({RGB} channels); a pixel model on other channels "
+                                   "(grayscale, RGBA) is not audited by this version.")
         check_unet_side(self, loaded)
 
     def build(self, loaded: LoadedParts) -> PixelTarget:
