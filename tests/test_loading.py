@@ -221,6 +221,7 @@ def tiny_latent_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     ("dit", "transformer", {"num_embeds_ada_norm": "abc"}, "num_embeds_ada_norm is 'abc', not an integer of at "
                                                             "least 1"),
     ("dit", "transformer", {"patch_size": None}, "patch_size is None, not an integer of at least 1"),
+    ("ldm", "vqvae", {"in_channels": 1}, "in_channels is 1, but the audit feeds images as RGB (3 channels)"),
 ])
 def test_a_latent_config_value_the_audit_computes_with_is_refused_when_malformed(
         tiny_latent_models, tmp_path: Path, model, config, change, phrase) -> None:

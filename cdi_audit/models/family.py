@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from cdi_audit.models.target import Target
     from cdi_audit.results.schema import ModelInfo
 
+# The channels images are fed with (``inputs/images.py`` converts every mode to RGB).
+RGB = 3
 ComponentKind = Literal["diffusers", "text_encoder", "tokenizer"]
 # What a component is to the audit: the network that denoises, the autoencoder, or something it conditions on.
 ComponentRole = Literal["denoiser", "autoencoder", "condition"]

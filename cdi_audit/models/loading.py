@@ -32,7 +32,7 @@ from cdi_audit.models.adapters import (
 )
 from cdi_audit.models.deferred import DeferredModule
 from cdi_audit.models.families import family_for
-from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+from cdi_audit.models.family import RGB, Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.prediction import SCHEDULER_PREDICTION_TYPES
 from cdi_audit.models.schedule import DiscreteSchedule, FlowMatchSchedule, NoiseSchedule, NominalKind
 from cdi_audit.models.single_file import (
@@ -422,15 +422,22 @@ def _check_latent_scale(autoencoder, config_path: Path) -> None:
                                    "(the value the model was trained with).")
 
 
-def _check_channels(family: Family, denoiser, autoencoder, config_path: Path) -> None:
-    """The denoiser must take the autoencoder's latents: an inpainting or image-conditioned UNet (9 or 8 input
-    channels on 4-channel latents) loads as a text-to-image one, and would fail at its first step."""
+def _check_channels(family: Family, denoiser, autoencoder, folder: Path, roles: dict[str, str]) -> None:
+    """The autoencoder must take RGB images, and the denoiser its latents: an inpainting or image-conditioned
+    UNet (9 or 8 input channels on 4-channel latents) loads as a text-to-image one, and would fail at its first
+    step."""
+    images = autoencoder.config.get("in_channels")
+    if images != RGB:
+        raise ModelUnavailable(f"{folder / roles['autoencoder'] / 'config.json'}: in_channels is {images!r}, but the "
+                               f"audit feeds images as RGB ({RGB} channels); an autoencoder on other channels "
+                               "(grayscale, RGBA) is not audited by this version.")
     takes, gives = denoiser.config.get("in_channels"), autoencoder.config.get("latent_channels")
     if not isinstance(gives, int) or takes != family.packed_positions * gives:
         packed = f" x {family.packed_positions} packed" if family.packed_positions > 1 else ""
-        raise ModelUnavailable(f"{config_path}: in_channels is {takes!r}, but the autoencoder's latents have {gives!r}"
-                               f"{packed} channels; an inpainting or image-conditioned model, which takes more, is not "
-                               "audited by this version, and other components must come from the same pipeline.")
+        raise ModelUnavailable(f"{folder / roles['denoiser'] / 'config.json'}: in_channels is {takes!r}, but the "
+                               f"autoencoder's latents have {gives!r}{packed} channels; an inpainting or "
+                               "image-conditioned model, which takes more, is not audited by this version, and other "
+                               "components must come from the same pipeline.")
 
 
 def _quiet(library) -> None:
@@ -569,8 +576,7 @@ def load_target(path: Path, device: torch.device, dtype: torch.dtype | None = No
                               family.default_sample_size)
     if "autoencoder" in roles:
         _check_latent_scale(parts[roles["autoencoder"]], config_folder / roles["autoencoder"] / "config.json")
-        _check_channels(family, parts[roles["denoiser"]], parts[roles["autoencoder"]],
-                        config_folder / roles["denoiser"] / "config.json")
+        _check_channels(family, parts[roles["denoiser"]], parts[roles["autoencoder"]], config_folder, roles)
     adapter_infos = [AdapterInfo(path=str(a.path.resolve()), sha256=file_sha256(a.path), scale=a.scale,
                                  claims=training_claims(a)) for a in adapters]
     notes = [note for adapter, info in zip(adapters, adapter_infos, strict=True)

@@ -8,7 +8,7 @@ from cdi_audit.errors import ModelUnavailable
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
-from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
+from cdi_audit.models.family import RGB, Component, Family, LoadedParts, PipelineIndex
 from cdi_audit.models.schedule import NoiseSchedule
 from cdi_audit.models.target import Target
 from cdi_audit.results.schema import ModelInfo
@@ -32,9 +32,6 @@ class PixelTarget(Target):
 
     def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
         return self.unet(z_t, time).sample
-
-
-RGB = 3  # the channels images are fed with (``inputs/images.py`` converts every mode to RGB)
 
 
 def check_unet_side(family: Family, loaded: LoadedParts) -> None:
