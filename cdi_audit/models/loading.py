@@ -56,7 +56,7 @@ MIN_TRAIN_TIMESTEPS, MAX_TRAIN_TIMESTEPS = 2, 100_000
 # A flow scheduler's static shift s moves its sigmas to s t / (1 + (s - 1) t), towards noise (s > 1) or towards
 # the data (s < 1; 1 / s mirrors s). Published models train at 1 to about 20 (SD3 3). At 100 the least noisy of
 # 1000 training levels is already sigma 0.09, so the low-noise levels the features are measured at are gone;
-# further out (and at 0, below it, or not finite) no sigma is left strictly between 0 and 1 at all.
+# far further out (or at 0, below it, or not finite) no sigma is left strictly between 0 and 1 at all.
 MIN_FLOW_SHIFT, MAX_FLOW_SHIFT = 0.01, 100.0
 # The side of the square images the model is fed. 4096 x 4096 RGB in float32 is 192 MiB per image, 6 GiB
 # per batch of 32 (and more in activations): a config asking more is a mistake, not a model we can audit.
@@ -314,9 +314,9 @@ def _check_flow_shift(config: dict, config_path: Path) -> None:
     """A flow scheduler's static ``shift``, where it is applied (not with dynamic shifting, whose shift is an
     inference setting, as are ``base_shift`` and ``max_shift``, none of which the audit reads), must be a number
     from MIN_FLOW_SHIFT to MAX_FLOW_SHIFT: outside, the training sigmas leave the audit no levels to measure."""
-    shift = config.get("shift", 1.0)
     if config.get("use_dynamic_shifting", False):
         return
+    shift = config.get("shift", 1.0)
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not MIN_FLOW_SHIFT <= shift <= MAX_FLOW_SHIFT:
         raise ModelUnavailable(f"{config_path}: shift is {shift!r}; it must be a positive number from {MIN_FLOW_SHIFT} "
                                f"to {MAX_FLOW_SHIFT:g} (published flow models use 1 to about 20, SD3 3); correct shift "

@@ -104,10 +104,10 @@ class StableDiffusion3(Family):
         config_integer(loaded, denoiser, "joint_attention_dim")
         patch = config_integer(loaded, denoiser, "patch_size")
         self.check_side(loaded, patch, f"the transformer cuts latents into {patch} x {patch} patches")
-        patches = self.fed_side(loaded) // patch
         if loaded.denoiser.config.get("pos_embed_max_size") is None:
             return
         most = config_integer(loaded, denoiser, "pos_embed_max_size")
+        patches = self.fed_side(loaded) // patch
         if patches > most:
             raise ModelUnavailable(f"{loaded.config_file(denoiser)}: sample_size gives {patches} patches a side, more "
                                    f"than pos_embed_max_size {most}, the side of the transformer's position embedding; "
