@@ -218,6 +218,9 @@ def _check_model_paths(settings: AuditSettings, where: str) -> None:
         if spec is not None and not Path(spec.path).exists():
             raise SettingsProblem(f"{where}: the {key} {spec.path} does not exist; {hint}.")
     for adapter in settings.model.adapters:
+        if adapter.path.is_dir():
+            raise SettingsProblem(f"{where}: the adapter {adapter.path} is a folder; give the adapter's .safetensors "
+                                  "file.")
         if not adapter.path.is_file():
             raise SettingsProblem(f"{where}: the adapter {adapter.path} does not exist; {hint}.")
     for key, config in ((f"{key}_config", spec.config) for key, spec in specs if spec is not None):
