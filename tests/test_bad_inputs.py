@@ -106,31 +106,10 @@ def _(root, shared):
     return check(root, shared, "--strict")
 
 
-@case("captions.csv with an unquoted comma", 3, "line 2 is malformed")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.csv").write_text("file,caption\ns_000.png,red, round\n")
-    return check(root, shared, model=shared["text_model"])
-
-
-@case("captions.csv with an unterminated quote", 3, "line 2 is malformed")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.csv").write_text('file,caption\ns_000.png,"red\ns_001.png,blue\n')
-    return check(root, shared, model=shared["text_model"])
-
-
 @case("sidecar caption that is not UTF-8", 3, "s_000.txt")
 def _(root, shared):
     suspect, _ = sets(root)
     (suspect / "s_000.txt").write_bytes("caf\xe9".encode("latin-1"))
-    return check(root, shared, model=shared["text_model"])
-
-
-@case("captions.csv naming a file that is not there", 3, "names 'nothing.png'")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.csv").write_text("file,caption\nnothing.png,a cat\n")
     return check(root, shared, model=shared["text_model"])
 
 
@@ -303,12 +282,34 @@ def _(root, shared):
 
 # ---- what the model sees besides pixels: the same rule for both sets (a verdict here would be wrong) --------
 
-@case("captions.csv in the suspect folder only", 3, "do not come from the same kind of source")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.csv").write_text("file,caption\n" + "".join(f"s_{i:03d}.png,a red circle\n"
-                                                                      for i in range(12)))
-    return check(root, shared, model=shared["text_model"])
+def suspect_file_case(name: str, code: int, phrase: str, file: str, content: str, model: str = "text_model"):
+    """A case whose one bad input is a file written into the suspect folder, audited on a conditional model."""
+
+    def build(root, shared):
+        (sets(root)[0] / file).write_text(content)
+        return check(root, shared, model=shared[model])
+
+    case(name, code, phrase)(build)
+
+
+for name, code, phrase, file, content in (
+    ("captions.csv in the suspect folder only", 3, "do not come from the same kind of source", "captions.csv",
+     "file,caption\n" + "".join(f"s_{i:03d}.png,a red circle\n" for i in range(12))),
+    ('"caption": null in captions.jsonl', 3, "the caption is null, not text", "captions.jsonl",
+     '{"file": "s_000.png", "caption": null}\n'),
+    ("captions.csv giving one image two captions", 3, "lines 2 and 3 give s_000.png different captions",
+     "captions.csv", "file,caption\ns_000.png,a cat\ns_000.png,a dog\n"),
+    ("captions.jsonl nested 100,000 deep", 3, "nested too deeply", "captions.jsonl", "[" * 100_000 + "\n"),
+    ("captions.csv with an unquoted comma", 3, "line 2 is malformed", "captions.csv",
+     "file,caption\ns_000.png,red, round\n"),
+    ("captions.csv with an unterminated quote", 3, "line 2 is malformed", "captions.csv",
+     'file,caption\ns_000.png,"red\ns_001.png,blue\n'),
+    ("captions.csv naming a file that is not there", 3, "names 'nothing.png'", "captions.csv",
+     "file,caption\nnothing.png,a cat\n"),
+):
+    suspect_file_case(name, code, phrase, file, content)
+suspect_file_case("labels.csv in the suspect folder only", 3, "class labels do not come from the same kind of source",
+                  "labels.csv", "file,label\n" + "".join(f"s_{i:03d}.png,{i % 4}\n" for i in range(12)), "class_model")
 
 
 @case("sidecar captions against a captions.csv", 3, "do not come from the same kind of source")
@@ -329,20 +330,6 @@ def _(root, shared):
     return check(root, shared, model=shared["text_model"])
 
 
-@case('"caption": null in captions.jsonl', 3, "the caption is null, not text")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.jsonl").write_text('{"file": "s_000.png", "caption": null}\n')
-    return check(root, shared, model=shared["text_model"])
-
-
-@case("captions.csv giving one image two captions", 3, "lines 2 and 3 give s_000.png different captions")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.csv").write_text("file,caption\ns_000.png,a cat\ns_000.png,a dog\n")
-    return check(root, shared, model=shared["text_model"])
-
-
 @case("captions.csv naming an ambiguous bare name", 3, "which is ambiguous: 2 files")
 def _(root, shared):
     suspect, _ = sets(root)
@@ -352,20 +339,6 @@ def _(root, shared):
     shutil.move(suspect / "s_001.png", suspect / "b" / "x.png")
     (suspect / "captions.csv").write_text("file,caption\nx.png,a cat\n")
     return check(root, shared, model=shared["text_model"])
-
-
-@case("captions.jsonl nested 100,000 deep", 3, "nested too deeply")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "captions.jsonl").write_text("[" * 100_000 + "\n")
-    return check(root, shared, model=shared["text_model"])
-
-
-@case("labels.csv in the suspect folder only", 3, "class labels do not come from the same kind of source")
-def _(root, shared):
-    suspect, _ = sets(root)
-    (suspect / "labels.csv").write_text("file,label\n" + "".join(f"s_{i:03d}.png,{i % 4}\n" for i in range(12)))
-    return check(root, shared, model=shared["class_model"])
 
 
 # ---- adapters ------------------------------------------------------------------------------------------
