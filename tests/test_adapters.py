@@ -13,7 +13,7 @@ from tiny_pipelines import save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
-from cdi_audit.errors import ModelUnavailable
+from cdi_audit.errors import InvalidSetting, ModelUnavailable
 from cdi_audit.inputs.images import file_sha256
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.condition import Condition
@@ -66,13 +66,17 @@ def test_the_adapter_and_its_scale_are_part_of_the_fingerprint(base_and_lora) ->
     fingerprints = {load_target(base, CPU, adapters=adapters).description.fingerprint
                     for adapters in ((), (Adapter(lora),), (Adapter(lora, 0.5),))}
     assert len(fingerprints) == 3
-    zero = load_target(base, CPU, adapters=(Adapter(lora, 0.0),))
+    # The scale is applied: at a millionth the adapted network is the base to float32 rounding (a scale of 0
+    # itself is refused, since it would audit the base under the adapter's name).
+    faint = load_target(base, CPU, adapters=(Adapter(lora, 1e-6),))
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     plain = load_target(base, CPU)
     with torch.no_grad():
         states = plain.embed_captions(["a red square"])
-    torch.testing.assert_close(noise_predictions(zero, z, states), noise_predictions(plain, z, states),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(noise_predictions(faint, z, states), noise_predictions(plain, z, states),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidSetting, match="the scale must be a number above 0"):
+        Adapter(lora, 0.0)
 
 
 def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixes_them(
