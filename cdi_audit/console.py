@@ -45,8 +45,9 @@ def shown(text: object) -> str:
 
 
 def stderr_console() -> Console:
-    """The console for humans. Emoji codes are off: a file named ':fire:.png' prints as written."""
-    return Console(stderr=True, emoji=False)
+    """The console for humans. Emoji codes are off: a file named ':fire:.png' prints as written. Lines of text
+    are not cut by Rich (the terminal wraps them), so a path in a message is never split inside a word."""
+    return Console(stderr=True, emoji=False, soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):

@@ -281,7 +281,7 @@ def test_an_adapter_without_a_local_base_is_a_usage_error(base_and_lora, image_s
     result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--endpoint",
                                       "http://127.0.0.1:9/vary", "--adapter", str(lora), "--json"])
     words = " ".join(word for word in (result.stdout + result.stderr).split() if word != "│")
-    assert result.exit_code == 2 and "an adapter is fused into a local base; give it as --model" in words
+    assert result.exit_code == 2 and "--adapter describes a local model; an endpoint serves its own model" in words
 
 
 def test_a_pickle_adapter_is_read_only_when_allowed_and_then_only_as_tensors(base_and_lora, image_sets, tmp_path):
@@ -354,8 +354,8 @@ def test_a_lycoris_adapter_is_refused_by_its_format(base_and_lora, tmp_path, mar
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--control-model", "BASE"], "with --adapter the base (--model) is the control model"),
-    (["--no-calibration", "NOADAPTER"], "calibration against the base applies to adapter audits only"),
+    (["--control-model", "BASE"], "--control-model must be left out with adapters: the base model is then"),
+    (["--no-calibration", "NOADAPTER"], "--no-calibration against the base applies to audits with adapters only"),
 ])
 def test_calibration_options_that_do_not_fit_are_usage_errors(base_and_lora, image_sets, extra, message) -> None:
     base, lora, _ = base_and_lora
@@ -384,10 +384,10 @@ def test_a_batch_file_with_adapters_takes_calibration_and_refuses_a_control_mode
     [read] = read_batch_file(batch)
     assert read.settings.calibrated and read.settings.control_model.adapters == ()
     batch.write_text(entry + f'control_model = "{base}"\n')
-    with pytest.raises(SettingsProblem, match="with adapters the base"):
+    with pytest.raises(SettingsProblem, match="control_model must be left out with adapters"):
         read_batch_file(batch)
     batch.write_text(entry + 'calibration = "no"\n')
-    with pytest.raises(SettingsProblem, match="calibration must be a bool"):
+    with pytest.raises(SettingsProblem, match="calibration must be true or false"):
         read_batch_file(batch)
 
 

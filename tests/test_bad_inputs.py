@@ -411,7 +411,7 @@ def _(root, shared):
     return check(root, shared, "--guidance", "1e300", model=SAMPLE_DATA / "flow" / "flux")
 
 
-@case("--guidance with an endpoint", 2, "--guidance describe a local model")
+@case("--guidance with an endpoint", 2, "--guidance describes a local model")
 def _(root, shared):
     suspect, reference = sets(root)
     return ["check", str(suspect), "--reference", str(reference), "--endpoint-cmd", "vary {input} {output}",

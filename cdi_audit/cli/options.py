@@ -204,7 +204,8 @@ def model_spec(model: Path | None, config: Path | None, adapters: list[str] | No
         if guidance is not None and "--guidance" not in given:
             given.append("--guidance")
         if given:
-            raise typer.BadParameter(f"{' and '.join(given)} describe a local model; an endpoint serves its own "
-                                     "model and would silently ignore them.", param_hint=given[0])
+            verb, pronoun = ("describes", "it") if len(given) == 1 else ("describe", "them")
+            raise typer.BadParameter(f"{' and '.join(given)} {verb} a local model; an endpoint serves its own "
+                                     f"model and would silently ignore {pronoun}.", param_hint=given[0])
         return None
     return ModelSpec(model, config, adapters_of(adapters, allow_pickle), guidance)
