@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdi_audit.errors import InputProblem, OutputProblem, SettingsProblem
+from cdi_audit.errors import InputProblem, InvalidSetting, OutputProblem, SettingsProblem
 
 CHUNK_PATTERN = "chunk-*.npz"
 
@@ -98,6 +98,23 @@ def require_cache_folder(root: Path) -> None:
         if path.exists():
             where = "is a file" if path == root else f"lies inside {path}, which is a file"
             raise SettingsProblem(f"The cache folder {root} {where}, not a folder; give a folder for --cache-dir.")
+
+
+def require_writable_cache(root: Path, given: bool) -> None:
+    """The cache must take files before any model work: a folder that cannot be created or written (read-only,
+    under /proc, a full disk, a bad XDG_CACHE_HOME) would otherwise fail only after the whole extraction.
+    ``given``: whether the user named it (else it is the default user cache folder). Raises ``InvalidSetting``
+    for the field ``cache_dir``."""
+    require_cache_folder(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-") as probe:
+            probe.write(b"cdi-audit")
+            probe.flush()
+    except OSError as error:
+        where = f"{root}" if given else f"{root} (the default user cache folder; XDG_CACHE_HOME moves it)"
+        raise InvalidSetting("cache_dir", f"{where} cannot take files ({error.strerror or type(error).__name__}); "
+                                          "give a folder you may write to, or turn the cache off.") from None
 
 
 def atomic_write(path: Path, content: bytes) -> None:

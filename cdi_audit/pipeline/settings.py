@@ -9,11 +9,11 @@ each way in renames it (``--alpha`` on the command line, ``alpha`` in a batch fi
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdi_audit.cache import require_writable_cache
 from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.rules import check_count, is_number, require
@@ -29,10 +29,6 @@ MAX_SEED = 2**32 - 1
 TESTS: tuple[TestName, ...] = ("permutation", "split")
 ACCESS_CHOICES = ("auto", "blackbox")
 SHIFT_ALPHA_RANGE = (0.001, 0.5)
-
-
-def check_seed(seed: object) -> None:
-    check_count(seed, "seed", least=0, most=MAX_SEED)
 
 
 def check_level(value: object, field_name: str, low: float = 0.0, high: float = 0.5, inclusive: bool = False) -> None:
@@ -58,26 +54,6 @@ def check_features(features: object) -> None:
         resolve_extractors(features)
     except ValueError as error:
         raise InvalidSetting("features", f"cannot be {features!r}: {error}") from None
-
-
-def check_cache_folder(folder: Path, given: bool) -> None:
-    """The feature cache must take files before any model work: a folder that cannot be created or written
-    (read-only, under /proc, a full disk, a bad XDG_CACHE_HOME) would otherwise fail only after the whole
-    extraction. ``given``: whether the user named it (else it is the default user cache folder)."""
-    from cdi_audit.cache import require_cache_folder
-
-    name = "cache_dir"
-    where = f"{folder}" if given else f"{folder} (the default user cache folder; XDG_CACHE_HOME moves it)"
-    require_cache_folder(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as probe:
-            probe.write(b"cdi-audit")
-            probe.flush()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise InvalidSetting(name, f"{where} cannot take files ({reason}); give a folder you may write to, or "
-                                   "turn the cache off.") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +83,7 @@ class ModelSettings:
         require(self.access == "auto" or self.model is not None, "access",
                 "'blackbox' is for a local model; an endpoint gives black-box access anyway.")
         check_features(self.features)
-        check_seed(self.seed)
+        check_count(self.seed, "seed", least=0, most=MAX_SEED)
         check_count(self.batch_size, "batch_size")
         check_count(self.max_batch_grad, "max_batch_grad")
         check_count(self.n_jobs, "n_jobs")
@@ -116,7 +92,7 @@ class ModelSettings:
         require(self.calibration or (self.model is not None and bool(self.model.adapters)), "calibration",
                 "against the base applies to audits with adapters only.")
         if self.use_cache:
-            check_cache_folder(self.store_root, given=self.cache_dir is not None)
+            require_writable_cache(self.store_root, given=self.cache_dir is not None)
 
     @property
     def calibrated(self) -> bool:
