@@ -79,6 +79,22 @@ def test_a_cache_folder_that_cannot_take_files_is_refused_before_any_work(tmp_pa
     assert list((tmp_path / "cache").iterdir()) == []  # the probe leaves nothing behind
 
 
+def test_an_adapter_audit_without_calibration_runs_its_base_as_the_control(tmp_path: Path) -> None:
+    """--no-calibration belongs to the adapted model; the base it is compared with has no adapters, and its
+    settings must still be valid (they were refused as 'calibration applies to adapters only')."""
+    from cdi_audit.features.registry import resolve_extractors
+    from cdi_audit.pipeline.audit import control_settings, on_model
+
+    lora = SAMPLE_DATA / "lora"
+    settings = audit_settings(tmp_path, model=ModelSpec(lora / "base", adapters=(Adapter(lora / "x.safetensors"),)),
+                              calibration=False)
+    extractors = resolve_extractors("loss")
+    control = control_settings(settings, extractors)
+    assert control.model == ModelSpec(lora / "base") and control.calibration and not control.calibrated
+    assert on_model(settings, settings.model.base, extractors).model.adapters == ()
+    assert not settings.calibrated and settings.control_is_base
+
+
 def test_evaluation_settings_follow_the_same_book(tmp_path: Path) -> None:
     values = dict(members_dir=tmp_path, nonmembers_dir=tmp_path, model=MODEL, cache_dir=tmp_path)
     with pytest.raises(InvalidSetting, match="permutations must be at least 100 for the 'images needed'"):

@@ -294,8 +294,10 @@ def load_and_extract(settings: ModelSettings, image_sets: list[ImageSet], progre
 
 def on_model(settings: ModelSettings, model: ModelSpec, extractors: list[Extractor]) -> ModelSettings:
     """The same settings on another model, with exactly the extractors ``extractors`` (so a preset cannot
-    resolve to other features there)."""
-    return replace(settings, model=model, features=",".join(dict.fromkeys(extractor.name for extractor in extractors)))
+    resolve to other features there). Calibration is a choice about adapters: a model without them (an adapted
+    model's base) keeps the default."""
+    return replace(settings, model=model, features=",".join(dict.fromkeys(extractor.name for extractor in extractors)),
+                   calibration=settings.calibration or not model.adapters)
 
 
 def control_settings(settings: AuditSettings, extractors: list[Extractor]) -> AuditSettings:
