@@ -80,7 +80,7 @@ def random_crops(photos: list[np.ndarray], count: int, rng: np.random.Generator)
 
 
 def tiny_unet(sample_size: int):
-    """The "xs" UNet of ../shared/spec/fixtures.md: 0.27 M parameters."""
+    """The "xs" UNet the tests and the sample use: 0.27 M parameters, small enough to train on a CPU."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(
@@ -108,7 +108,7 @@ def train_ddpm(images: torch.Tensor, steps: int, seed: int, batch_size: int = 32
     continue training from step ``first_step`` (a fresh optimiser state; the random stream is seeded by both).
 
     Returns (unet, scheduler). Epochs over the member set, not steps, are what
-    make the model memorise (fixtures.md): 64 images, 6,000 steps = 3,000 epochs.
+    make the model memorise: 64 images, 6,000 steps = 3,000 epochs.
     """
     from diffusers import DDPMScheduler
 

@@ -1,4 +1,4 @@
-"""The controls that keep a verdict honest (protocol.md, Controls; issue 8): the model-free shift check
+"""The controls that keep a verdict honest (docs/method.md, "Controls"; issue 8): the model-free shift check
 on a real shift trap and on same-distribution sets, and the near-duplicate screen."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from cdi_audit.statistics.power import images_for_power
 NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
 REPORT_FILES = ("report.pdf", "report.html", "sample_size_curve.png", "score_histograms.png", "thumbnails.png",
                 "report.json", "manifest.json", "scores.csv")
-# conventions.md, Reports: the order a reader meets the sections in.
+# docs/reports.md: the order a reader meets the sections in.
 SECTION_ORDER = ("Verdict", "What was compared", "p-value against the number of images", "Scores of the two sets",
                  "Features", "Controls", "Method", "Limitations", "Appendix: model and run",
                  "Appendix: configuration", "Appendix: manifest")
@@ -72,7 +72,7 @@ def test_the_pdf_states_the_verdict_p_value_and_counts_in_order(sample_folder: P
     assert f"{result.effect.auc:.3f} (95% CI {result.effect.auc_ci[0]:.3f} to {result.effect.auc_ci[1]:.3f})" in first
     text = " ".join(pages)
     assert appear_in_order(text, SECTION_ORDER) and not appear_in_order(text, SECTION_ORDER[::-1])
-    # Page 2 holds the sample-size curve and the histograms, as conventions.md orders them.
+    # Page 2 holds the sample-size curve and the histograms, as docs/reports.md orders them.
     assert "p-value against the number of images" in pages[1] and "Scores of the two sets" in pages[1]
     for point in result.sample_size_curve.points:
         assert f"{point.n} {point.median_p:.3g} {point.fraction_below_alpha:.2f}" in text

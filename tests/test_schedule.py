@@ -173,9 +173,9 @@ def test_flow_levels_match_the_nominal_ddpm_by_snr() -> None:
 
 def test_the_side_sampler_on_a_flow_schedule_follows_the_straight_path_to_the_data() -> None:
     """For data that is one point c, the exact velocity is v = (z_t - c) / sigma and every flow path is a
-    straight line, so the sampler's Euler steps (models.md section 1: the DDIM step in (a, b) form) land on
-    c from any noise, at any number of steps; a sampler that fed the network the wrong time or stepped by
-    a VP rule would not."""
+    straight line, so the sampler's Euler steps (the DDIM step in (a, b) form: docs/architecture.md, "The
+    primitives") land on c from any noise, at any number of steps; a sampler that fed the network the wrong
+    time or stepped by a VP rule would not."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from cdi_audit.evidence.sampling import ddim_sample

@@ -93,8 +93,9 @@ def test_permutation_test_false_positive_rate_under_the_null(audits: int) -> Non
 
 
 def test_the_reference_rule_rejects_too_often_under_the_null() -> None:
-    """Why cdi-reference is only offered for comparison (protocol.md): 400 null audits with 26 pure-noise
-    features, where the pooled t-test on dependent cross-fitted scores rejects far above 5%."""
+    """Why cdi-reference is only offered for comparison (docs/method.md, "The CDI paper's rule"): 400 null
+    audits with 26 pure-noise features, where the pooled t-test on dependent cross-fitted scores rejects far
+    above 5%."""
     rates = [reference_rule_test(*simulated(seed=30_000 + seed, n=40, k=26), seed=seed).p_value < 0.05
              for seed in range(400)]
     assert np.mean(rates) > binomial_interval(400, 0.05)[1]

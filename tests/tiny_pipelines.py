@@ -155,7 +155,7 @@ def train_tiny_text_to_image(members: Path, folder: Path, steps: int, seed: int 
     """Train the tiny Stable Diffusion UNet on the captioned images in ``members`` (VAE and text encoder
     stay random and frozen) and save the pipeline to ``folder``.
 
-    The VAE's scaling factor is set so the members' latents have unit variance (methods.md 0.4);
+    The VAE's scaling factor is set so the members' latents have unit variance (docs/method.md, "Latent scale");
     with the default 0.18215 a random VAE's latents would be so small that denoising is trivial.
     """
     components = tiny_stable_diffusion_components(folder / "tokenizer", seed, widths=widths)
@@ -171,7 +171,7 @@ def captioned_training_data(members: Path, caption: str | None, vae, tokenizer, 
                             fit_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(scaled latents, caption embeddings) of the images in ``members``, captioned by their sidecars unless
     ``caption`` is given. ``fit_scaling`` first sets the VAE's scaling factor so the latents have unit
-    variance (methods.md 0.4); otherwise the VAE's own factor is used."""
+    variance (docs/method.md, "Latent scale"); otherwise the VAE's own factor is used."""
     from cdi_audit.inputs.conditions import with_captions
     from cdi_audit.inputs.images import load_model_pixels, scan_image_set
 

@@ -36,7 +36,7 @@ from cdi_audit.models.target import Access, Conditioning, Target
 from cdi_audit.results.schema import ModelInfo
 
 PROTOCOL = "cdi-audit-variation/1"
-# Nominal DDIM interval of the local variation (methods.md section 2: ReDiffuse uses 100 on pixel models).
+# Nominal DDIM interval of the local variation (ReDiffuse uses 100 on pixel models; docs/method.md).
 DDIM_INTERVAL = 100
 Family = Literal["pixel", "latent"]
 
@@ -122,7 +122,7 @@ def decode_png(content: bytes) -> np.ndarray:
 
 
 class LocalVariation(VariationBackend):
-    """Variations computed from a local model with the shared DDIM primitives (methods.md 0.5).
+    """Variations computed from a local model with the shared DDIM primitives (``models/primitives.py``).
 
     Pixel and latent models alike: encode (posterior mean), add noise from the request's seed
     at t, DDIM-denoise t -> t - 100 -> ... -> 0 (nominal steps), decode. We use the primitives

@@ -5,7 +5,7 @@ generations form tight clusters in embedding space. k-means finds them, and only
 (mean cosine of members to their centroid at least ``cohesion``) are kept: a loose cluster mixes
 unrelated pictures, and steering towards it would not concentrate on any one image.
 
-Departure from methods.md (and SIDE): each member is compared with the centroid of the *other* members
+Departure from SIDE (docs/extract-evidence.md): each member is compared with the centroid of the *other* members
 (leave-one-out). The plain mean cosine to a centroid that includes the member rewards small clusters by
 chance: two unrelated images always score about 0.71, four about 0.5, so with up to 100 clusters on a
 pool of a few hundred generations many clusters of noise would pass 0.5. Left out, unrelated images

@@ -1,5 +1,5 @@
 """SIDE end to end: generate a pool, cluster it, train the surrogate classifier, generate towards each
-cohesive cluster, and find each owner image's nearest generation (methods.md, SIDE).
+cohesive cluster, and find each owner image's nearest generation (SIDE; docs/extract-evidence.md).
 
 Every generation is stored in the feature cache under the model's fingerprint and the settings that
 shape it, so a later search of the same model with other owner images generates nothing again.

@@ -1,1 +1,1 @@
-"""Membership-inference feature extractors (``../shared/spec/methods.md``), one file per method."""
+"""Membership-inference feature extractors (docs/method.md, "The features"), one file per method."""

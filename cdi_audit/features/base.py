@@ -54,7 +54,7 @@ NOISE_SCHEME = "shared-by-all-images"
 @dataclass(frozen=True)
 class NoiseSource:
     """Gaussian noise that is a pure function of (audit seed, extractor, purpose, draw): every image of an audit
-    gets the same draw (common random numbers, methods.md section 0 item 6).
+    gets the same draw (common random numbers; docs/method.md).
 
     With shared noise the part of a feature's noise that is common to all images (how hard that particular
     draw is to denoise) is the same for P and U and cancels in their comparison; each image's features still
@@ -99,14 +99,14 @@ class Extractor(abc.ABC):
     ``version`` changes whenever the values an extractor computes change, so
     cached features from an older version are never mixed with new ones.
     ``log_scaled``: the columns are norms (heavy-tailed, positive) and are fed
-    to the scoring model as log(value + 1e-12) (methods.md 0.7).
+    to the scoring model as log(value + 1e-12) (docs/method.md, "Choices per feature").
     """
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
     access: ClassVar[Access] = "grey"
     log_scaled: ClassVar[bool] = True
-    # DDIM inversions run in float32 even when other forward passes use half precision (conventions.md).
+    # DDIM inversions run in float32 even when other forward passes use half precision (docs/method.md).
     full_precision: ClassVar[bool] = False
 
     @property

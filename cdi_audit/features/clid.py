@@ -10,7 +10,7 @@ from cdi_audit.models.condition import Condition
 from cdi_audit.models.primitives import add_noise
 from cdi_audit.models.target import Conditioning, Target
 
-# Timesteps per methods.md: around 450 for 512 px models, around 100 at 256 px and below.
+# Timesteps (docs/method.md): around 450 for 512 px models, around 100 at 256 px and below.
 SMALL_MODEL_TIMESTEPS = (90, 100, 110)
 LARGE_MODEL_TIMESTEPS = (440, 450, 460)
 SMALL_MODEL_MAX_SIZE = 256

@@ -20,7 +20,7 @@ def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 class GradientMasking(Extractor):
-    """For each t, with one eps shared by all t (methods.md section 1):
+    """For each t, with one eps shared by all t (docs/method.md):
 
     g = d||eps_theta(z_t, t) - eps|| / d z_t; M = the 20% entries of largest |g|;
     z_masked = z0 (1 - M) + eps M; value = ||M ((eps - z0) - eps_theta(z_masked, t))||.

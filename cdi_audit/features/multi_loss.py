@@ -10,7 +10,7 @@ from cdi_audit.models.target import Target
 
 # Nominal DDPM timesteps, as CDI states them. On flow-matching models (SD3, Flux) they map by SNR to
 # sigma 0.03, 0.26, 0.36, 0.45, 0.54, 0.62, 0.70, 0.77, 0.84, 0.89: the middle of the path, where flow models
-# leak most, is covered (models.md section 1 asks for 0.1-0.9). Measured on the tiny SD3 and Flux models
+# leak most, is covered (sigma 0.1-0.9; docs/flow-models.md). Measured on the tiny SD3 and Flux models
 # (benchmarks/RESULTS.md, "Flow-matching models"): the per-level AUC peaks at sigma 0.26-0.45 and falls
 # towards both ends, so the same grid serves every family.
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))

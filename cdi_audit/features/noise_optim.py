@@ -20,8 +20,8 @@ class NoiseOptimisation(Extractor):
 
     Each image is its own optimisation problem (``lbfgs.minimise``): the CDI
     reference code optimises a whole batch as one vector with one line
-    search, so an image's result there depends on its neighbours; methods.md
-    asks for per-image optimisation and so do we. The problems advance in
+    search, so an image's result there depends on its neighbours; we optimise
+    each image alone (docs/method.md). The problems advance in
     lockstep, so the model still sees batches. Cost: about 6-15 forward and
     backward passes per image.
 

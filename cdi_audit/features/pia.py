@@ -11,7 +11,7 @@ from cdi_audit.models.primitives import add_noise, per_image_norm
 from cdi_audit.models.target import Target
 
 # Mean absolute value of a standard Gaussian. The CDI reference code rescales
-# with sqrt(pi / 2) instead; methods.md treats that as a bug and so do we.
+# with sqrt(pi / 2) instead, a slip we do not copy (docs/method.md).
 GAUSSIAN_MEAN_ABS = math.sqrt(2.0 / math.pi)
 
 

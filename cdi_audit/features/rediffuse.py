@@ -2,7 +2,7 @@
 
 An image-to-image "variation" call V(x) noises x to timestep t and denoises it back. Members
 come back closer to themselves: average n variations drawn with independent seeds and measure
-the distance of the average to the image (methods.md section 2). On latent models the average
+the distance of the average to the image (docs/method.md). On latent models the average
 is compared with the model's own reconstruction of the image (a call at strength 0), which
 takes the autoencoder's error out of the distance. The paper classifies the distances with a
 classifier trained on labelled members; we have none, and the audit's scoring model plays
@@ -26,7 +26,7 @@ from cdi_audit.features.structural import ssim
 from cdi_audit.models.schedule import NOMINAL_STEPS
 from cdi_audit.models.target import Target
 
-# methods.md section 2: pixel models t=200 with n=10; latent models t in 10..50 with n in 1..2.
+# Pixel models t=200 with n=10; latent models t in 10..50 with n in 1..2 (docs/method.md).
 PIXEL_DEFAULTS = {"timestep": 200, "draws": 10}
 LATENT_DEFAULTS = {"timestep": 30, "draws": 2}
 

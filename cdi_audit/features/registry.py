@@ -32,7 +32,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # black-box, an image-to-image endpoint is enough: 3 columns, 10 calls per image (2-3 on latent models)
     "blackbox": ("rediffuse",),
 }
-# Presets on conditional models (text-to-image, class-conditional) also take these (methods.md section 2).
+# Presets on conditional models (text-to-image, class-conditional) also take these (docs/method.md).
 CONDITIONAL_PRESET_EXTRAS = ("clid", "structural")
 
 

@@ -1,4 +1,4 @@
-"""Captions and class labels: what a conditional model sees beside each image (conventions.md, "Images").
+"""Captions and class labels: what a conditional model sees beside each image (docs/inputs.md, "Captions and classes").
 
 Captions (text-to-image models), in order of precedence:
 1. ``--caption`` for every image;

@@ -1,5 +1,5 @@
 """What an image looks like without any model: the inputs of the distribution-shift check and of the
-near-duplicate search (protocol.md, Controls 1 and 4).
+near-duplicate search (docs/method.md, "Controls").
 
 If the suspect and reference sets can be told apart from these numbers alone (different cameras,
 compression, editing, subjects), then a model-based difference proves nothing about training.

@@ -1,6 +1,6 @@
 """LoRA adapters on a local base, loaded by diffusers' own loaders (with peft) and fused into the base.
 
-What people publish (``../shared/spec/models.md`` section 4): the diffusers training scripts' format and
+What people publish (docs/lora.md, "Formats"): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
 ``dora_scale``; for Flux ``lora_unet_double_blocks_*`` / ``lora_unet_single_blocks_*``). diffusers'
 ``load_lora_weights`` (the family's loader mixin: SD, SDXL, SD3 or Flux) reads both (it converts kohya keys

@@ -1,4 +1,4 @@
-"""What a conditional model is conditioned on, as named tensors (models.md section 2).
+"""What a conditional model is conditioned on, as named tensors (docs/architecture.md, "Conditions").
 
 Stable Diffusion 1.x/2.x take text states; SDXL takes text states, a pooled embedding and six
 micro-conditioning ``time_ids``; DiT takes a class id. A ``Condition`` holds any such set, every tensor

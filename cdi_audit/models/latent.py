@@ -1,7 +1,7 @@
 """Latent diffusion: a denoiser working in an autoencoder's latent space (LDM, DiT, Stable Diffusion, SDXL).
 
 Images are encoded once per batch by the posterior mean (not a sample), scaled as
-z0 = scaling_factor * (mean - shift_factor), always in float32 (models.md section 3: SDXL's VAE overflows
+z0 = scaling_factor * (mean - shift_factor), always in float32 (SDXL's VAE overflows
 in float16), and a latent that is not finite stops the audit rather than becoming a feature value. This
 class is unconditional (LDM); the conditional families subclass it (``models/families/``).
 """
@@ -36,7 +36,7 @@ class LatentTarget(Target):
     @staticmethod
     def _kept_on_cpu(module: torch.nn.Module) -> torch.nn.Module:
         """A large text encoder (T5-XXL, 4.7 B parameters) frozen on the CPU: it runs once per batch of
-        captions, and the accelerator's memory is left to the denoiser (models.md section 5)."""
+        captions, and the accelerator's memory is left to the denoiser (docs/flow-models.md, "Memory")."""
         return module.to("cpu").eval().requires_grad_(False)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""What a network predicts, converted to the noise eps (models.md section 1).
+"""What a network predicts, converted to the noise eps (docs/architecture.md, "The primitives").
 
 With z_t = a z0 + b eps: an epsilon model predicts eps; a v-prediction model v = a eps - b z0, so
 eps = a v + b z_t; a sample model z0, so eps = (z_t - a z0) / b; a rectified-flow model (a = 1 - b) the

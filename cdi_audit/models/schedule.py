@@ -1,4 +1,4 @@
-"""The noise process as data (``../shared/spec/models.md`` section 1).
+"""The noise process as data (docs/architecture.md, "The schedule").
 
 Every family the tool audits noises a clean latent as z_t = a(l) z0 + b(l) eps at a level l of its own
 schedule. Features are written for nominal levels: the timesteps of a 1000-step DDPM, as the papers state
@@ -18,11 +18,11 @@ import torch
 
 # A level of a model's own schedule: an integer timestep for discrete schedules.
 Level = int
-# Which nominal DDPM a model's features are written against (models.md section 1). A discrete schedule of
-# exactly 1000 steps is its own nominal DDPM: the papers index each model's own 1000 timesteps (SecMI and
-# CLiD on Stable Diffusion, CDI on DiT), so its levels are its timesteps. Any other schedule (another step
-# count, flow matching) is matched by SNR to the DDPM of its kind: the linear 1e-4-0.02 schedule of DDPM for
-# pixel models, Stable Diffusion's scaled-linear 0.00085-0.012 one for latent models.
+# Which nominal DDPM a model's features are written against (docs/architecture.md, "The schedule"). A discrete schedule
+# of exactly 1000 steps is its own nominal DDPM: the papers index each model's own 1000 timesteps (SecMI and CLiD on
+# Stable Diffusion, CDI on DiT), so its levels are its timesteps. Any other schedule (another step count, flow matching)
+# is matched by SNR to the DDPM of its kind: the linear 1e-4-0.02 schedule of DDPM for pixel models, Stable Diffusion's
+# scaled-linear 0.00085-0.012 one for latent models.
 NominalKind = Literal["pixel", "latent"]
 NOMINAL_STEPS = 1000
 NOMINAL_BETAS = {"pixel": ("linear", 1e-4, 0.02), "latent": ("scaled_linear", 0.00085, 0.012)}
@@ -161,7 +161,7 @@ class DiscreteSchedule(NoiseSchedule):
 
 
 class FlowMatchSchedule(DiscreteSchedule):
-    """Rectified flow (SD3, SD3.5, Flux; models.md sections 1 and 5): z_t = (1 - sigma) z0 + sigma eps, so
+    """Rectified flow (SD3, SD3.5, Flux; docs/flow-models.md): z_t = (1 - sigma) z0 + sigma eps, so
     a = 1 - sigma and b = sigma, at the sigmas of the model's own ``FlowMatchEulerDiscreteScheduler`` as it
     trains (its 1000-step grid, with the config's static ``shift`` applied; dynamic shifting is an inference
     setting and is left out). A level is an index into those sigmas, ascending; sigma = 1 (pure noise, a = 0,

@@ -1,6 +1,6 @@
 """The ``Target`` interface: a diffusion model seen through its noise schedule and a noise predictor.
 
-Notation (``../shared/spec/methods.md`` section 0): z0 is the clean latent (the image itself for pixel
+Notation (docs/architecture.md, "The schedule"): z0 is the clean latent (the image itself for pixel
 models), z_t = a z0 + b eps at a level of the model's ``schedule`` (``models/schedule.py``), eps_theta(z_t, l, c)
 the model's noise prediction. Everything works on batches shaped (B, C, H, W) and keeps images independent
 of each other; the operations built on it are in ``models/primitives.py``.

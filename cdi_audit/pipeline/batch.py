@@ -1,5 +1,5 @@
 """Many audits in one run (``cdi-audit batch audits.toml``): models loaded once, features shared through the
-cache, p-values corrected for multiple testing together (protocol.md, Batch audits).
+cache, p-values corrected for multiple testing together (docs/batch.md).
 
 A batch file lists audits as ``[[audit]]`` tables; a ``[defaults]`` table gives values every audit takes
 unless it sets its own. Relative paths are relative to the batch file's folder. A file with mistakes (an

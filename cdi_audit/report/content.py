@@ -2,7 +2,7 @@
 ``Document``, so a sentence is written once and both formats always agree.
 
 Every number comes from the ``AuditResult`` (and the manifest); nothing is recomputed here.
-Section order follows conventions.md: verdict and key numbers, the p-value against sample size and the
+Section order (docs/reports.md): verdict and key numbers, the p-value against sample size and the
 score histograms, per-feature diagnostics, controls, method with citations, limitations, appendix.
 """
 

@@ -1,4 +1,4 @@
-"""Detection power on known members: the statistics of ``cdi-audit evaluate`` (protocol.md, "Evaluation mode").
+"""Detection power on known members: the statistics of ``cdi-audit evaluate`` (docs/evaluate.md).
 
 Given feature rows of images known to be training members and of images known
 not to be, this measures how well each feature set separates them (AUC, TPR

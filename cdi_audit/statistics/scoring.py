@@ -1,6 +1,6 @@
 """The scoring model, cross-fitted for many labellings at once.
 
-The model is protocol.md's: features standardised on the training rows, then
+The model is the one of docs/method.md ("The test"): features standardised on the training rows, then
 L2-regularised logistic regression with C = 1 (minimise the summed log-loss
 plus ||w||^2 / 2, intercept not penalised). It is exactly scikit-learn's
 ``make_pipeline(StandardScaler(), LogisticRegression(C=1))``, which the
@@ -22,7 +22,7 @@ NEWTON_ITERATIONS = 100
 # far tighter than scikit-learn's lbfgs default (tol 1e-4).
 STEP_TOLERANCE = 1e-9
 PROBLEMS_PER_SOLVE = 64
-# The L2 penalty on the standardised coefficients, 1 / C (protocol.md: C = 1).
+# The L2 penalty on the standardised coefficients, 1 / C (C = 1, scikit-learn's default).
 PENALTY = 1.0
 
 

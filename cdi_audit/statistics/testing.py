@@ -1,6 +1,6 @@
 """From feature rows to a p-value: the scoring model, cross-fitting and the tests.
 
-The procedure is ``../shared/spec/protocol.md``: a scaled logistic regression
+The procedure is docs/method.md's ("The test"): a scaled logistic regression
 is cross-fitted over the pooled suspect (P) and reference (U) rows, every
 image gets an out-of-fold score, and the statistic is the Welch t of P's
 scores against U's (positive when P scores higher). Its null distribution
@@ -107,7 +107,7 @@ def permutation_test(
     Clifford, Biometrika 1991): once ``stop_after_hits`` permuted statistics
     have reached T_obs after L permutations, p = hits / L, which is also a
     valid p-value and is then at least hits / B. The default stops after B / 20
-    hits (50 for B = 1000, as protocol.md says), so an early stop means p > 0.05.
+    hits (50 for B = 1000), so an early stop means p > 0.05.
     Permuted statistics that are NaN count as reaching T_obs (conservative).
     The result does not depend on ``n_jobs``. ``on_progress(done, B)`` is
     called after each round of permutations.
@@ -163,7 +163,7 @@ def reference_rule_test(features: np.ndarray, is_suspect: np.ndarray, seed: int 
 
     A two-sided Welch t-test on the pooled out-of-fold scores, as if the scores
     of five classifiers that share most of their training rows were
-    independent. Under H0 it rejects more often than alpha (protocol.md);
+    independent. Under H0 it rejects more often than alpha (docs/method.md, "The CDI paper's rule");
     ``evaluate`` reports it so users see what the paper's rule would claim.
     """
     scores = cross_fitted_scores(features, is_suspect, seed)

@@ -1,4 +1,4 @@
-"""The control model (protocol.md, Controls 3): the same audit on a model known not to have seen the suspect
+"""The control model (docs/control-model.md): the same audit on a model known not to have seen the suspect
 images, for a fine-tune its base model.
 
 Whatever the control model finds between the sets cannot come from training on the suspect images: it comes
@@ -6,7 +6,7 @@ from the images themselves (a difference between the sets that any model picks u
 them after all. So the suspect model's finding counts as evidence only if its effect (the AUC of its scores)
 is larger than the control's.
 
-protocol.md asks for "significant and larger than the control's". We read "larger" as larger beyond chance:
+Evidence asks for an effect "significant and larger than the control's". We read "larger" as larger beyond chance:
 the lower end of a paired bootstrap interval of the AUC difference at level 1 - 2 alpha (the one-sided bound
 at alpha) must be above 0. Measured on 60 simulated audits per setting (64 images per set, permutation test,
 alpha 0.01), where both models see the same difference between the sets (shifts the suspect model alone

@@ -1,4 +1,4 @@
-"""Checks that keep a verdict honest (protocol.md, Controls): the model-free distribution-shift check and the
+"""Checks that keep a verdict honest (docs/method.md, "Controls"): the model-free distribution-shift check and the
 negative control (which images are tested at all is ``screening.py``'s)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which images are the units of the test (protocol.md, Controls 4): overlap between the sets, near-duplicates
+"""Which images are the units of the test (docs/inputs.md, "Near-duplicates"): overlap between the sets, near-duplicates
 across them, and groups of near-duplicates within each.
 
 The permutation test and the cross-fitting folds treat every image as an exchangeable unit. Two files of one

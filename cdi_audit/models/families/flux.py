@@ -1,6 +1,6 @@
 """Flux.1 (dev, schnell and their fine-tunes): a ``FluxTransformer2DModel`` on packed 16-channel KL latents.
 
-As ``FluxPipeline`` runs it (models.md section 5): the latents (B, C, H, W) travel as a sequence of 2 x 2
+As ``FluxPipeline`` runs it (docs/flow-models.md): the latents (B, C, H, W) travel as a sequence of 2 x 2
 patches (B, H/2 * W/2, 4C), each with position ids (0, row, column); the text is the T5 encoder's states
 (512 tokens, the pipeline's ``max_sequence_length``) with zero ids, plus CLIP's pooled output; the time input
 is sigma itself (the transformer multiplies it by 1000). A guidance-distilled transformer (``guidance_embeds``,
@@ -22,7 +22,7 @@ from cdi_audit.models.families.sd3 import T5_TOKENIZERS, t5_tokens
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
 
 FLUX_T5_TOKENS = 512  # FluxPipeline's default max_sequence_length
-DEFAULT_GUIDANCE = 1.0  # what LoRA trainers for Flux-dev typically train with (models.md section 1)
+DEFAULT_GUIDANCE = 1.0  # what LoRA trainers for Flux-dev typically train with (docs/flow-models.md)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:

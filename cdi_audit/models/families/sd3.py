@@ -1,6 +1,6 @@
 """Stable Diffusion 3 and 3.5: an ``SD3Transformer2DModel`` on 16-channel KL latents, trained by rectified flow.
 
-The condition is built as ``StableDiffusion3Pipeline.encode_prompt`` builds it (models.md sections 2 and 5):
+The condition is built as ``StableDiffusion3Pipeline.encode_prompt`` builds it (docs/flow-models.md):
 both CLIP encoders' penultimate states side by side, zero-padded to the transformer's ``joint_attention_dim``,
 followed along the tokens by the T5 encoder's states (256 tokens, the pipeline's ``max_sequence_length``),
 or by zeros of that shape when the pipeline was saved without T5 (they still enter attention); the pooled

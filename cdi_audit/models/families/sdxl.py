@@ -1,7 +1,7 @@
 """SDXL: a ``UNet2DConditionModel`` with ``text_time`` micro-conditioning, two CLIP text encoders, KL latents.
 
 The condition is built as ``StableDiffusionXLPipeline.encode_prompt`` and ``_get_add_time_ids`` build it
-(models.md section 3): the penultimate states of both encoders concatenated, the pooled projection of the
+(docs/inputs.md, "Models"): the penultimate states of both encoders concatenated, the pooled projection of the
 second, and six ``time_ids`` per image, (original height, original width, crop top, crop left, target
 height, target width), from the image's real size and the offset of the centre crop that preprocessing
 applied, as the SDXL training scripts pass them. The null condition is zeros when the pipeline's
