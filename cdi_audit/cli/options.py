@@ -200,9 +200,7 @@ def model_spec(model: Path | None, config: Path | None, adapters: list[str] | No
     without --model, where an endpoint serves its own model and takes none of them)."""
     if model is None:
         given = [name for name, value in (("--model-config", config), ("--adapter", adapters),
-                                          ("--guidance", guidance)) if value]
-        if guidance is not None and "--guidance" not in given:
-            given.append("--guidance")
+                                          ("--guidance", guidance)) if value is not None]
         if given:
             verb, pronoun = ("describes", "it") if len(given) == 1 else ("describe", "them")
             raise typer.BadParameter(f"{' and '.join(given)} {verb} a local model; an endpoint serves its own "

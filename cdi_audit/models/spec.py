@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.adapters import Adapter
-from cdi_audit.rules import check_number
+from cdi_audit.rules import check_number, require
 
 if TYPE_CHECKING:
     from cdi_audit.models.target import Target
@@ -36,8 +36,7 @@ class Machine:
     compile_network: bool = False  # torch.compile the network (values move by float rounding only)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InvalidSetting("dtype", f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
+        require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
         if self.device != "auto":
             from cdi_audit.models.loading import resolve_device
 

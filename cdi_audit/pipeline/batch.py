@@ -40,6 +40,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Exit codes of failed audits are all more severe than any verdict's; among verdicts, inconclusive is the
 # most severe, then evidence, then no evidence.
 VERDICT_SEVERITY = {"no_evidence": 0, "evidence": 1, "inconclusive": 2}
+# The batch file's path keys, and the values they become on their way to the settings.
+PATH_FIELDS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "model_path",
+               "model_config": "model_config", "control_model": "control_model",
+               "control_model_config": "control_model_config"}
 # What a batch file calls the settings' fields, where the names differ; the machine's settings come from the
 # command line and are named as its options.
 BATCH_KEYS = {"suspect_dir": "suspect", "reference_dir": "reference", "control": "control_model",
@@ -182,16 +186,10 @@ def _table_values(table: AuditTable, folder: Path) -> dict:
         if key in PATH_FIELDS:
             values[PATH_FIELDS[key]] = _resolve(key, value, folder)
         elif key == "adapters":
-            parsed = [Adapter.parse(text if Path(text).is_absolute() else str(folder / text)) for text in value]
-            values["adapters"] = tuple(parsed)
+            values["adapters"] = tuple(Adapter.parse(str(_resolve(key, text, folder))) for text in value)
         elif key != "name":
             values[key] = value
     return values
-
-
-PATH_FIELDS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "model_path",
-               "model_config": "model_config", "control_model": "control_model",
-               "control_model_config": "control_model_config"}
 
 
 def _audit_settings(values: dict) -> AuditSettings:
