@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -56,7 +57,8 @@ def test_each_curve_point_is_the_median_of_split_tests_on_random_subsets() -> No
             labels = np.r_[np.ones(point.n, bool), np.zeros(point.n, bool)]
             p_values.append(split_test(features[rows], labels, int(rng.integers(2**31 - 1))).p_value)
         assert point.resamples == 7
-        assert point.median_p == np.median(p_values)
+        # the curve solves all resamples on the whole matrix at once: the same fits, other rounding
+        assert point.median_p == pytest.approx(np.median(p_values), rel=1e-9)
         assert point.fraction_below_alpha == np.mean(np.array(p_values) < 0.05)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from scipy import stats
 
 from cdi_audit.results.schema import SampleSizeCurvePoint
-from cdi_audit.statistics.evaluation import curve_points, draw_p_values, draws, sample_size_grid
+from cdi_audit.statistics.evaluation import draws, sample_size_grid
+from cdi_audit.statistics.testing import split_tests
 
 CURVE_TEST = "split"
 DEFAULT_CURVE_RESAMPLES = 100
@@ -28,15 +29,22 @@ DEFAULT_CURVE_RESAMPLES = 100
 
 def sample_size_curve(features: np.ndarray, is_suspect: np.ndarray, alpha: float, seed: int,
                       resamples: int = DEFAULT_CURVE_RESAMPLES) -> list[SampleSizeCurvePoint]:
-    """The curve over ``sample_size_grid(min(n_P, n_U))``; ``features`` is the (n, k) scoring matrix."""
+    """The curve over ``sample_size_grid(min(n_P, n_U))``; ``features`` is the (n, k) scoring matrix.
+
+    The resampled audits are split tests; each size's are solved as one stack.
+    """
     suspect_rows, reference_rows = np.flatnonzero(is_suspect), np.flatnonzero(~is_suspect)
     sizes = sample_size_grid(min(len(suspect_rows), len(reference_rows)))
-    all_columns = {"audit": list(range(features.shape[1]))}
-    results = [(draw, draw_p_values(features, draw, all_columns, (CURVE_TEST,), permutations=0))
-               for draw in draws("members", sizes, resamples, suspect_rows, reference_rows, seed)]
-    return sorted((SampleSizeCurvePoint(n=point.n, median_p=point.median_p,
-                                        fraction_below_alpha=point.fraction_below_alpha, resamples=len(point.p_values))
-                   for point in curve_points(results, alpha)), key=lambda point: point.n)
+    points = []
+    for n in sizes:
+        resampled = list(draws("members", [n], resamples, suspect_rows, reference_rows, seed))
+        outcomes = split_tests(features, is_suspect, [np.r_[draw.suspect_rows, draw.reference_rows]
+                                                      for draw in resampled], [draw.test_seed for draw in resampled])
+        p_values = np.array([outcome.p_value for outcome in outcomes])
+        points.append(SampleSizeCurvePoint(n=n, median_p=float(np.median(p_values)),
+                                           fraction_below_alpha=float(np.mean(p_values < alpha)),
+                                           resamples=len(p_values)))
+    return points
 
 
 POWER_TARGET = 0.8

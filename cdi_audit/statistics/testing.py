@@ -14,7 +14,8 @@ Inputs are ``features`` (n, k) float arrays and ``is_suspect`` (n,) bool.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +28,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cdi_audit.results.schema import Effect
-from cdi_audit.statistics.scoring import cross_fitted_score_matrix
+from cdi_audit.statistics.scoring import cross_fitted_score_matrix, fit_and_score
 
 # Tests an audit may decide with; ``cdi-reference`` (the paper's uncalibrated
 # rule) exists only for comparison in ``evaluate``.
@@ -36,6 +37,8 @@ AnyTestName = Literal["permutation", "split", "cdi-reference"]
 # Permutations handed to one worker at a time: large enough to amortise
 # process overhead, small enough that early stopping is not delayed much.
 PERMUTATIONS_PER_TASK = 100
+# Workers start only when the permutations left would take longer than this in one process.
+PARALLEL_AFTER_SECONDS = 5.0
 
 
 def scoring_model(random_state: int) -> Pipeline:
@@ -52,12 +55,37 @@ def cross_fitted_scores(features: np.ndarray, is_suspect: np.ndarray, random_sta
     return cross_fitted_score_matrix(features, is_suspect[None, :], random_state)[0]
 
 
+def _group_moments(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Count, mean, sample variance (ddof 1) and range of each row's ``members`` entries."""
+    count = members.sum(axis=1)
+    mean = np.where(members, scores, 0.0).sum(axis=1) / count
+    variance = np.where(members, (scores - mean[:, None]) ** 2, 0.0).sum(axis=1) / (count - 1)
+    spread = np.where(members, scores, -np.inf).max(axis=1) - np.where(members, scores, np.inf).min(axis=1)
+    return count, mean, variance, spread
+
+
+def welch_statistics(scores: np.ndarray, suspect: np.ndarray, reference: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Welch t of P's scores against U's and its Welch-Satterthwaite degrees of freedom for each row of the
+    (L, m) ``scores``: scipy's ``ttest_ind(equal_var=False)`` for many audits in a few array operations.
+
+    ``suspect`` and ``reference`` (L, m) mark each row's two groups (``reference``
+    defaults to the rest). t is NaN where both groups' scores are constant.
+    """
+    reference = ~suspect if reference is None else reference
+    count_p, mean_p, var_p, spread_p = _group_moments(scores, suspect)
+    count_u, mean_u, var_u, spread_u = _group_moments(scores, reference)
+    part_p, part_u = var_p / count_p, var_u / count_u
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = (mean_p - mean_u) / np.sqrt(part_p + part_u)
+        freedom = (part_p + part_u) ** 2 / (part_p**2 / (count_p - 1) + part_u**2 / (count_u - 1))
+    statistic[(spread_p == 0) & (spread_u == 0)] = np.nan
+    return statistic, freedom
+
+
 def welch_statistic(scores: np.ndarray, is_suspect: np.ndarray) -> float:
     """Welch t of P's scores against U's; NaN when both groups' scores are constant."""
-    suspect, reference = scores[is_suspect], scores[~is_suspect]
-    if np.ptp(suspect) == 0 and np.ptp(reference) == 0:
-        return float("nan")
-    return float(stats.ttest_ind(suspect, reference, equal_var=False).statistic)
+    return float(welch_statistics(scores[None], is_suspect[None])[0][0])
 
 
 @dataclass(frozen=True)
@@ -88,8 +116,7 @@ def permuted_labels(is_suspect: np.ndarray, seed: int, index: int) -> np.ndarray
 
 def _permuted_statistics(features: np.ndarray, is_suspect: np.ndarray, seed: int, indices: range) -> list[float]:
     labellings = np.stack([permuted_labels(is_suspect, seed, index) for index in indices])
-    scores = cross_fitted_score_matrix(features, labellings, seed)
-    return [welch_statistic(row, labels) for row, labels in zip(scores, labellings, strict=True)]
+    return welch_statistics(cross_fitted_score_matrix(features, labellings, seed), labellings)[0].tolist()
 
 
 def permutation_test(
@@ -119,24 +146,64 @@ def permutation_test(
     if not np.isfinite(observed):
         return TestOutcome("permutation", observed, 1.0, scores, is_suspect, 0)
     hits = done = 0
-    round_size = PERMUTATIONS_PER_TASK * effective_n_jobs(n_jobs)
-    with Parallel(n_jobs=n_jobs) as parallel:
-        for round_start in range(0, permutations, round_size):
-            round_end = min(permutations, round_start + round_size)
-            rounds = parallel(
-                delayed(_permuted_statistics)(
-                    features, is_suspect, seed, range(start, min(start + PERMUTATIONS_PER_TASK, round_end))
-                )
-                for start in range(round_start, round_end, PERMUTATIONS_PER_TASK)
-            )
-            for statistic in (value for chunk in rounds for value in chunk):
-                done += 1
-                hits += bool(statistic >= observed) or not np.isfinite(statistic)
-                if hits >= stop_after_hits:
-                    return TestOutcome("permutation", observed, hits / done, scores, is_suspect, done, True)
-            if on_progress is not None:
-                on_progress(done, permutations)
+    for statistics in _permuted_rounds(features, is_suspect, seed, permutations, n_jobs):
+        for statistic in statistics:
+            done += 1
+            hits += bool(statistic >= observed) or not np.isfinite(statistic)
+            if hits >= stop_after_hits:
+                return TestOutcome("permutation", observed, hits / done, scores, is_suspect, done, True)
+        if on_progress is not None:
+            on_progress(done, permutations)
     return TestOutcome("permutation", observed, (1 + hits) / (1 + done), scores, is_suspect, done)
+
+
+def _permuted_rounds(features: np.ndarray, is_suspect: np.ndarray, seed: int, permutations: int, n_jobs: int
+                     ) -> Iterator[list[float]]:
+    """The permuted statistics in rounds, in index order: in this process while that is quick, in ``n_jobs``
+    workers when the first round says the rest would take over ``PARALLEL_AFTER_SECONDS`` (starting workers
+    costs about a second, more than a small audit's whole test)."""
+    def task(start: int) -> range:
+        return range(start, min(start + PERMUTATIONS_PER_TASK, permutations))
+
+    if permutations <= 0:
+        return
+    started = time.perf_counter()
+    yield _permuted_statistics(features, is_suspect, seed, task(0))
+    remaining_tasks = math.ceil(max(0, permutations - PERMUTATIONS_PER_TASK) / PERMUTATIONS_PER_TASK)
+    workers = effective_n_jobs(n_jobs)
+    if workers == 1 or (time.perf_counter() - started) * remaining_tasks < PARALLEL_AFTER_SECONDS:
+        for start in range(PERMUTATIONS_PER_TASK, permutations, PERMUTATIONS_PER_TASK):
+            yield _permuted_statistics(features, is_suspect, seed, task(start))
+        return
+    round_size = PERMUTATIONS_PER_TASK * workers
+    with Parallel(n_jobs=n_jobs) as parallel:
+        for round_start in range(PERMUTATIONS_PER_TASK, permutations, round_size):
+            round_end = min(permutations, round_start + round_size)
+            chunks = parallel(delayed(_permuted_statistics)(features, is_suspect, seed, task(start))
+                              for start in range(round_start, round_end, PERMUTATIONS_PER_TASK))
+            yield [statistic for chunk in chunks for statistic in chunk]
+
+
+def split_tests(features: np.ndarray, is_suspect: np.ndarray, audits: list[np.ndarray], seeds: list[int]
+                ) -> list[TestOutcome]:
+    """The split test of ``split_test`` on many audits drawn from the same rows, solved as one stack.
+
+    ``features`` (n, k) and ``is_suspect`` (n,) are all rows; each audit is an
+    array of row indices (its P and U rows) with its own seed, and is split
+    into halves as ``split_test`` splits its rows. Outcomes' ``rows`` are the
+    tested rows' indices into ``features``.
+    """
+    fitted, tested = np.zeros((len(audits), len(is_suspect))), np.zeros((len(audits), len(is_suspect)), bool)
+    for audit, (rows, seed) in enumerate(zip(audits, seeds, strict=True)):
+        fit_half, test_half = train_test_split(rows, test_size=0.5, stratify=is_suspect[rows], random_state=seed)
+        fitted[audit, fit_half], tested[audit, test_half] = 1.0, True
+    scores = fit_and_score(features, np.broadcast_to(is_suspect, fitted.shape), fitted)
+    statistics, freedom = welch_statistics(scores, tested & is_suspect, tested & ~is_suspect)
+    with np.errstate(invalid="ignore"):
+        p_values = np.where(np.isfinite(statistics), stats.t.sf(statistics, freedom), 1.0)
+    return [TestOutcome("split", float(statistic), float(p), row_scores[row_tested], is_suspect[row_tested],
+                        rows=np.flatnonzero(row_tested))
+            for statistic, p, row_scores, row_tested in zip(statistics, p_values, scores, tested, strict=True)]
 
 
 def split_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> TestOutcome:
@@ -146,16 +213,7 @@ def split_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> T
     that saw none of them; it spends half the data on fitting, so it has less
     power than the permutation test.
     """
-    rows = np.arange(len(is_suspect))
-    fit_rows, test_rows = train_test_split(rows, test_size=0.5, stratify=is_suspect, random_state=seed)
-    model = scoring_model(seed).fit(features[fit_rows], is_suspect[fit_rows])
-    scores = model.predict_proba(features[test_rows])[:, 1]
-    labels = is_suspect[test_rows]
-    statistic = welch_statistic(scores, labels)
-    if not np.isfinite(statistic):
-        return TestOutcome("split", statistic, 1.0, scores, labels, rows=test_rows)
-    result = stats.ttest_ind(scores[labels], scores[~labels], equal_var=False, alternative="greater")
-    return TestOutcome("split", statistic, float(result.pvalue), scores, labels, rows=test_rows)
+    return split_tests(features, is_suspect, [np.arange(len(is_suspect))], [seed])[0]
 
 
 def reference_rule_test(features: np.ndarray, is_suspect: np.ndarray, seed: int = 0) -> TestOutcome:
