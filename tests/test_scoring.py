@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cdi_audit.statistics.scoring import cross_fitted_score_matrix, fit_and_score, fold_count, stratified_folds
-from cdi_audit.statistics.testing import split_test, welch_statistics
+from cdi_audit.statistics.testing import split_test, stratified_halves, welch_statistics
 
 
 def sklearn_out_of_fold(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> np.ndarray:
@@ -87,7 +87,8 @@ def test_fitted_coefficients_and_split_p_values_equal_sklearn() -> None:
         np.testing.assert_allclose(coefficients, np.r_[model[-1].coef_[0], model[-1].intercept_], rtol=1e-6,
                                    atol=1e-8)
     for seed in range(5):
-        fit_rows, test_rows = train_test_split(np.arange(80), test_size=0.5, stratify=labels, random_state=seed)
+        fit_rows, test_rows = stratified_halves(labels, seed)
+        assert len(set(fit_rows) | set(test_rows)) == 80 and labels[fit_rows].sum() == labels[test_rows].sum() == 20
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-12, max_iter=10000))
         scores = model.fit(features[fit_rows], labels[fit_rows]).predict_proba(features[test_rows])[:, 1]
         held_out = labels[test_rows]

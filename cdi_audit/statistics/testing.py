@@ -23,7 +23,6 @@ import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -184,6 +183,18 @@ def _permuted_rounds(features: np.ndarray, is_suspect: np.ndarray, seed: int, pe
             yield [statistic for chunk in chunks for statistic in chunk]
 
 
+def stratified_halves(is_suspect: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the split test's fitting half and test half: of each set, a random half (rounded down)
+    fits and the rest is tested. Chosen without looking at any feature, so the test half stays unseen."""
+    rng = np.random.default_rng([seed, 2])
+    fit, test = [], []
+    for members in (np.flatnonzero(is_suspect), np.flatnonzero(~is_suspect)):
+        shuffled = rng.permutation(members)
+        fit.append(shuffled[: len(members) // 2])
+        test.append(shuffled[len(members) // 2 :])
+    return np.concatenate(fit), np.concatenate(test)
+
+
 def split_tests(features: np.ndarray, is_suspect: np.ndarray, audits: list[np.ndarray], seeds: list[int]
                 ) -> list[TestOutcome]:
     """The split test of ``split_test`` on many audits drawn from the same rows, solved as one stack.
@@ -195,8 +206,8 @@ def split_tests(features: np.ndarray, is_suspect: np.ndarray, audits: list[np.nd
     """
     fitted, tested = np.zeros((len(audits), len(is_suspect))), np.zeros((len(audits), len(is_suspect)), bool)
     for audit, (rows, seed) in enumerate(zip(audits, seeds, strict=True)):
-        fit_half, test_half = train_test_split(rows, test_size=0.5, stratify=is_suspect[rows], random_state=seed)
-        fitted[audit, fit_half], tested[audit, test_half] = 1.0, True
+        fit_half, test_half = stratified_halves(is_suspect[rows], seed)
+        fitted[audit, rows[fit_half]], tested[audit, rows[test_half]] = 1.0, True
     scores = fit_and_score(features, np.broadcast_to(is_suspect, fitted.shape), fitted)
     statistics, freedom = welch_statistics(scores, tested & is_suspect, tested & ~is_suspect)
     with np.errstate(invalid="ignore"):
