@@ -30,13 +30,18 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+# One fused feature and one gradient feature: the two ways a rank computes its shard; the whole preset adds
+# model calls, not paths (its process invariance is the single-process tests' in test_sharding.py).
+FEATURES = "loss,gradient_masking"
+
+
 def features_of(model: Path, folders: list[Path], store: FeatureStore | None):
-    """The 'fast' features of every image in ``folders``, one image per batch, read from ``store`` where cached."""
+    """The ``FEATURES`` of every image in ``folders``, one image per batch, read from ``store`` where cached."""
     import torch
 
     target = load_target(model, torch.device("cpu"))
     records = [record for folder in folders for record in scan_image_set(folder).records]
-    return extract_features(records, target, resolve_extractors("fast"), 0, 1, store)
+    return extract_features(records, target, resolve_extractors(FEATURES), 0, 1, store)
 
 
 def on_one_thread(compute):
@@ -61,6 +66,7 @@ def accelerate_launch(*arguments: str) -> list[str]:
             "-m", "cdi_audit", *arguments]
 
 
+@pytest.mark.slow  # two processes that each import torch and diffusers: 15 s of start-up on two cores
 def test_two_launched_processes_give_the_features_and_verdict_of_one(image_sets, tiny_model: Path,
                                                                  tmp_path: Path) -> None:
     pytest.importorskip("accelerate", reason="accelerate is the launcher under test (pip install -e '.[test]')")
@@ -69,7 +75,8 @@ def test_two_launched_processes_give_the_features_and_verdict_of_one(image_sets,
     environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # two processes on two cores: one thread each
     launched = subprocess.run(accelerate_launch(
         "extract", str(suspect), str(reference), "--model", str(tiny_model), "--cache-dir", str(tmp_path),
-        "--batch-size", "1", "--device", "cpu", "--json"), capture_output=True, text=True, env=environment, timeout=240)
+        "--batch-size", "1", "--device", "cpu", "--features", FEATURES, "--json"),
+        capture_output=True, text=True, env=environment, timeout=240)
     assert launched.returncode == 0, launched.stderr
     reports = sorted((json.loads(line) for line in launched.stdout.splitlines() if line.startswith("{")),
                      key=lambda report: report["rank"])
@@ -82,13 +89,16 @@ def test_two_launched_processes_give_the_features_and_verdict_of_one(image_sets,
     assert summary.model_calls == 0 and summary.images_from_cache == 24
     alone, _ = on_one_thread(lambda: features_of(tiny_model, folders, None))
     assert merged.keys == alone.keys and len(alone.keys) == 24 and merged.columns == alone.columns
-    assert merged.values.shape == (24, 18) and np.isfinite(merged.values).all()
+    columns = [column for extractor in resolve_extractors(FEATURES) for column in extractor.columns]
+    assert list(merged.columns) == columns and merged.values.shape == (24, len(columns))
+    assert np.isfinite(merged.values).all()
     # Other processes: equal to float32 rounding, with the same verdict and p-value (feature_checks.py).
     suspect_keys = scan_image_set(suspect).keys
     assert_same_audit(merged, alone, suspect_keys, [key for key in alone.keys if key not in suspect_keys])
     # The audit from the launched ranks' cache computes nothing.
     checked = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model", str(tiny_model),
                                        "--cache-dir", str(tmp_path), "--device", "cpu", "--json", "--test", "split",
+                                       "--features", FEATURES,
                                        "--curve-resamples", "0", "--jobs", "1"])
     extraction = json.loads(checked.stdout)["extraction"]
     assert (extraction["model_calls"], extraction["images_from_cache"]) == (0, 24), checked.stderr
