@@ -54,8 +54,9 @@ def write_crops(folder: Path, photos: list[np.ndarray], count: int, seed: int) -
 
 @pytest.fixture(scope="module")
 def crop_pools(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
-    """Two pools of 80 crops (one per photo group), a mixed pool of 160, their descriptions, and the 'fast'
-    features of every crop from a model trained on none of them."""
+    """Two pools of 80 crops (one per photo group), a mixed pool of 160, their descriptions, and the denoising
+    loss of every crop from a model trained on none of them (the shift check never looks at the model's
+    features, and the verdict's rule is the same for any feature set)."""
     root = tmp_path_factory.mktemp("crops")
     warm, cool = photo_groups()
     folders = {"warm": write_crops(root / "warm", warm, POOL, 1), "cool": write_crops(root / "cool", cool, POOL, 2),
@@ -63,7 +64,7 @@ def crop_pools(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     sets = {name: scan_image_set(folder) for name, folder in folders.items()}
     described = {name: describe_images(images, name) for name, images in sets.items()}
     target = load_target(tiny_model, torch.device("cpu"))
-    extractors, _ = extractors_for("fast", target)
+    extractors, _ = extractors_for("loss", target)
     records = [record for images in sets.values() for record in images.records]
     table, _ = extract_features(records, target, extractors, seed=0, batch_size=64)
     return folders, described, table
@@ -110,7 +111,7 @@ def test_the_cli_names_the_shift_and_exits_inconclusive(crop_pools, tiny_model: 
     folders, _, _ = crop_pools
     result = CliRunner().invoke(app, ["check", str(folders["warm"]), "--reference", str(folders["cool"]),
                                       "--model", str(tiny_model), "--test", "split", "--json", "--no-cache",
-                                      "--curve-resamples", "0"])
+                                      "--curve-resamples", "0", "--features", "loss"])
     payload = json.loads(result.stdout)
     controls = payload["controls"]
     assert (result.exit_code, payload["verdict"]) == (5, "inconclusive")
@@ -130,7 +131,7 @@ def test_a_reencoded_resized_reference_copy_in_the_suspect_set_is_found_and_remo
         image.convert("RGB").resize((72, 60), Image.Resampling.BICUBIC).save(suspect / "copy.jpg", quality=75)
     assert hamming(describe_image(original).perceptual_hash, describe_image(suspect / "copy.jpg").perceptual_hash) <= 8
     result = CliRunner().invoke(app, ["check", str(suspect), "--reference", str(reference), "--model",
-                                      str(tiny_model), "--test", "split", "--json", "--no-cache"])
+                                      str(tiny_model), "--test", "split", "--json", "--no-cache", "--features", "loss"])
     payload = json.loads(result.stdout)
     assert payload["n_suspect"] == 13 and payload["n_reference"] == 11
     (pair,) = payload["controls"]["near_duplicates"]

@@ -13,8 +13,9 @@ from cdi_audit.cli import app
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sample-cache")
+def cache(sample_audit: tuple[int, dict, Path]) -> Path:
+    """The sample audit's feature cache: the reference images' features are computed once for both audits."""
+    return sample_audit[2].parent / "cache"
 
 
 def audit(suspect: str, cache: Path) -> tuple[int, dict]:
