@@ -90,36 +90,30 @@ def _sample_data_builder():
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def trained_tiny_model() -> tuple[Path, Path, Path]:
     """(model, members, non-members): a 16 px xs DDPM trained 400 steps on 32 images, and 40 it never saw.
 
-    About 30 s on two cores; a membership signal that a 10-vs-10 audit does not always find
-    and a 32-vs-32 one does.
+    Built once into .test-models/ (about 30 s on two cores); a membership signal that a 10-vs-10 audit does not
+    always find and a 32-vs-32 one does. Read-only: a test that changes these files works on a copy.
     """
-    from diffusers import DDPMPipeline
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, LIBRARIES, tiny_ddpm
 
-    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
-
-    root = tmp_path_factory.mktemp("trained")
-    write_images(root / "members", 32, seed=11, prefix="m")
-    write_images(root / "nonmembers", 40, seed=12, prefix="n")
-    pixels = torch.from_numpy(load_model_pixels(scan_image_set(root / "members").records, 16))
-    unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=400, seed=0)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model", safe_serialization=True)
+    root = cached_build("tiny-ddpm", tiny_ddpm, (Path(__file__), SAMPLE_DATA / "make_sample_data.py", *IMAGE_INPUTS),
+                        libraries=LIBRARIES)
     return root / "model", root / "members", root / "nonmembers"
 
 
 @pytest.fixture(scope="session")
-def trained_text_to_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_text_to_image() -> Path:
     """A tiny Stable Diffusion pipeline whose UNet was trained 600 steps on ``members/`` (32 captioned
-    shapes), beside ``nonmembers/`` and ``other/`` (32 each, never trained on). About 40 s on two cores."""
-    from tiny_pipelines import train_tiny_text_to_image, write_captioned_shapes
+    shapes), beside ``nonmembers/`` and ``other/`` (32 each, never trained on). Built once into .test-models/
+    (about 40 s on two cores); read-only."""
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, LIBRARIES, TESTS, text_to_image
 
-    root = tmp_path_factory.mktemp("text-to-image")
-    for name, seed in (("members", 1), ("nonmembers", 2), ("other", 3)):
-        write_captioned_shapes(root / name, 32, seed)
-    train_tiny_text_to_image(root / "members", root / "model", steps=600)
-    return root
+    return cached_build("text-to-image", text_to_image, (TESTS / "tiny_pipelines.py", *IMAGE_INPUTS),
+                        libraries=LIBRARIES)
 
 
 @pytest.fixture(scope="session")

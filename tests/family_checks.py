@@ -51,9 +51,10 @@ def audit(root: Path, model: str, suspect: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
-def unseen_null_rejections(root: Path, model: str, stream: int) -> int:
-    """Of 200 null audits (20 vs 20 drawn from the 64 images in ``nonmembers/`` and ``other/``, which the model
-    at ``root/model`` never saw; the preset's columns; B = 100, alpha 0.05), how many reject."""
+def unseen_null_rejections(root: Path, model: str, stream: int, folders: tuple[str, ...] = ("nonmembers", "other")
+                           ) -> int:
+    """Of 200 null audits (20 vs 20 drawn from the 64 images in ``folders`` under ``root``, which the model at
+    ``root/model`` never saw; the preset's columns; B = 100, alpha 0.05), how many reject."""
     from cdi_audit.features.registry import extractors_for
     from cdi_audit.inputs.conditions import with_captions
     from cdi_audit.inputs.images import scan_image_set
@@ -62,7 +63,7 @@ def unseen_null_rejections(root: Path, model: str, stream: int) -> int:
 
     target = load_target(root / model, CPU)
     extractors, _ = extractors_for("auto", target)
-    records = [record for name in ("nonmembers", "other")
+    records = [record for name in folders
                for record in with_captions(scan_image_set(root / name))[0].records]
     table, _ = extract_features(records, target, extractors, seed=0, batch_size=32)
     matrix = table.scoring_matrix([record.key for record in records])

@@ -43,33 +43,29 @@ def test_calibrated_columns_are_the_features_and_their_per_image_change_on_the_s
 
 
 @pytest.fixture(scope="module")
-def broad_lora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def broad_lora() -> tuple[Path, Path, Path]:
     """(root, a LoRA trained 400 steps on root/lora_members, the same in kohya format); root/model is a base
-    trained 400 steps on 224 captioned shapes, root/nonmembers and root/unseen (32 and 64) neither saw. About
-    90 s on two cores."""
-    from diffusers import StableDiffusionPipeline
-    from tiny_lora import as_kohya, train_unet_lora
-    from tiny_pipelines import train_tiny_text_to_image, write_captioned_shapes
+    trained 400 steps on 224 captioned shapes, root/nonmembers and root/unseen (32 and 64) neither saw. Built once
+    into .test-models/ (about 90 s on two cores); read-only."""
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, LIBRARIES, TESTS, broad_lora
 
-    root = tmp_path_factory.mktemp("broad-lora")
-    for name, count, seed in (("base_data", 224, 40), ("lora_members", 32, 41), ("nonmembers", 32, 42),
-                              ("unseen", 64, 43)):
-        write_captioned_shapes(root / name, count, seed)
-    train_tiny_text_to_image(root / "base_data", root / "model", steps=400)
-    lora = train_unet_lora(StableDiffusionPipeline, root / "model", root / "lora_members", root / "diffusers",
-                           steps=400)
-    return root, lora, as_kohya(lora, root / "kohya.safetensors")
+    root = cached_build("broad-lora", broad_lora, (TESTS / "tiny_pipelines.py", TESTS / "tiny_lora.py", *IMAGE_INPUTS),
+                        libraries=LIBRARIES)
+    return root, root / "diffusers" / "pytorch_lora_weights.safetensors", root / "kohya.safetensors"
 
 
 @pytest.fixture(scope="module")
-def lora_elsewhere(trained_text_to_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA trained 400 steps on other/ of trained_text_to_image, whose base was trained on members/."""
-    from diffusers import StableDiffusionPipeline
-    from tiny_lora import train_unet_lora
+def lora_elsewhere(trained_text_to_image: Path) -> Path:
+    """A LoRA trained 400 steps on other/ of trained_text_to_image, whose base was trained on members/. Built once
+    into .test-models/ for that base (its cache folder's name, which holds its key, is part of this key)."""
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, LIBRARIES, TESTS, lora_on
 
-    out = tmp_path_factory.mktemp("lora-elsewhere")
-    return train_unet_lora(StableDiffusionPipeline, trained_text_to_image / "model", trained_text_to_image / "other",
-                           out, steps=400)
+    folder = cached_build("lora-elsewhere", lora_on(trained_text_to_image / "model", trained_text_to_image / "other"),
+                          (TESTS / "tiny_pipelines.py", TESTS / "tiny_lora.py", *IMAGE_INPUTS),
+                          base=trained_text_to_image.name, libraries=LIBRARIES)
+    return folder / "pytorch_lora_weights.safetensors"
 
 
 def audit(root: Path, suspect: str, cache: Path, *extra: str) -> tuple[int, dict]:

@@ -18,10 +18,9 @@ from family_checks import (
     audit,
     check,
     unseen_null_rejections,
-    write_membership_folders,
 )
 from PIL import Image
-from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components, train_tiny_sdxl
+from tiny_sdxl import POOLED, WIDTHS, save_sdxl, tiny_sdxl_components
 
 from cdi_audit.inputs.images import ImageRecord, sdxl_crop_geometry, to_model_pixels
 from cdi_audit.models.loading import load_target
@@ -131,12 +130,14 @@ def test_check_runs_every_feature_of_the_preset_on_sdxl_and_the_black_box_too(sd
 
 
 @pytest.fixture(scope="session")
-def trained_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_sdxl() -> Path:
     """The tiny SDXL UNet trained 600 steps on ``members/`` (32 captioned shapes), beside ``nonmembers/`` and
-    ``other/`` (32 each, never trained on)."""
-    root = write_membership_folders(tmp_path_factory.mktemp("sdxl-trained"))
-    train_tiny_sdxl(root / "members", root / "model", steps=600)
-    return root
+    ``other/`` (32 each, never trained on). Built once into .test-models/; read-only."""
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, LIBRARIES, TESTS, sdxl
+
+    return cached_build("sdxl", sdxl, (TESTS / "tiny_sdxl.py", TESTS / "tiny_pipelines.py", TESTS / "family_checks.py",
+                                       *IMAGE_INPUTS), libraries=LIBRARIES)
 
 
 @pytest.mark.slow

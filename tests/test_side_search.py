@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_DATA, _sample_data_builder
+from conftest import SAMPLE_DATA
 from PIL import Image
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
@@ -97,24 +97,16 @@ def test_guidance_steers_towards_its_cluster(trained_tiny_model) -> None:
 
 
 @pytest.fixture(scope="module")
-def memorising_model(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A 16 px xs DDPM trained 2,000 steps on 16 published sample images (about 75 s): it reproduces
-    several of them; 16 unpublished images are the reference."""
-    from diffusers import DDPMPipeline
+def memorising_model() -> tuple[Path, Path, Path]:
+    """A 16 px xs DDPM trained 2,000 steps on 16 published sample images (about 75 s, once, into
+    .test-models/): it reproduces several of them; 16 unpublished images are the reference. Read-only."""
+    from fixture_cache import cached_build
+    from trained_models import IMAGE_INPUTS, MEMORISED, TESTS, memorising_ddpm, sample_images
 
-    from cdi_audit.inputs.images import load_model_pixels, scan_image_set
-
-    root = tmp_path_factory.mktemp("memorising")
-    folders = {}
-    for name, source in (("suspect", "published"), ("reference", "unpublished")):
-        folders[name] = root / name
-        folders[name].mkdir()
-        for record in scan_image_set(SAMPLE_DATA / source).records[:16]:
-            (folders[name] / record.path.name).write_bytes(record.path.read_bytes())
-    pixels = torch.from_numpy(load_model_pixels(scan_image_set(folders["suspect"]).records, 16))
-    unet, scheduler = _sample_data_builder().train_ddpm(pixels, steps=2000, seed=0, batch_size=16)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model", safe_serialization=True)
-    return root / "model", folders["suspect"], folders["reference"]
+    images = (*sample_images("published", MEMORISED), *sample_images("unpublished", MEMORISED))
+    root = cached_build("memorising-ddpm", memorising_ddpm,
+                        (TESTS / "conftest.py", SAMPLE_DATA / "make_sample_data.py", *IMAGE_INPUTS, *images))
+    return root / "model", root / "suspect", root / "reference"
 
 
 @pytest.mark.slow
