@@ -18,7 +18,9 @@ from cdi_audit.pipeline.audit import ModelPool
 from cdi_audit.pipeline.batch import adjust_p_values, batch_exit_code, holm, read_batch_file, run_batch, with_correction
 from cdi_audit.results.schema import AuditResult, BatchAudit
 
-OPTIONS = {"permutations": 200, "curve_resamples": 0}
+# One extractor (5 model calls per image instead of the fast preset's 54): what is tested here is the batch's
+# plumbing, and the loss alone tells the sample's published images from the others by far (Welch t above 25).
+OPTIONS = {"permutations": 200, "curve_resamples": 0, "features": "loss"}
 SAMPLE_MODEL = SAMPLE_DATA / "model"
 SAMPLE_AUDITS = (("published", "published", "unpublished"), ("other", "other", "unpublished"),
                  ("published-vs-other", "published", "other"))
@@ -40,7 +42,8 @@ def write_batch(path: Path, audits: list[dict], defaults: dict | None = None) ->
 
 @pytest.fixture(scope="module")
 def sample_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(batch file, cache) for three audits of the sample: two with the published images, one without."""
+    """(batch file, cache) for three audits of the sample (the loss feature alone): two with the published
+    images, one without."""
     root = tmp_path_factory.mktemp("batch")
     audits = [{"name": name, "suspect": f"sample/{suspect}", "reference": f"sample/{reference}"}
               for name, suspect, reference in SAMPLE_AUDITS]
@@ -69,7 +72,7 @@ def test_a_batch_gives_the_single_checks_p_values_adjusted_together(
     for _, suspect, reference in SAMPLE_AUDITS:
         single = run_cli("check", str(SAMPLE_DATA / suspect), "--reference", str(SAMPLE_DATA / reference),
                          "--model", str(SAMPLE_DATA / "model"), "--permutations", "200", "--curve-resamples", "0",
-                         "--cache-dir", str(cache), "--json")
+                         "--features", "loss", "--cache-dir", str(cache), "--json")
         singles.append(json.loads(single.stdout))
     raw = [audit["p_value"] for audit in batch["audits"]]
     assert raw == [single["p_value"] for single in singles]
@@ -136,7 +139,7 @@ def test_models_are_loaded_once_and_a_failed_audit_does_not_stop_the_others(imag
         {"name": "first", "suspect": str(suspect), "reference": str(reference)},
         {"name": "missing", "suspect": str(tmp_path / "nowhere"), "reference": str(reference)},
         {"name": "swapped", "suspect": str(reference), "reference": str(suspect), "seed": 3},
-    ], {"model": str(tiny_model), "test": "split", "curve_resamples": 0})
+    ], {"model": str(tiny_model), "test": "split", "curve_resamples": 0, "features": "loss"})
     pool = ModelPool()
     entries = read_batch_file(batch_file, {"cache_dir": tmp_path / "cache", "n_jobs": 1})
     batch = run_batch(entries, batch_file, "bh", models=pool)

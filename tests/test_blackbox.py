@@ -43,11 +43,15 @@ from cdi_audit.features.base import LatentBatch, NoiseSource
 from cdi_audit.features.rediffuse import ReDiffuse, rediffuse_distances
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.models.loading import load_target
+from cdi_audit.pipeline.audit import MIN_IMAGES
 from cdi_audit.pipeline.extraction import extract_features
 from cdi_audit.results.schema import ModelInfo
 
-IMAGES_PER_SET = 12
+# The fewest images an audit accepts: the sample model's members stand out by far (Welch t about 13 on
+# 10 + 10 images, p = 1/201, the smallest 200 permutations give), and every image costs 10 model calls.
+IMAGES_PER_SET = MIN_IMAGES
 CALLS_PER_IMAGE = 10  # rediffuse on a pixel model
+TABLE_DRAWS = 2  # variations per image where the loopback test compares feature tables
 SECRET = "sk-test-5f1e2d3c4b5a"
 
 
@@ -163,14 +167,32 @@ def test_completed_calls_are_stored_and_never_made_again(tmp_path: Path) -> None
 
 # ---- the loopback protocol, end to end ---------------------------------------------------------------
 
+class RememberingVariation(LocalVariation):
+    """The sample model as the loopback servers' back end: each distinct request is computed when it first
+    arrives, one at a time (the bytes a server running the model answers), and a repeat of it is answered
+    from memory, as a deterministic endpoint may. The tests below send the same requests (same images, seed
+    0), so the model's work is done once per module while every audit still makes each of its calls over
+    HTTP, from a cold store of completed calls, and the server counts each call it answers."""
+
+    def __init__(self, target) -> None:
+        super().__init__(target, batch_size=1)
+        self.answers: dict[str, np.ndarray] = {}
+
+    def vary(self, request: VariationRequest) -> np.ndarray:
+        key = request.digest()
+        if key not in self.answers:
+            self.answers[key] = super().vary(request)
+        return self.answers[key].copy()
+
+
 @pytest.fixture(scope="module")
-def sample_backend() -> LocalVariation:
-    return LocalVariation(load_target(SAMPLE_DATA / "model", torch.device("cpu")))
+def sample_backend() -> RememberingVariation:
+    return RememberingVariation(load_target(SAMPLE_DATA / "model", torch.device("cpu")))
 
 
 @pytest.fixture(scope="module")
 def small_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The first 12 published and 12 unpublished sample images."""
+    """The first IMAGES_PER_SET published and unpublished sample images."""
     root = tmp_path_factory.mktemp("small-sample")
     for role in ("published", "unpublished"):
         (root / role).mkdir()
@@ -188,15 +210,19 @@ def audit_args(small_sets, cache: Path, *model) -> list:
 def test_the_loopback_endpoint_gives_the_local_black_box_features_and_verdict(
         sample_backend, small_sets, tmp_path: Path) -> None:
     records = [r for folder in small_sets for r in scan_image_set(folder).records]
+    # The feature tables compare 2 variations per image (the first 2 of the audit's 10, the same seeds): the
+    # bytes of each call are what is compared, and every call costs the model's work.
+    extractor = ReDiffuse(draws=TABLE_DRAWS)
     batched = local_black_box(sample_backend.target)
+    # Computed here, apart from the server's back end (which may remember answers another test asked for).
     one_by_one = BlackBoxTarget(LocalVariation(sample_backend.target, batch_size=1), batched.info, batched.description)
-    local_table, _ = extract_features(records, one_by_one, [ReDiffuse()], 0, 16)
-    batched_table, _ = extract_features(records, batched, [ReDiffuse()], 0, 16)
+    local_table, _ = extract_features(records, one_by_one, [extractor], 0, 16)
+    batched_table, _ = extract_features(records, batched, [extractor], 0, 16)
     with running_server(sample_backend) as server:
         remote = endpoints.open_endpoint(endpoints.EndpointSettings(url=server.url), None)
         assert (remote.sample_size, remote.info.family) == (32, "pixel")  # from the endpoint's own description
-        remote_table, summary = extract_features(records, remote, [ReDiffuse()], 0, 16)
-        assert summary.model_calls == server.served == 2 * IMAGES_PER_SET * CALLS_PER_IMAGE
+        remote_table, summary = extract_features(records, remote, [extractor], 0, 16)
+        assert summary.model_calls == server.served == 2 * IMAGES_PER_SET * TABLE_DRAWS
         code, remote_result, _ = run(*audit_args(small_sets, tmp_path / "a", "--endpoint", server.url))
     # The server answers one request at a time: the same bytes as the local model run one image at a time.
     np.testing.assert_array_equal(remote_table.values, local_table.values)
@@ -234,7 +260,7 @@ def test_an_interrupted_audit_resumes_without_repeating_a_completed_call(
         server.faults.fail_after = None  # the quota is back
         code, result, _ = run(*arguments, "--endpoint", server.url)
     assert (code, result["verdict"]) == (1, "evidence")
-    assert server.served == expected  # 100 calls in the first run, only the other 140 in the second
+    assert server.served == expected  # 100 calls in the first run, only the remaining ones in the second
     assert result["extraction"]["model_calls"] == expected - 100
 
 
