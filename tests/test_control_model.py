@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_DATA
 from pypdf import PdfReader
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -144,7 +145,10 @@ def test_an_inconclusive_suspect_result_keeps_its_own_reason() -> None:
 def test_a_confound_both_models_see_does_not_become_evidence() -> None:
     """P and U differ in a way any model picks up (the control's features see the same shift as the
     suspect's). With the point estimate of the AUC difference, 49 to 89 of 200 such audits came out as
-    evidence (split test, 30 per set, shifts 0.9 to 2.0); with the bootstrap bound, none."""
+    evidence (split test, 30 per set, shifts 0.9 to 2.0). The bootstrap bound's one-sided level is alpha
+    (1%) per audit, so evidence with the control stays within the binomial 99.9% bound of 60 audits at 1%
+    (4): measured 1 of these 60, and 4 of 200 (seeds 100 to 199), against 0 of 200 with the split test's
+    earlier halves."""
     alone = with_control = 0
     for seed in range(30):
         for shift in (0.9, 1.5):
@@ -152,7 +156,7 @@ def test_a_confound_both_models_see_does_not_become_evidence() -> None:
             alone += suspect.verdict == "evidence"
             with_control += judge_with_control(suspect, control, 0.01, seed)[0].verdict == "evidence"
     assert alone >= 25
-    assert with_control == 0
+    assert with_control <= stats.binom.ppf(0.999, 60, 0.01)
 
 
 def test_the_auc_difference_interval_is_a_paired_stratified_bootstrap() -> None:
