@@ -13,6 +13,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import cdi_audit.statistics.testing as testing
 from cdi_audit.statistics.testing import (
     cross_fitted_scores,
     effect_size,
@@ -67,10 +68,18 @@ def test_early_stop_gives_hits_over_permutations_at_the_stopping_point() -> None
     assert outcome.p_value == pytest.approx(5 / outcome.permutations_run)
 
 
-def test_permutation_result_does_not_depend_on_worker_count() -> None:
+def test_permutation_result_does_not_depend_on_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
     features, labels = simulated(seed=13, shift=0.5)
-    one = permutation_test(features, labels, permutations=120, seed=2, n_jobs=1)
-    two = permutation_test(features, labels, permutations=120, seed=2, n_jobs=2)
+    in_process = []
+    one = permutation_test(features, labels, permutations=520, stop_after_hits=1000, seed=2, n_jobs=2,
+                           on_progress=lambda done, total: in_process.append(done))
+    assert in_process == [100, 200, 300, 400, 500, 520]  # a test this small never starts workers
+    # Workers start only for a test that would take over PARALLEL_AFTER_SECONDS in one process; force them.
+    monkeypatch.setattr(testing, "PARALLEL_AFTER_SECONDS", 0.0)
+    rounds = []
+    two = permutation_test(features, labels, permutations=520, stop_after_hits=1000, seed=2, n_jobs=2,
+                           on_progress=lambda done, total: rounds.append(done))
+    assert rounds == [100, 300, 500, 520]  # one round in this process, then rounds of 2 x 100 in the workers
     assert (one.p_value, one.permutations_run) == (two.p_value, two.permutations_run)
     # The observed scores are computed in this process both times: bit-identical.
     np.testing.assert_array_equal(one.scores, two.scores)
