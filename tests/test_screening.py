@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -15,7 +16,7 @@ from cdi_audit.cli import app
 from cdi_audit.inputs.conditions import with_captions
 from cdi_audit.inputs.image_statistics import FRAMING_TRIMS, describe_image, framing_views
 from cdi_audit.inputs.images import scan_image_set
-from cdi_audit.verdict.screening import screen_near_duplicates
+from cdi_audit.verdict.screening import duplicate_groups, screen_near_duplicates
 
 
 def smooth_picture(seed: int, side: int = 320) -> Image.Image:
@@ -86,3 +87,20 @@ def test_a_caption_row_for_an_image_the_screen_left_out_is_no_error(image_sets, 
     assert notes == [] and len(captioned.records) == 12
     assert {record.path.name: record.caption for record in captioned.records}[originals[0]] == \
         f"a caption of {originals[0]}"
+
+
+def test_groups_are_the_connected_components_of_the_pairs(tmp_path: Path) -> None:
+    """A chain a-b, b-c is one group even though a and c were never paired; each group keeps its image with the
+    most pixels, then the largest file; an image in no pair is in no group."""
+    images = []
+    for name, pixels, size in [("a", 100, 10), ("b", 400, 10), ("c", 400, 30), ("d", 900, 10), ("e", 100, 5),
+                               ("f", 100, 6)]:
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(b"x" * size)
+        images.append(SimpleNamespace(role="suspect", pixels=pixels, record=SimpleNamespace(path=path)))
+    a, b, c, d, e, f = images
+    pairs = [SimpleNamespace(first=a, second=b), SimpleNamespace(first=c, second=b), SimpleNamespace(first=f, second=e)]
+    groups = duplicate_groups(images, pairs)
+    assert [(group.kept, set(map(id, group.left_out))) for group in groups] == [
+        (c, {id(a), id(b)}), (f, {id(e)})]
+    assert all(d is not group.kept and d not in group.left_out for group in groups)

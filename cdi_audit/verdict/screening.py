@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from cdi_audit.errors import InputProblem
 from cdi_audit.inputs.image_statistics import STATISTIC_NAMES, ImageDescription, describe_image, framing_views
@@ -180,19 +182,13 @@ def _keep_first(image: DescribedImage) -> tuple[int, int, str]:
 def duplicate_groups(images: list[DescribedImage], pairs: list[NearDuplicate]) -> list[DuplicateGroup]:
     """The connected groups of ``pairs`` (near-duplicates within ``images``), each with its kept image."""
     position = {id(image): index for index, image in enumerate(images)}
-    parent = list(range(len(images)))
-
-    def root(index: int) -> int:
-        while parent[index] != index:
-            parent[index] = parent[parent[index]]
-            index = parent[index]
-        return index
-
-    for pair in pairs:
-        parent[root(position[id(pair.first)])] = root(position[id(pair.second)])
+    edges = np.array([(position[id(pair.first)], position[id(pair.second)]) for pair in pairs], dtype=int)
+    edges = edges.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(images), len(images)))
+    _, component = connected_components(graph, directed=False)
     members: dict[int, list[DescribedImage]] = {}
-    for index, image in enumerate(images):
-        members.setdefault(root(index), []).append(image)
+    for image, label in zip(images, component, strict=True):
+        members.setdefault(int(label), []).append(image)
     groups = []
     for group in members.values():
         if len(group) > 1:
