@@ -15,6 +15,8 @@ class ExitCode(IntEnum):
     INPUT_PROBLEM = 3
     MODEL_UNAVAILABLE = 4
     INCONCLUSIVE = 5
+    INTERNAL_ERROR = 70  # a bug; never a finding (EX_SOFTWARE)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); what was computed is cached
 
 
 VERDICT_EXIT_CODES = {

@@ -127,6 +127,16 @@ def test_an_internal_error_never_exits_like_a_finding(audit_args, monkeypatch: p
     assert "something unexpected" in payload["error"]["message"] and "Traceback" not in stderr
 
 
+def test_an_interrupted_audit_exits_130_and_says_it_resumes(audit_args, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cdi_audit.pipeline.audit, "run_audit", interrupted)
+    code, payload, stderr = run(*audit_args)
+    assert code == 130 and payload["error"]["exit_code"] == 130
+    assert "a re-run resumes" in payload["error"]["message"] and "Traceback" not in stderr
+
+
 def test_the_console_script_entry_point_runs() -> None:
     completed = subprocess.run([sys.executable, "-m", "cdi_audit", "--version"], capture_output=True, text=True)
     assert completed.returncode == 0 and completed.stdout.startswith("cdi-audit ")

@@ -28,8 +28,6 @@ from cdi_audit import __version__
 from cdi_audit.console import StageProgress, shown, stderr_console
 from cdi_audit.errors import AuditError, ExitCode, InvalidSetting, OutputProblem, brief, is_out_of_memory
 
-INTERNAL_ERROR = 70
-INTERRUPTED = 130
 OUT_OF_MEMORY = ("Ran out of memory ({kind}); use a smaller --batch-size (and --max-batch-grad), fewer images "
                  "at a time, or a machine with more memory.")
 Result = TypeVar("Result")
@@ -95,11 +93,11 @@ def _failure(error: BaseException) -> tuple[int, str]:
     if isinstance(error, AuditError):
         return error.exit_code, str(error)
     if isinstance(error, KeyboardInterrupt):
-        return INTERRUPTED, ("Interrupted; features extracted so far (and completed endpoint calls) are cached, "
-                             "and a re-run resumes.")
+        return ExitCode.INTERRUPTED, ("Interrupted; features extracted so far (and completed endpoint calls) are "
+                                      "cached, and a re-run resumes.")
     if is_out_of_memory(error):
         return ExitCode.MODEL_UNAVAILABLE, OUT_OF_MEMORY.format(kind=type(error).__name__)
-    return INTERNAL_ERROR, f"Internal error ({brief(error)}); please report it, with the output of --debug."
+    return ExitCode.INTERNAL_ERROR, f"Internal error ({brief(error)}); please report it, with the output of --debug."
 
 
 def guarded(command: Callable[..., None]) -> Callable[..., None]:
