@@ -33,6 +33,9 @@ CLID = Reference("clid", "S. Zhai et al. Membership Inference on Text-to-Image D
                          "Likelihood Discrepancy. NeurIPS 2024.")
 STRUCTURAL = Reference("structural", "Q. Li et al. Unveiling Structural Memorization: Structural Membership Inference "
                                      "Attack for Text-to-Image Diffusion Models. ACM Multimedia 2024.")
+NEIGHBOURHOOD = Reference("neighbourhood", "J. Mattern, F. Mireshghallah, Z. Jin, B. Schölkopf, M. Sachan, "
+                                           "T. Berg-Kirkpatrick. Membership Inference Attacks against Language "
+                                           "Models via Neighbourhood Comparison. Findings of ACL 2023.")
 REDIFFUSE = Reference("rediffuse", "J. Li, J. Dong, T. He, J. Zhang. Towards Black-Box Membership Inference Attack "
                                    "for Diffusion Models. ICML 2025.")
 
@@ -48,12 +51,17 @@ EXTRACTORS: dict[str, tuple[str, tuple[Reference, ...]]] = {
     "clid": ("CLiD: conditional likelihood discrepancy", (CLID,)),
     "structural": ("structural similarity after inversion", (STRUCTURAL,)),
     "rediffuse": ("ReDiffuse: distance of averaged image-to-image variations", (REDIFFUSE,)),
+    "neighbour_loss": ("denoising loss minus that of a mirrored and of a shifted copy, with the same noise",
+                       (LOSS, NEIGHBOURHOOD)),
 }
+# Extractors whose columns are not named after them.
+COLUMN_PREFIXES = {"neighbour_loss": "neighbour"}
 
 
 def extractor_of(column: str) -> str | None:
     """The extractor a feature column comes from (longest name prefix: ``pian_t200`` is ``pian``)."""
-    matches = [name for name in EXTRACTORS if column == name or column.startswith(name + "_")]
+    matches = [name for name in EXTRACTORS
+               if column == (prefix := COLUMN_PREFIXES.get(name, name)) or column.startswith(prefix + "_")]
     return max(matches, key=len, default=None)
 
 
