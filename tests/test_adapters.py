@@ -79,12 +79,18 @@ def test_the_adapter_and_its_scale_are_part_of_the_fingerprint(base_and_lora) ->
         Adapter(lora, 0.0)
 
 
+# One extractor and no curve: these tests follow the adapter through the command, the cache and the reports,
+# which is the same for any feature set.
+PLUMBING = ("--features", "loss", "--curve-resamples", "0")
+
+
 def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixes_them(
         base_and_lora, image_sets, tmp_path) -> None:
     base, lora, _ = base_and_lora
     suspect, reference = image_sets
     arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json",
-                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1"]
+                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1",
+                 *PLUMBING]
     plain = json.loads(CliRunner().invoke(app, arguments).stdout)
     result = CliRunner().invoke(app, [*arguments, "--adapter", f"{lora}:0.5"])
     adapted = json.loads(result.stdout)
@@ -243,7 +249,8 @@ def test_what_a_kohya_header_says_is_shown_everywhere_and_changes_nothing(base_a
     save_file(load_file(kohya), with_header, metadata=KOHYA_HEADER)
     suspect, reference = image_sets
     arguments = ["check", str(suspect), "--reference", str(reference), "--model", str(base), "--json",
-                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1"]
+                 "--cache-dir", str(tmp_path / "cache"), "--permutations", "200", "--jobs", "1",
+                 *PLUMBING]
     bare = CliRunner().invoke(app, [*arguments, "--adapter", str(kohya)])
     told = CliRunner().invoke(app, [*arguments, "--adapter", str(with_header), "--out", str(tmp_path / "out"),
                                     "--report", "html"])
