@@ -99,12 +99,15 @@ def test_fitted_coefficients_and_split_p_values_equal_sklearn() -> None:
 
 
 def test_welch_statistics_equal_scipy_row_by_row() -> None:
+    """Each row its own labelling with the same group sizes (as permutations are); both groups constant: NaN."""
     rng = np.random.default_rng(9)
     scores = rng.uniform(size=(50, 30))
-    suspect = rng.uniform(size=(50, 30)) < 0.4
-    suspect[:, :2], suspect[:, 2:4] = True, False  # both groups have at least two rows
+    labels = np.r_[np.ones(12, bool), np.zeros(18, bool)]
+    suspect = np.stack([rng.permutation(labels) for _ in range(50)])
+    scores[0] = np.where(suspect[0], 0.7, 0.2)
     statistics, freedom = welch_statistics(scores, suspect)
-    for row, members, t, df in zip(scores, suspect, statistics, freedom, strict=True):
+    assert np.isnan(statistics[0])
+    for row, members, t, df in zip(scores[1:], suspect[1:], statistics[1:], freedom[1:], strict=True):
         expected = stats.ttest_ind(row[members], row[~members], equal_var=False)
         assert t == pytest.approx(expected.statistic, rel=1e-12)
         assert df == pytest.approx(expected.df, rel=1e-12)

@@ -24,7 +24,8 @@ NEWTON_ITERATIONS = 100
 # Newton steps below this (max abs change of any coefficient) mean convergence;
 # far tighter than scikit-learn's lbfgs default (tol 1e-4).
 STEP_TOLERANCE = 1e-9
-PROBLEMS_PER_SOLVE = 64
+# Problems whose (problems, rows, columns) standardisation arrays are built at once (memory, not speed).
+PROBLEMS_PER_CHUNK = 64
 # The L2 penalty on the standardised coefficients, 1 / C (C = 1, scikit-learn's default).
 PENALTY = 1.0
 
@@ -95,13 +96,13 @@ def _training_scales(standard: np.ndarray, train: np.ndarray, raw_mean: np.ndarr
     globally standardised ``standard``; where the column is constant on those rows (``StandardScaler``'s rule,
     in the original units) the original unit, as ``StandardScaler`` leaves such a column unscaled."""
     scales = np.empty((len(train), standard.shape[1]))
-    for start in range(0, len(train), PROBLEMS_PER_SOLVE):
-        mask = train[start : start + PROBLEMS_PER_SOLVE]
+    for start in range(0, len(train), PROBLEMS_PER_CHUNK):
+        mask = train[start : start + PROBLEMS_PER_CHUNK]
         counts = mask.sum(axis=1, keepdims=True)
         mean = mask @ standard / counts
         spread = np.sqrt(np.einsum("pn,pnd->pd", mask, (standard[None] - mean[:, None, :]) ** 2) / counts)
         constant = raw_scale * spread < 10 * np.finfo(float).eps * np.maximum(np.abs(raw_mean + raw_scale * mean), 1)
-        scales[start : start + PROBLEMS_PER_SOLVE] = np.where(constant, 1.0 / raw_scale, spread)
+        scales[start : start + PROBLEMS_PER_CHUNK] = np.where(constant, 1.0 / raw_scale, spread)
     return scales
 
 

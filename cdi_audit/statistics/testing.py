@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -54,32 +55,24 @@ def cross_fitted_scores(features: np.ndarray, is_suspect: np.ndarray, random_sta
     return cross_fitted_score_matrix(features, is_suspect[None, :], random_state)[0]
 
 
-def _group_moments(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Count, mean, sample variance (ddof 1) and range of each row's ``members`` entries."""
-    count = members.sum(axis=1)
-    mean = np.where(members, scores, 0.0).sum(axis=1) / count
-    variance = np.where(members, (scores - mean[:, None]) ** 2, 0.0).sum(axis=1) / (count - 1)
-    spread = np.where(members, scores, -np.inf).max(axis=1) - np.where(members, scores, np.inf).min(axis=1)
-    return count, mean, variance, spread
-
-
 def welch_statistics(scores: np.ndarray, suspect: np.ndarray, reference: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Welch t of P's scores against U's and its Welch-Satterthwaite degrees of freedom for each row of the
-    (L, m) ``scores``: scipy's ``ttest_ind(equal_var=False)`` for many audits in a few array operations.
+    (L, m) ``scores``, by one vectorised ``scipy.stats.ttest_ind(equal_var=False)``.
 
     ``suspect`` and ``reference`` (L, m) mark each row's two groups (``reference``
-    defaults to the rest). t is NaN where both groups' scores are constant.
+    defaults to the rest); every row has the same group sizes (a permutation
+    keeps them, and the curve's audits of one size share them). t is NaN where
+    both groups' scores are constant.
     """
     reference = ~suspect if reference is None else reference
-    count_p, mean_p, var_p, spread_p = _group_moments(scores, suspect)
-    count_u, mean_u, var_u, spread_u = _group_moments(scores, reference)
-    part_p, part_u = var_p / count_p, var_u / count_u
-    with np.errstate(divide="ignore", invalid="ignore"):
-        statistic = (mean_p - mean_u) / np.sqrt(part_p + part_u)
-        freedom = (part_p + part_u) ** 2 / (part_p**2 / (count_p - 1) + part_u**2 / (count_u - 1))
-    statistic[(spread_p == 0) & (spread_u == 0)] = np.nan
-    return statistic, freedom
+    first, second = scores[suspect].reshape(len(scores), -1), scores[reference].reshape(len(scores), -1)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant groups: NaN below, not a warning
+        result = stats.ttest_ind(first, second, axis=1, equal_var=False)
+    statistic = np.array(result.statistic, dtype=float, ndmin=1)
+    statistic[(np.ptp(first, axis=1) == 0) & (np.ptp(second, axis=1) == 0)] = np.nan
+    return statistic, np.array(result.df, dtype=float, ndmin=1)
 
 
 def welch_statistic(scores: np.ndarray, is_suspect: np.ndarray) -> float:
@@ -200,7 +193,8 @@ def split_tests(features: np.ndarray, is_suspect: np.ndarray, audits: list[np.nd
     """The split test of ``split_test`` on many audits drawn from the same rows, solved as one stack.
 
     ``features`` (n, k) and ``is_suspect`` (n,) are all rows; each audit is an
-    array of row indices (its P and U rows) with its own seed, and is split
+    array of row indices (its P and U rows, the same numbers of each in every
+    audit) with its own seed, and is split
     into halves as ``split_test`` splits its rows. Outcomes' ``rows`` are the
     tested rows' indices into ``features``.
     """

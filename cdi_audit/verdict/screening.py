@@ -182,8 +182,7 @@ def _keep_first(image: DescribedImage) -> tuple[int, int, str]:
 def duplicate_groups(images: list[DescribedImage], pairs: list[NearDuplicate]) -> list[DuplicateGroup]:
     """The connected groups of ``pairs`` (near-duplicates within ``images``), each with its kept image."""
     position = {id(image): index for index, image in enumerate(images)}
-    edges = np.array([(position[id(pair.first)], position[id(pair.second)]) for pair in pairs], dtype=int)
-    edges = edges.reshape(-1, 2)
+    edges = np.array([(position[id(pair.first)], position[id(pair.second)]) for pair in pairs], int).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(images), len(images)))
     _, component = connected_components(graph, directed=False)
     members: dict[int, list[DescribedImage]] = {}
