@@ -137,7 +137,7 @@ def extract(work: Path, label: str, spec: str, seed: int) -> Path:
 
 def feature_sets(extractors: list[str]) -> dict[str, list[int]]:
     """Column indices of the presets and of each extractor alone."""
-    from cdi_audit.features.registry import PRESETS
+    from cdi_audit.features.catalogue import PRESETS
 
     sets = {name: [i for i, owner in enumerate(extractors) if owner in PRESETS[name]] for name in ("fast", "full")}
     for owner in dict.fromkeys(extractors):

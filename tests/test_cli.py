@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import cdi_audit.pipeline.audit
 from cdi_audit.cli import app
+from cdi_audit.features.catalogue import PRESETS, column_count, noise_predictions
 
 CONTRACT_FIELDS = {
     "verdict", "p_value", "alpha", "test", "n_suspect", "n_reference", "effect", "features", "controls",
@@ -41,17 +42,18 @@ def test_json_result_holds_the_contract_fields_and_matches_report_json(audit_arg
     assert {"auc", "mean_score_difference"} <= set(payload["effect"])
     assert {"path", "fingerprint"} <= set(payload["model"])
     assert "negative_control_p_value" in payload["controls"]
-    assert len(payload["features"]) == 18 and payload["n_suspect"] == 12 and payload["n_reference"] == 12
+    assert len(payload["features"]) == column_count(PRESETS["fast"])
+    assert payload["n_suspect"] == 12 and payload["n_reference"] == 12
     assert code == {"no_evidence": 0, "evidence": 1, "inconclusive": 5}[payload["verdict"]]
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == payload
-    assert payload["extraction"]["model_calls"] == 24 * 53  # fast: 54 requests, one shared (SecMI, PIA)
+    assert payload["extraction"]["model_calls"] == 24 * noise_predictions(PRESETS["fast"])
 
 
 def test_a_second_identical_run_makes_no_model_call_and_gives_the_same_p_value(audit_args) -> None:
     arguments = [*audit_args[:-2], "--test", "permutation", "--permutations", "200", "--alpha", "0.05"]
     first_code, first, _ = run(*arguments)
     second_code, second, _ = run(*arguments)
-    assert first["extraction"]["model_calls"] == 24 * 53
+    assert first["extraction"]["model_calls"] == 24 * noise_predictions(PRESETS["fast"])
     assert second["extraction"]["model_calls"] == 0
     assert second["extraction"]["images_from_cache"] == 24
     assert second["p_value"] == first["p_value"] and second_code == first_code

@@ -11,6 +11,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
+from cdi_audit.features.catalogue import PRESETS, column_count
 from cdi_audit.statistics.evaluation import auc, draws, sample_size_grid, tpr_at_fpr
 
 ALPHA = 0.2  # a high level makes the false-positive check informative with few null draws
@@ -121,7 +122,7 @@ def test_feature_sets_are_each_covered_preset_and_each_extractor_alone_without_r
     from cdi_audit.pipeline.evaluate import evaluated_feature_sets
 
     fast = evaluated_feature_sets("fast", resolve_extractors("fast"), "none")
-    assert list(fast) == ["fast", "loss", "multi_loss", "secmi", "pia", "neighbour_loss"] and len(fast["fast"]) == 18
+    assert list(fast) == ["fast", *PRESETS["fast"]] and len(fast["fast"]) == column_count(PRESETS["fast"])
     assert evaluated_feature_sets("blackbox", resolve_extractors("blackbox"), "none") == {
         "blackbox": ["rediffuse_l2", "rediffuse_l1", "rediffuse_ssim"]}
     mixed = evaluated_feature_sets("loss,rediffuse", resolve_extractors("loss,rediffuse"), "none")

@@ -10,6 +10,7 @@ import torch
 from feature_checks import FLOAT32_ATOL, FLOAT32_RTOL, assert_features_close
 
 from cdi_audit.cache import FeatureStore
+from cdi_audit.features.catalogue import PRESETS, column_count, noise_predictions
 from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.models.loading import load_target
@@ -38,7 +39,7 @@ def test_features_do_not_depend_on_batch_size_or_neighbours(target, records) -> 
     # Other batch sizes change only the float rounding of the convolution kernels (measured <= 1e-6).
     assert_features_close(batched.values, alone.values, alone.columns, atol=0)
     assert_features_close(reordered.rows(alone.keys), alone.values, alone.columns, atol=0)
-    assert alone.columns == batched.columns and len(alone.columns) == 18
+    assert alone.columns == batched.columns and len(alone.columns) == column_count(PRESETS["fast"])
 
 
 def test_gradient_features_do_not_depend_on_batch_or_micro_batch_size(target, records) -> None:
@@ -47,7 +48,7 @@ def test_gradient_features_do_not_depend_on_batch_or_micro_batch_size(target, re
     batched, _ = extract_features(records[:5], target, extractors, seed=0, batch_size=5, max_batch_grad=2)
     whole, _ = extract_features(records[:5], target, extractors, seed=0, batch_size=5, max_batch_grad=5)
     assert alone.columns[-3:] == ("noise_optim_loss_t100", "noise_optim_delta_t100", "noise_optim_gradient_t100")
-    assert len(alone.columns) == 13
+    assert len(alone.columns) == column_count(["gradient_masking", "noise_optim"])
     # Other batch sizes change the float rounding of the model (~1e-7), which five optimisation
     # steps amplify a little in noise_optim (measured ~5e-6 relative).
     np.testing.assert_allclose(batched.values[:, :10], alone.values[:, :10], rtol=1e-5)
@@ -80,10 +81,10 @@ def test_cached_features_are_reused_and_a_partial_run_resumes(target, records, t
     extractors = resolve_extractors("fast")
     store = FeatureStore(tmp_path)
     first, first_summary = extract_features(records[:5], target, extractors, 0, 2, store)
-    assert first_summary.model_calls == 5 * 53  # 54 requests per image, one shared by SecMI and PIA
+    assert first_summary.model_calls == 5 * noise_predictions(PRESETS["fast"])
     everything, summary = extract_features(records, target, extractors, 0, 4, store)
     assert summary.images_from_cache == 5
-    assert summary.model_calls == (len(records) - 5) * 53
+    assert summary.model_calls == (len(records) - 5) * noise_predictions(PRESETS["fast"])
     np.testing.assert_array_equal(everything.rows(first.keys), first.values)
     again, again_summary = extract_features(records, target, extractors, 0, 4, store)
     assert again_summary.model_calls == 0 and again_summary.images_from_cache == len(records)

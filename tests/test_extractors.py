@@ -16,6 +16,7 @@ from feature_checks import FLOAT32_ATOL, FLOAT32_RTOL
 
 from cdi_audit.errors import AccessInsufficient, ExitCode
 from cdi_audit.features.base import LatentBatch, NoiseSource
+from cdi_audit.features.catalogue import CATALOGUE, PRESETS, column_count
 from cdi_audit.features.gradient_masking import GradientMasking
 from cdi_audit.features.loss import DenoisingLoss
 from cdi_audit.features.multi_loss import MultiTimestepLoss
@@ -199,19 +200,21 @@ def test_pia_and_pian_match_hand_computation(batch: LatentBatch) -> None:
     assert target.forward_rows == 3 * 3
 
 
-def test_fast_preset_has_eighteen_columns_and_fifty_four_calls_per_image(batch: LatentBatch) -> None:
-    """14 columns from 30 calls, and the neighbour loss: (the image, its mirror and its shift) x 2 timesteps x
-    4 draws."""
-    target = AnalyticTarget()
+def test_each_extractor_asks_for_the_noise_predictions_the_catalogue_states(batch: LatentBatch) -> None:
+    """Run alone (one network call per request), each extractor made of noise predictions asks for as many per
+    image as its catalogue entry says; the fast preset's columns are unique and as many as the catalogue counts
+    (the neighbour loss: the image, its mirror and its shift x 2 timesteps x 4 draws)."""
     batch = LatentBatch(batch.z0, batch.hashes, images=batch.z0)
-    extractors = resolve_extractors("fast")
-    columns = [column for extractor in extractors for column in extractor.columns]
-    assert len(columns) == 18 and len(set(columns)) == 18
+    counted = [name for name, entry in CATALOGUE.items() if entry.noise_predictions is not None]
+    assert counted == ["loss", "multi_loss", "secmi", "pia", "neighbour_loss"]
+    for name in counted:
+        target = AnalyticTarget()
+        resolve_extractors(name)[0].extract(target, batch, NoiseSource(0))
+        assert target.forward_rows == CATALOGUE[name].noise_predictions * len(batch.hashes), name
+    columns = [column for extractor in resolve_extractors("fast") for column in extractor.columns]
+    assert len(columns) == len(set(columns)) == column_count(PRESETS["fast"])
     assert [c for c in columns if c.startswith("neighbour_")] == [
         "neighbour_mirror_t050", "neighbour_shift_t050", "neighbour_mirror_t100", "neighbour_shift_t100"]
-    for extractor in extractors:
-        extractor.extract(target, batch, NoiseSource(0))
-    assert target.forward_rows == 54 * len(batch.hashes)
 
 
 def test_levels_of_a_shorter_schedule_have_the_nominal_signal_to_noise_ratio() -> None:
@@ -312,7 +315,7 @@ def test_noise_optimisation_of_an_image_ignores_its_batch(batch: LatentBatch) ->
 def test_full_preset_has_thirty_one_columns() -> None:
     extractors = resolve_extractors("full")
     columns = [column for extractor in extractors for column in extractor.columns]
-    assert len(columns) == 31 and len(set(columns)) == 31
+    assert len(columns) == len(set(columns)) == column_count(PRESETS["full"])
     assert [e.name for e in extractors if e.access == "white"] == ["gradient_masking", "noise_optim"]
     assert [e.name for e in resolve_extractors("loss, noise_optim")] == ["loss", "noise_optim"]
 

@@ -12,6 +12,7 @@ from feature_checks import assert_features_close
 
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.features.base import LatentBatch, NoiseSource
+from cdi_audit.features.catalogue import CATALOGUE, PRESETS, noise_predictions
 from cdi_audit.features.fused import ForwardBatcher, run_fused
 from cdi_audit.features.registry import resolve_extractors
 from cdi_audit.inputs.images import load_model_pixels, scan_image_set
@@ -42,14 +43,15 @@ def test_fused_extraction_gives_each_extractor_its_own_values_in_fewer_calls(set
     calls, rows = target.network_calls, target.forward_rows
     alone = each_alone(target, batch, extractors)
     alone_calls, alone_rows = target.network_calls - calls, target.forward_rows - rows
-    assert (alone_calls, alone_rows) == (54, 54 * len(records))  # 5 + 10 + 12 + 3 + 24 requests of all 24 images
+    requests = sum(CATALOGUE[name].noise_predictions for name in PRESETS["fast"])  # 5 + 10 + 12 + 3 + 24
+    assert (alone_calls, alone_rows) == (requests, requests * len(records))
     calls = target.network_calls
     table, summary = extract_features(records, target, extractors, 0, batch_size=len(records), max_rows=10_000)
     # One call per round: round 1 holds loss (5), multi_loss (10), the neighbour loss (24), SecMI's first step
     # and PIA's first prediction, which are the same request (z0 at t = 0) and evaluated once; SecMI's 11
     # further steps make 11 more rounds, PIA's second pair shares the second.
     assert target.network_calls - calls == 12
-    assert summary.model_calls == 53 * len(records)
+    assert summary.model_calls == (requests - 1) * len(records) == noise_predictions(PRESETS["fast"]) * len(records)
     assert_features_close(table.values, alone, table.columns, atol=1e-7)
 
 

@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 
 from cdi_audit.cli import app
 from cdi_audit.errors import InputProblem, ModelUnavailable
+from cdi_audit.features.catalogue import PRESETS, column_count
+from cdi_audit.features.clid import CLiD
 from cdi_audit.features.registry import resolve_extractors
+from cdi_audit.features.structural import Structural
 from cdi_audit.inputs.images import ImageRecord, scan_image_set
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.loading import load_target
@@ -99,7 +102,7 @@ def test_latent_features_do_not_depend_on_batch_size(pipelines, tmp_path: Path) 
     target = load_target(pipelines["sd"], CPU)
     alone, summary = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=1)
     together, _ = extract_features(records, target, resolve_extractors("full"), seed=0, batch_size=5)
-    assert len(alone.columns) == 31 and summary.model_calls >= 5 * 50
+    assert len(alone.columns) == column_count(PRESETS["full"]) and summary.model_calls >= 5 * 50
     assert_features_close(together.values, alone.values, alone.columns, rtol=1e-4, atol=0)
 
 
@@ -132,7 +135,9 @@ def test_check_runs_on_every_latent_family(pipelines, tmp_path: Path, name: str)
     # conditional models the preset's CLiD and structural columns too.
     assert (result.exit_code, payload["verdict"]) == (0, "no_evidence"), result.stderr
     dropped = {feature["name"] for feature in payload["dropped_features"]}
-    assert len(payload["features"]) + len(dropped) == {"ldm": 18, "dit": 18 + 2 + 2, "sd": 18 + 5 + 2}[name]
+    extras = {"ldm": (), "dit": CLiD("class").columns + Structural().columns,
+              "sd": CLiD("text").columns + Structural().columns}[name]
+    assert len(payload["features"]) + len(dropped) == column_count(PRESETS["fast"]) + len(extras)
     assert payload["n_suspect"] == 12
     if name != "ldm":
         assert "clid_l" in payload["features"] and "structural_ssim_t200" in payload["features"]

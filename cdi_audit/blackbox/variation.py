@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cdi_audit.access import Access
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.primitives import add_noise, model_step
-from cdi_audit.models.target import Access, Conditioning, Target
+from cdi_audit.models.target import Conditioning, Target
 from cdi_audit.results.schema import ModelInfo
 
 PROTOCOL = "cdi-audit-variation/1"

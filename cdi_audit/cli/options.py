@@ -9,17 +9,12 @@ from typing import Annotated
 
 import typer
 
+from cdi_audit.features.catalogue import features_help
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.spec import ModelSpec
 
 DEFAULT_JOBS = min(8, os.cpu_count() or 1)
-FEATURES_HELP = (
-    "Feature preset or a comma-separated list of extractor names. 'auto' is 'fast' for a model at hand and "
-    "'blackbox' for an endpoint. 'fast' (grey-box: loss, multi_loss, secmi, pia/pian, neighbour_loss; 18 columns, "
-    "53 model calls per image); 'full' (white-box: fast + gradient_masking, noise_optim; 31 columns, about 81 model "
-    "calls and 18 backward passes per image); 'blackbox' (rediffuse: 3 columns, 10 image-to-image calls per image, "
-    "3 on latent models)."
-)
+FEATURES_HELP = features_help()
 ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
 
 

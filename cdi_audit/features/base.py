@@ -17,9 +17,11 @@ from typing import ClassVar
 
 import torch
 
+from cdi_audit.access import Access
+from cdi_audit.features.catalogue import CATALOGUE
 from cdi_audit.models.condition import Condition, select_condition
 from cdi_audit.models.schedule import Level
-from cdi_audit.models.target import Access, Target
+from cdi_audit.models.target import Target
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,16 @@ class Extractor(abc.ABC):
     to the scoring model as log(value + 1e-12) (docs/method.md, "Choices per feature").
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # its entry in the catalogue (``features/catalogue.py``), which says what it needs
     version: ClassVar[int] = 1
-    access: ClassVar[Access] = "grey"
     log_scaled: ClassVar[bool] = True
     # DDIM inversions run in float32 even when other forward passes use half precision (docs/method.md).
     full_precision: ClassVar[bool] = False
+
+    @property
+    def access(self) -> Access:
+        """What it needs of the model, as the catalogue says."""
+        return CATALOGUE[self.name].access
 
     @property
     @abc.abstractmethod

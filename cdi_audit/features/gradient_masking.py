@@ -31,7 +31,6 @@ class GradientMasking(Extractor):
     """
 
     name = "gradient_masking"
-    access = "white"
 
     def __init__(self, timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS, mask_fraction: float = 0.2) -> None:
         self.timesteps = tuple(timesteps)

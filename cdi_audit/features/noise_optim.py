@@ -37,7 +37,6 @@ class NoiseOptimisation(Extractor):
 
     name = "noise_optim"
     version = 3  # 1: scipy L-BFGS-B one image at a time; 2: no gradient column
-    access = "white"
 
     def __init__(self, timestep: int = 100, max_iterations: int = 5) -> None:
         self.timestep = timestep

@@ -50,7 +50,6 @@ class ReDiffuse(Extractor):
     Cost: ``draws`` calls per image (one more for the reconstruction on latent models)."""
 
     name = "rediffuse"
-    access = "black"
     columns = ("rediffuse_l2", "rediffuse_l1", "rediffuse_ssim")
     log_columns = ("rediffuse_l2", "rediffuse_l1")  # SSIM lies in [-1, 1] and is used as it is
 

@@ -1,39 +1,23 @@
-"""Extractors by name, and the presets users choose from."""
+"""Extractors by name, built from the catalogue (``features/catalogue.py``), and the choice of them for a model."""
 
 from __future__ import annotations
 
+import importlib
+
+from cdi_audit.access import ACCESS_DESCRIPTIONS, ACCESS_LEVELS, Access, within
 from cdi_audit.errors import AccessInsufficient
 from cdi_audit.features.base import Extractor
-from cdi_audit.features.clid import CLiD
-from cdi_audit.features.gradient_masking import GradientMasking
-from cdi_audit.features.loss import DenoisingLoss
-from cdi_audit.features.multi_loss import MultiTimestepLoss
-from cdi_audit.features.neighbour_loss import NeighbourLoss
-from cdi_audit.features.noise_optim import NoiseOptimisation
-from cdi_audit.features.pia import PIA
-from cdi_audit.features.rediffuse import ReDiffuse
-from cdi_audit.features.secmi import SecMI
-from cdi_audit.features.structural import Structural
-from cdi_audit.models.target import ACCESS_LEVELS, Access, Target
+from cdi_audit.features.catalogue import ALIASES, CATALOGUE, PRESETS, largest_preset_within, preset_members
+from cdi_audit.models.target import Target
 
-EXTRACTORS: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (DenoisingLoss, MultiTimestepLoss, NeighbourLoss, SecMI, PIA, GradientMasking,
-                              NoiseOptimisation, CLiD, Structural, ReDiffuse)
-}
-# ``pian`` shares its first model call with ``pia``: one extractor computes both.
-ALIASES = {"pian": "pia"}
-PRESETS: dict[str, tuple[str, ...]] = {
-    # grey-box, no gradients: 18 columns, 54 noise predictions per image, 53 evaluated (SecMI and PIA share one).
-    # neighbour_loss is 24 of the 54 and most of the power on a model that memorises little (issue 22): on the
-    # weak-signal benchmark (benchmarks/RESULTS.md) fast needs 20 images per set for median p < 0.01, 100 without.
-    "fast": ("loss", "multi_loss", "secmi", "pia", "neighbour_loss"),
-    # white-box, needs gradients: 31 columns, about 81 model calls and 18 backward passes per image
-    "full": ("loss", "multi_loss", "secmi", "pia", "neighbour_loss", "gradient_masking", "noise_optim"),
-    # black-box, an image-to-image endpoint is enough: 3 columns, 10 calls per image (2-3 on latent models)
-    "blackbox": ("rediffuse",),
-}
-# Presets on conditional models (text-to-image, class-conditional) also take these (docs/method.md).
-CONDITIONAL_PRESET_EXTRAS = ("clid", "structural")
+
+def _implementation(location: str) -> type[Extractor]:
+    module, name = location.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+EXTRACTORS: dict[str, type[Extractor]] = {name: _implementation(entry.implementation)
+                                          for name, entry in CATALOGUE.items()}
 
 
 def default_preset(access: Access) -> str:
@@ -54,9 +38,10 @@ def extractor_names(spec: str, conditioning: str = "none", access: Access = "whi
             item = default_preset(access)
         if not item:
             continue
-        expanded = PRESETS.get(item, (ALIASES.get(item, item),))
-        if item in PRESETS and item != "blackbox" and conditioning != "none":
-            expanded = (*expanded, *CONDITIONAL_PRESET_EXTRAS)
+        if item in PRESETS:
+            expanded = preset_members(item, conditional=conditioning != "none")
+        else:
+            expanded = (ALIASES.get(item, item),)
         for name in expanded:
             if name not in EXTRACTORS:
                 known = ", ".join(["auto", *PRESETS, *EXTRACTORS, *ALIASES])
@@ -91,27 +76,13 @@ def extractors_for(spec: str, target: Target) -> tuple[list[Extractor], list[str
 
 def require_access(available: Access, extractors: list[Extractor]) -> None:
     """Refuse extractors that need more access to the model than the target gives."""
-    rank = ACCESS_LEVELS.index(available)
-    beyond = [e for e in extractors if ACCESS_LEVELS.index(e.access) > rank]
+    beyond = [e for e in extractors if not within(e.access, available)]
     if beyond:
         needed = max((e.access for e in beyond), key=ACCESS_LEVELS.index)
         names = ", ".join(e.name for e in beyond)
         raise AccessInsufficient(
             f"The features {names} need {needed}-box access ({ACCESS_DESCRIPTIONS[needed]}), but this model "
             f"gives only {available}-box access ({ACCESS_DESCRIPTIONS[available]}); choose features it can serve, "
-            f"e.g. --features {_largest_preset_within(available) or 'with fewer requirements'}."
+            f"e.g. --features {largest_preset_within(available) or 'with fewer requirements'}."
         )
 
-
-ACCESS_DESCRIPTIONS: dict[Access, str] = {
-    "black": "image-to-image calls only",
-    "grey": "noise predictions at chosen timesteps",
-    "white": "the weights, for gradients",
-}
-
-
-def _largest_preset_within(available: Access) -> str | None:
-    rank = ACCESS_LEVELS.index(available)
-    fitting = [name for name, members in PRESETS.items()
-               if all(ACCESS_LEVELS.index(EXTRACTORS[m].access) <= rank for m in members)]
-    return max(fitting, key=lambda name: len(PRESETS[name]), default=None)

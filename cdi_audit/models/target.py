@@ -11,19 +11,16 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
+from cdi_audit.access import Access
 from cdi_audit.inputs.conditions import Conditioning
 from cdi_audit.models.condition import Condition
 from cdi_audit.models.prediction import PREDICTION_TYPES, to_noise
 from cdi_audit.models.schedule import Level, NoiseSchedule
 from cdi_audit.results.schema import ModelInfo
-
-Access = Literal["black", "grey", "white"]
-# From least to most: an image-to-image endpoint, noise predictions, weights and gradients.
-ACCESS_LEVELS: tuple[Access, ...] = ("black", "grey", "white")
 
 
 class Target(abc.ABC):

@@ -16,7 +16,8 @@ from joblib import Parallel, delayed
 
 from cdi_audit.console import StageProgress
 from cdi_audit.features.base import Extractor
-from cdi_audit.features.registry import PRESETS, extractor_names
+from cdi_audit.features.catalogue import PRESETS
+from cdi_audit.features.registry import extractor_names
 from cdi_audit.features.table import CALIBRATED_SUFFIX, calibrated
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.pipeline.audit import (

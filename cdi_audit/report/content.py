@@ -14,7 +14,8 @@ from pathlib import Path
 from cdi_audit.console import visible
 from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
-from cdi_audit.report.citations import EXTRACTORS, extractors_used, references_for
+from cdi_audit.features.catalogue import CATALOGUE, extractors_used
+from cdi_audit.report.citations import references_for
 from cdi_audit.results.manifest import Manifest
 from cdi_audit.results.schema import (
     CORRECTION_NAMES,
@@ -365,7 +366,8 @@ def method_section(result: AuditResult) -> Section:
 
     extractors = extractors_used(result.features)
     used = "; ".join(
-        f"{name} ({EXTRACTORS[name][0]}) {cite(*(ref.key for ref in EXTRACTORS[name][1]))}" for name in extractors
+        f"{name} ({CATALOGUE[name].measures}) {cite(*(ref.key for ref in CATALOGUE[name].papers))}"
+        for name in extractors
     )
     test_text = (
         f"The p-value comes from refitting the whole procedure on {result.permutations_requested} random "

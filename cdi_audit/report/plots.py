@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdi_audit.features.registry import PRESETS
+from cdi_audit.features.catalogue import PRESETS
 from cdi_audit.report.figures import figure_png, pyplot
 from cdi_audit.results.schema import EvaluationResult
 from cdi_audit.statistics.evaluation import NEEDED_P
