@@ -1,7 +1,7 @@
 """Failures that end an audit, each with the exit code a CI job branches on.
 
 A failure must never look like a finding: these codes are disjoint from the
-verdict codes (0 no evidence, 1 evidence, 5 inconclusive).
+verdict codes (0 no evidence, 1 evidence, 5 inconclusive; ``Verdict.exit_code``).
 """
 
 import sys
@@ -17,13 +17,6 @@ class ExitCode(IntEnum):
     INCONCLUSIVE = 5
     INTERNAL_ERROR = 70  # a bug; never a finding (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); what was computed is cached
-
-
-VERDICT_EXIT_CODES = {
-    "no_evidence": ExitCode.NO_EVIDENCE,
-    "evidence": ExitCode.EVIDENCE,
-    "inconclusive": ExitCode.INCONCLUSIVE,
-}
 
 
 class AuditError(Exception):

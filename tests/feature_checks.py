@@ -36,7 +36,8 @@ def assert_same_audit(first: FeatureTable, second: FeatureTable, suspect_keys: l
     test gives the same verdict and p-value on both."""
     assert first.keys == second.keys and first.columns == second.columns
     assert_features_close(first.values, second.values, first.columns)
-    verdicts = [decide(table, suspect_keys, reference_keys, 0.01, "permutation", 0, 200, curve_resamples=0)
+    verdicts = [decide(table, suspect_keys, reference_keys, alpha=0.01, test="permutation", seed=0,
+                       permutations=200, curve_resamples=0)
                 for table in (first, second)]
     assert verdicts[0].verdict == verdicts[1].verdict
     assert verdicts[0].outcome.p_value == verdicts[1].outcome.p_value

@@ -43,7 +43,8 @@ def features(seed: int, shift: float = 0.0, n: int = N) -> FeatureTable:
 
 def decision(seed: int, shift: float = 0.0, test: str = "permutation", n: int = N):
     suspect, reference = hashes(n)
-    return decide(features(seed, shift, n), suspect, reference, 0.01, test, 0, 200, curve_resamples=0)
+    return decide(features(seed, shift, n), suspect, reference, alpha=0.01, test=test, seed=0, permutations=200,
+                  curve_resamples=0)
 
 
 def test_a_clean_control_keeps_evidence_and_says_so() -> None:
@@ -95,7 +96,8 @@ def test_evidence_needs_an_effect_larger_than_the_control_beyond_chance() -> Non
     close = features(1, shift=1.5)
     noisy = replace(close, values=close.values * np.exp(0.05 * np.random.default_rng(7).standard_normal(
         close.values.shape)))
-    similar = decide(noisy, suspect_keys, reference_keys, 0.01, "permutation", 0, 200, curve_resamples=0)
+    similar = decide(noisy, suspect_keys, reference_keys, alpha=0.01, test="permutation", seed=0, permutations=200,
+                     curve_resamples=0)
     judged, comparison = judge_with_control(suspect, similar, 0.01, seed=0)
     assert abs(comparison.auc_difference) < 0.05 and comparison.auc_difference_ci[0] <= 0
     assert comparison.level == pytest.approx(0.98)
@@ -114,7 +116,7 @@ def test_no_evidence_stays_no_evidence_beside_a_clean_control() -> None:
 def test_a_control_without_usable_scores_blocks_evidence() -> None:
     suspect_keys, reference_keys = hashes()
     flat = FeatureTable(tuple(suspect_keys + reference_keys), ("loss",), np.ones((2 * N, 1)), frozenset({"loss"}))
-    control = decide(flat, suspect_keys, reference_keys, 0.01, "permutation", 0, 200)
+    control = decide(flat, suspect_keys, reference_keys, alpha=0.01, test="permutation", seed=0, permutations=200)
     suspect = decision(1, shift=1.5)
     judged, comparison = judge_with_control(suspect, control, 0.01, seed=0)
     assert judged.verdict == "inconclusive" and comparison.passed is None
@@ -136,8 +138,8 @@ def test_a_failed_negative_control_on_the_control_model_blocks_evidence(monkeypa
 def test_an_inconclusive_suspect_result_keeps_its_own_reason() -> None:
     suspect_keys, reference_keys = hashes()
     shifted = ShiftCheck(p_value=0.001, alpha=0.05, most_different=())
-    suspect = decide(features(1, 1.5), suspect_keys, reference_keys, 0.01, "permutation", 0, 200,
-                     curve_resamples=0, shift=shifted)
+    suspect = decide(features(1, 1.5), suspect_keys, reference_keys, alpha=0.01, test="permutation", seed=0,
+                     permutations=200, curve_resamples=0, shift=shifted)
     judged, _ = judge_with_control(suspect, decision(2), 0.01, seed=0)
     assert judged == suspect and judged.verdict == "inconclusive"
 

@@ -43,8 +43,8 @@ def test_rows_are_matched_by_image_hash_not_position() -> None:
     order = np.random.default_rng(0).permutation(len(features.keys))
     shuffled = FeatureTable(tuple(np.array(features.keys)[order]), features.columns, features.values[order],
                             features.log_columns)
-    first = decide(features, suspect, reference, 0.01, "permutation", 0, 100)
-    second = decide(shuffled, suspect, reference, 0.01, "permutation", 0, 100)
+    first = decide(features, suspect, reference, alpha=0.01, test="permutation", seed=0, permutations=100)
+    second = decide(shuffled, suspect, reference, alpha=0.01, test="permutation", seed=0, permutations=100)
     assert first.outcome.p_value == second.outcome.p_value
     np.testing.assert_array_equal(first.outcome.scores, second.outcome.scores)
 
@@ -53,7 +53,7 @@ def test_a_failed_negative_control_turns_evidence_into_inconclusive(monkeypatch:
     features, suspect, reference = table(seed=4, shift=1.5)
     failed = TestOutcome("permutation", 3.0, 0.002, np.zeros(2), np.array([True, False]), 100)
     monkeypatch.setattr(decision_module, "negative_control", lambda *args, **kwargs: failed)
-    decision = decide(features, suspect, reference, 0.01, "permutation", 0, 200)
+    decision = decide(features, suspect, reference, alpha=0.01, test="permutation", seed=0, permutations=200)
     assert decision.outcome.p_value < 0.01
     assert decision.verdict == "inconclusive"
     assert "negative control" in decision.reason
@@ -61,7 +61,7 @@ def test_a_failed_negative_control_turns_evidence_into_inconclusive(monkeypatch:
 
 def test_constant_columns_are_dropped_by_name() -> None:
     features, suspect, reference = table(seed=5, constant_column=True)
-    decision = decide(features, suspect, reference, 0.01, "split", 0, 0)
+    decision = decide(features, suspect, reference, alpha=0.01, test="split", seed=0, permutations=0)
     assert decision.used_columns == ("loss", "secmi", "pia")
     assert [dropped.name for dropped in decision.dropped] == ["flat"]
 
@@ -69,7 +69,8 @@ def test_constant_columns_are_dropped_by_name() -> None:
 def test_all_constant_features_are_inconclusive() -> None:
     hashes = tuple(f"{index:064d}" for index in range(20))
     flat = FeatureTable(hashes, ("loss",), np.ones((20, 1)), frozenset({"loss"}))
-    decision = decide(flat, list(hashes[:10]), list(hashes[10:]), 0.01, "permutation", 0, 200)
+    decision = decide(flat, list(hashes[:10]), list(hashes[10:]), alpha=0.01, test="permutation", seed=0,
+                      permutations=200)
     assert decision.verdict == "inconclusive"
     assert decision.outcome is None
 

@@ -211,11 +211,13 @@ def test_the_base_gate_keeps_most_evidence_of_a_weak_adapter_when_the_base_saw_n
     aucs = []
     for seed in range(100):
         table, base, suspect, reference = synthetic_adapter_audit(seed)
-        decision = decide(table, suspect, reference, 0.01, "permutation", seed, 200, curve_resamples=0)
+        decision = decide(table, suspect, reference, alpha=0.01, test="permutation", seed=seed, permutations=200,
+                          curve_resamples=0)
         aucs.append(decision.effect.auc)
         if decision.verdict != "evidence":
             continue
-        base_decision = decide(base, suspect, reference, 0.01, "permutation", seed, 200, curve_resamples=0)
+        base_decision = decide(base, suspect, reference, alpha=0.01, test="permutation", seed=seed,
+                               permutations=200, curve_resamples=0)
         judged, _ = judge_with_control(decision, base_decision, 0.01, seed, against_base=True)
         found += 1
         kept += judged.verdict == "evidence"

@@ -18,6 +18,7 @@ from cdi_audit.report.files import manifest_json, write_reports
 from cdi_audit.report.thumbnails import _unchanged_images
 from cdi_audit.results.manifest import Manifest, documented_manifest
 from cdi_audit.results.schema import AuditResult
+from cdi_audit.results.verdict import Verdict
 from cdi_audit.statistics.power import images_for_power
 
 NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
@@ -148,7 +149,7 @@ def test_html_is_self_contained_readable_on_a_phone_and_escapes_user_text(sample
 def test_an_inconclusive_result_without_scores_still_renders(sample_folder: Path, tmp_path: Path) -> None:
     result, manifest = loaded(sample_folder)
     degenerate = result.model_copy(update={
-        "verdict": "inconclusive", "verdict_reason": "Every feature was constant across the images.",
+        "verdict": Verdict.INCONCLUSIVE, "verdict_reason": "Every feature was constant across the images.",
         "p_value": None, "statistic": None, "effect": None, "sample_size_curve": None, "feature_diagnostics": [],
         "images": [image.model_copy(update={"score": None}) for image in result.images],
     })

@@ -51,7 +51,6 @@ from cdi_audit.cli.options import (
     require_out_for_reports,
 )
 from cdi_audit.console import stderr_console
-from cdi_audit.errors import VERDICT_EXIT_CODES
 
 
 @guarded
@@ -173,4 +172,4 @@ def check(
     print_summary(result, console)
     if json_output:
         typer.echo(payload)
-    raise typer.Exit(VERDICT_EXIT_CODES[result.verdict])
+    raise typer.Exit(int(result.verdict.exit_code))

@@ -437,14 +437,16 @@ def run_audit(settings: AuditSettings, progress: StageProgress | None = None,
         control_suspect, control_reference = control_features.image_sets
         with timed(timings, "control_test"):
             control_decision = decide(control_features.table, control_suspect.keys, control_reference.keys,
-                                      settings.alpha, settings.test, settings.seed, settings.permutations,
-                                      settings.n_jobs, progress, curve_resamples=0)
+                                      alpha=settings.alpha, test=settings.test, seed=settings.seed,
+                                      permutations=settings.permutations, n_jobs=settings.n_jobs,
+                                      progress=progress, curve_resamples=0)
         if settings.calibrated:
             table = calibrated(table, control_features.table)
     with timed(timings, "test"):
-        decision = decide(table, suspect.keys, reference.keys, settings.alpha, settings.test,
-                          settings.seed, settings.permutations, settings.n_jobs, progress, settings.curve_resamples,
-                          shift, calibrated=settings.calibrated)
+        decision = decide(table, suspect.keys, reference.keys, alpha=settings.alpha, test=settings.test,
+                          seed=settings.seed, permutations=settings.permutations, n_jobs=settings.n_jobs,
+                          progress=progress, curve_resamples=settings.curve_resamples, shift=shift,
+                          calibrated=settings.calibrated)
     control_model = None
     if control_features is not None:
         decision, comparison = judge_with_control(decision, control_decision, settings.alpha, settings.seed,

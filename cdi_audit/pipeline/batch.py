@@ -21,13 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
 from cdi_audit.console import StageProgress
-from cdi_audit.errors import VERDICT_EXIT_CODES, AuditError, InputProblem, InvalidSetting, SettingsProblem
+from cdi_audit.errors import AuditError, InputProblem, InvalidSetting, SettingsProblem
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.single_file import SHIPPED
 from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.pipeline.audit import ModelPool, run_audit
 from cdi_audit.pipeline.settings import AuditSettings
-from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchAudit, BatchResult, MultipleTesting
+from cdi_audit.results.schema import AuditResult, BatchAudit, BatchResult, MultipleTesting
+from cdi_audit.verdict.decision import after_correction
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,9 +38,6 @@ else:  # pragma: no cover - Python 3.10
 Correction = Literal["bh", "holm", "none"]
 CORRECTIONS: tuple[Correction, ...] = ("bh", "holm", "none")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# Exit codes of failed audits are all more severe than any verdict's; among verdicts, inconclusive is the
-# most severe, then evidence, then no evidence.
-VERDICT_SEVERITY = {"no_evidence": 0, "evidence": 1, "inconclusive": 2}
 # The batch file's path keys, and the values they become on their way to the settings.
 PATH_FIELDS = {"suspect": "suspect_dir", "reference": "reference_dir", "model": "model_path",
                "model_config": "model_config", "control_model": "control_model",
@@ -279,25 +277,20 @@ def with_correction(result: AuditResult, adjusted: float, correction: Correction
     evidence; an inconclusive result stays inconclusive."""
     record = MultipleTesting(correction=correction, family_size=family_size, adjusted_p_value=adjusted,
                              verdict_before=result.verdict)
-    verdict, reason = result.verdict, result.verdict_reason
-    correction_text = f"{CORRECTION_NAMES[correction]} correction over {family_size} audits"
-    if result.verdict == "evidence" and adjusted >= result.alpha:
-        verdict = "no_evidence"
-        reason = (f"Significant alone (p = {result.p_value:.3g}), but not after the {correction_text} (adjusted "
-                  f"p = {adjusted:.3g} >= alpha = {result.alpha}): no evidence at the batch's level. Alone: "
-                  f"{result.verdict_reason}")
-    elif result.verdict == "evidence" and correction != "none":
-        reason = f"{reason} It stays significant after the {correction_text} (adjusted p = {adjusted:.3g})."
+    verdict, reason = after_correction(result.verdict, result.verdict_reason, p_value=result.p_value,
+                                       adjusted_p_value=adjusted, alpha=result.alpha, correction=correction,
+                                       family_size=family_size)
     return result.model_copy(update={"verdict": verdict, "verdict_reason": reason, "multiple_testing": record})
 
 
 def batch_exit_code(audits: list[BatchAudit]) -> int:
-    """The most severe outcome: any error (the highest of their codes), else inconclusive, evidence, none."""
+    """The most severe outcome: any error (the highest of their codes; a failed audit is more severe than any
+    verdict), else the exit code of the most severe verdict (``Verdict.severity``)."""
     errors = [audit.exit_code for audit in audits if audit.verdict == "error"]
     if errors:
         return max(errors)
-    worst = max(audits, key=lambda audit: VERDICT_SEVERITY[audit.verdict])
-    return int(VERDICT_EXIT_CODES[worst.verdict])
+    worst = max((audit.verdict for audit in audits), key=lambda verdict: verdict.severity)
+    return int(worst.exit_code)
 
 
 def run_batch(
@@ -335,7 +328,7 @@ def run_batch(
         if index in adjusted:
             outcome = with_correction(outcome, adjusted[index], correction, len(family))
         audits.append(BatchAudit(name=entry.name, verdict=outcome.verdict,
-                                 exit_code=int(VERDICT_EXIT_CODES[outcome.verdict]), p_value=outcome.p_value,
+                                 exit_code=int(outcome.verdict.exit_code), p_value=outcome.p_value,
                                  adjusted_p_value=adjusted.get(index), result=outcome))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return BatchResult(batch_file=str(batch_file), correction=correction, family_size=len(family),

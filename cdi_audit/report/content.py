@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from cdi_audit.console import visible
-from cdi_audit.errors import VERDICT_EXIT_CODES
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.features.catalogue import CATALOGUE, extractors_used
 from cdi_audit.report.citations import references_for
@@ -26,10 +25,10 @@ from cdi_audit.results.schema import (
     ModelInfo,
     TrainingClaims,
 )
+from cdi_audit.results.verdict import Verdict
 
-VERDICT_LABELS = {"evidence": "EVIDENCE", "no_evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}
-# The verdict banner's colour in the HTML and PDF (red, green, amber).
-VERDICT_COLOURS = {"evidence": "#b3261e", "no_evidence": "#1e6b35", "inconclusive": "#8a5a00"}
+# The verdict banner's colour in the HTML and PDF, looked up by ``Document.verdict`` (a plain string there).
+VERDICT_COLOURS = {verdict.value: verdict.colour for verdict in Verdict}
 ACCESS_LABELS = {
     "white": "white-box (weights and gradients)",
     "grey": "grey-box (noise predictions)",
@@ -187,7 +186,7 @@ def _model_line(result: AuditResult) -> str:
 
 
 def verdict_section(result: AuditResult) -> Section:
-    rows = [("verdict", f"{VERDICT_LABELS[result.verdict]} (exit code {int(VERDICT_EXIT_CODES[result.verdict])})")]
+    rows = [("verdict", f"{result.verdict.label} (exit code {int(result.verdict.exit_code)})")]
     if result.p_value is not None:
         floor = f"; the smallest p that {result.permutations_requested} permutations can give is " \
                 f"{p_text(1 / (result.permutations_requested + 1))}" if result.permutations_requested else ""
@@ -197,7 +196,7 @@ def verdict_section(result: AuditResult) -> Section:
         name = CORRECTION_NAMES[multiple.correction]
         rows.append(("adjusted p-value", f"{p_text(multiple.adjusted_p_value)} ({name} correction over the "
                                          f"{multiple.family_size} audits of a batch; this audit alone: "
-                                         f"{VERDICT_LABELS[multiple.verdict_before]})"))
+                                         f"{multiple.verdict_before.label})"))
     rows += [
         ("alpha (significance level)", f"{result.alpha:g}"),
         ("test", result.test_description),
@@ -588,7 +587,7 @@ def build_document(result: AuditResult, manifest: Manifest, figures: ReportFigur
     document = Document(
         title="cdi-audit report",
         verdict=result.verdict,
-        verdict_label=VERDICT_LABELS[result.verdict],
+        verdict_label=result.verdict.label,
         headline=headline(result),
         subtitle=f"Did this model train on these images? Audit of {result.created} (UTC), schema "
                  f"{result.schema_version}.",

@@ -10,7 +10,6 @@ from rich.table import Table
 from cdi_audit.console import shown
 from cdi_audit.report.content import (
     ACCESS_LABELS,
-    VERDICT_LABELS,
     adapter_text,
     claim_rows,
     control_label,
@@ -19,8 +18,6 @@ from cdi_audit.report.content import (
     near_duplicates_text,
 )
 from cdi_audit.results.schema import CORRECTION_NAMES, AuditResult, BatchResult
-
-VERDICT_STYLES = {"evidence": "bold red", "no_evidence": "bold green", "inconclusive": "bold yellow"}
 
 
 def interval_text(low: float, high: float) -> str:
@@ -109,7 +106,7 @@ def summary_table(result: AuditResult) -> Table:
 
 
 def print_summary(result: AuditResult, console: Console) -> None:
-    label = f"[{VERDICT_STYLES[result.verdict]}]{VERDICT_LABELS[result.verdict]}[/]"
+    label = f"[{result.verdict.style}]{result.verdict.label}[/]"
     console.print(f"\n{label}  {shown(result.verdict_reason)}")
     console.print(summary_table(result))
     listed = 10
@@ -138,7 +135,7 @@ def print_batch_summary(batch: BatchResult, console: Console) -> None:
             table.add_row(shown(audit.name), f"[bold red]ERROR (exit {audit.exit_code})[/]", "", "", "", "")
             continue
         model = result.model.endpoint or Path(result.model.path).name
-        table.add_row(shown(audit.name), f"[{VERDICT_STYLES[audit.verdict]}]{VERDICT_LABELS[audit.verdict]}[/]",
+        table.add_row(shown(audit.name), f"[{audit.verdict.style}]{audit.verdict.label}[/]",
                       _p(audit.p_value), _p(audit.adjusted_p_value), f"{result.n_suspect} vs {result.n_reference}",
                       shown(model))
     console.print(table)

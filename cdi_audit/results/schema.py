@@ -10,8 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from cdi_audit.results.verdict import Verdict
+
 SCHEMA_VERSION = "2"  # 2: n_suspect and n_reference count groups of near-duplicates once
-Verdict = Literal["evidence", "no_evidence", "inconclusive"]
 
 
 class Effect(BaseModel):
@@ -295,7 +296,7 @@ class BatchAudit(BaseModel):
     p-values, and the full result (None when it could not run; then ``error`` says why)."""
 
     name: str
-    verdict: Literal["evidence", "no_evidence", "inconclusive", "error"]
+    verdict: Verdict | Literal["error"]
     exit_code: int
     p_value: float | None
     adjusted_p_value: float | None

@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cdi_audit.results.verdict import Verdict
 from cdi_audit.statistics.testing import TestOutcome, auc
-from cdi_audit.verdict.decision import Decision
+from cdi_audit.verdict.decision import Decision, demote
 
 DIFFERENCE_RESAMPLES = 2000
 
@@ -87,14 +88,14 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
     (it came first). ``against_base``: the control is an adapter's base, and the suspect is the adapter (its
     features, or how it changed them)."""
     level = 1 - 2 * alpha
-    significant = suspect.verdict == "evidence"
+    significant = suspect.verdict == Verdict.EVIDENCE
     control_name, suspect_name = ("the base model", "the adapter") if against_base else \
         ("the control model", "the suspect model")
     if not _usable(control):
         comparison = ControlComparison(control, None, None, None, level, None)
         if not significant:
             return suspect, comparison
-        return replace(suspect, verdict="inconclusive", reason=(
+        return demote(suspect, (
             f"The suspect images score higher (p = {suspect.outcome.p_value:.3g}), but {control_name} gave no "
             f"usable scores ({control.reason.rstrip('.')}), so its effect cannot be compared; the result is not "
             "trusted.")), comparison
@@ -116,15 +117,15 @@ def judge_with_control(suspect: Decision, control: Decision, alpha: float, seed:
     why_not = (" A base that saw the suspect images makes even an adapter trained on other images change them "
                "differently from unseen ones, so only an effect beyond the base's own counts.") if against_base else ""
 
-    if suspect.verdict == "inconclusive":
+    if suspect.verdict == Verdict.INCONCLUSIVE:
         return suspect, comparison
     if negative_failed:
-        return replace(suspect, verdict="inconclusive", reason=(
+        return demote(suspect, (
             f"The negative control on {control_name} came out significant (p = "
             f"{control.negative_control.p_value:.3g} < {alpha}), which should not happen; the result is not "
             "trusted.")), comparison
     if significant and not larger:
-        return replace(suspect, verdict="inconclusive", reason=(
+        return demote(suspect, (
             f"The suspect images stand out on {suspect_name} (p = {suspect.outcome.p_value:.3g}, AUC "
             f"{suspect.effect.auc:.3f}), but not clearly more than on {control_name}, which should not have seen "
             f"them: {found}; {compared or 'the two cannot be compared'}. The difference is not laid to "
