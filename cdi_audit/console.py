@@ -7,7 +7,9 @@ progress bars are transient and switched off there, so logs stay clean.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -93,3 +95,11 @@ class StageProgress:
             self._progress.update(task, completed=done, total=total)
 
         return update
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record how long the block took under ``stage`` in ``timings`` (seconds; the report's timings)."""
+    started = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - started, 3)

@@ -8,8 +8,12 @@ call these when they are made, so every way in refuses the same values in the sa
 from __future__ import annotations
 
 import math
+import os
 
 from cdi_audit.errors import InvalidSetting
+
+# Worker processes of the statistics when none are asked for: one per core, at most 8 (every way in shares it).
+DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 
 
 def require(condition: bool, field: str, problem: str) -> None:

@@ -148,7 +148,7 @@ def _(root, shared):
     return check(root, shared, "--out", str(root / "out"))
 
 
-@case("--out that cannot be created", 2, "Cannot write into --out")
+@case("--out that cannot be created", 2, "Cannot write into the output folder")
 def _(root, shared):
     (root / "file").write_text("")
     return check(root, shared, "--out", str(root / "file" / "out"))

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from cdi_audit.cli import app
 from cdi_audit.errors import SettingsProblem
-from cdi_audit.pipeline.audit import ModelPool
 from cdi_audit.pipeline.batch import adjust_p_values, batch_exit_code, holm, read_batch_file, run_batch, with_correction
+from cdi_audit.pipeline.model_features import ModelPool
 from cdi_audit.results.schema import AuditResult, BatchAudit
 
 # One extractor (5 model calls per image instead of the fast preset's 54): what is tested here is the batch's

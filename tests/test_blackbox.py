@@ -43,8 +43,8 @@ from cdi_audit.features.base import LatentBatch, NoiseSource
 from cdi_audit.features.rediffuse import ReDiffuse, rediffuse_distances
 from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.models.loading import load_target
-from cdi_audit.pipeline.audit import MIN_IMAGES
 from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.pipeline.inputs import MIN_IMAGES
 from cdi_audit.results.schema import ModelInfo
 
 # The fewest images an audit accepts: the sample model's members stand out by far (Welch t about 13 on

@@ -125,7 +125,8 @@ def test_compile_flag_reaches_the_network(tiny_model: Path, image_sets) -> None:
     from typer.testing import CliRunner
 
     from cdi_audit.cli import app
-    from cdi_audit.pipeline.audit import ModelSettings, open_target
+    from cdi_audit.pipeline.model_features import open_target
+    from cdi_audit.pipeline.settings import ModelSettings
 
     eager = open_target(ModelSettings(model=ModelSpec(tiny_model), machine=Machine("cpu")), None)
     compiled = open_target(ModelSettings(model=ModelSpec(tiny_model), machine=Machine("cpu", compile_network=True)),

@@ -83,7 +83,8 @@ def test_an_adapter_audit_without_calibration_runs_its_base_as_the_control(tmp_p
     """--no-calibration belongs to the adapted model; the base it is compared with has no adapters, and its
     settings must still be valid (they were refused as 'calibration applies to adapters only')."""
     from cdi_audit.features.registry import resolve_extractors
-    from cdi_audit.pipeline.audit import control_settings, on_model
+    from cdi_audit.pipeline.control import control_settings
+    from cdi_audit.pipeline.model_features import on_model
 
     lora = SAMPLE_DATA / "lora"
     settings = audit_settings(tmp_path, model=ModelSpec(lora / "base", adapters=(Adapter(lora / "x.safetensors"),)),

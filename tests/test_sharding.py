@@ -25,8 +25,9 @@ from cdi_audit.inputs.images import scan_image_set
 from cdi_audit.inputs.sharding import Shard, parse_shard
 from cdi_audit.models.loading import load_target
 from cdi_audit.models.spec import ModelSpec
-from cdi_audit.pipeline.audit import ModelSettings, run_extraction
 from cdi_audit.pipeline.extraction import extract_features
+from cdi_audit.pipeline.model_features import run_extraction
+from cdi_audit.pipeline.settings import ModelSettings
 
 
 def test_shards_partition_the_images_by_hash(image_sets) -> None:

@@ -15,7 +15,6 @@ import functools
 import gc
 import json
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,7 +25,8 @@ from rich.console import Console
 
 from cdi_audit import __version__
 from cdi_audit.console import StageProgress, shown, stderr_console
-from cdi_audit.errors import AuditError, ExitCode, InvalidSetting, OutputProblem, brief, is_out_of_memory
+from cdi_audit.errors import AuditError, ExitCode, InvalidSetting, brief, is_out_of_memory
+from cdi_audit.report.files import output_errors, prepare_output_folder
 
 OUT_OF_MEMORY = ("Ran out of memory ({kind}); use a smaller --batch-size (and --max-batch-grad), fewer images "
                  "at a time, or a machine with more memory.")
@@ -133,41 +133,17 @@ def run_stage(stage: Callable[[StageProgress], Result], console: Console) -> Res
         return stage(progress)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def prepare_out(out: Path | None, inputs: Iterable[tuple[str, Path | None]] = ()) -> None:
-    """Check the output folder before any model work: not a file, not inside an input folder (whose next
-    scan would read the report's own figures as images), and writable (created when missing). ``inputs``:
-    (what the folder is, e.g. "the suspect folder", folder). Raises ``OutputProblem`` (exit 2) saying which."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise OutputProblem(f"--out {out} is a file; give a folder for the audit's files.")
-    resolved = out.resolve()
-    for role, folder in inputs:
-        if folder is not None and folder.is_dir() and _inside(resolved, folder.resolve()):
-            raise OutputProblem(f"--out {out} lies inside {role} {folder}, whose next scan would count "
-                                "the report's figures as images; choose a folder outside the image folders.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise OutputProblem(f"Cannot write into --out {out} ({error.strerror or type(error).__name__}); choose "
-                            "a folder you may write to.") from None
+    """Check --out (when given) before any model work (``report.files.prepare_output_folder``)."""
+    if out is not None:
+        prepare_output_folder(out, inputs)
 
 
 def write_outputs(write: Callable[[], list[Path]], out: Path, console: Console, finished: str) -> None:
     """Write a finished command's files and list them; a failure to write says that the work itself
     finished (``finished``: e.g. the verdict) but exits 2, never with a verdict's code."""
-    try:
+    with output_errors(out, finished):
         paths = write()
-    except OSError as error:
-        raise OutputProblem(f"{finished}, but its files could not be written to {out} "
-                            f"({error.strerror or type(error).__name__}); free space or choose another --out, "
-                            "then re-run (the features are cached).") from None
     for path in paths:
         console.print(f"[dim]wrote {shown(path)}[/]")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cdi_audit.cli.app import guarded, prepare_out, run_stage, write_outputs
+from cdi_audit.cli.app import guarded, run_stage
 from cdi_audit.cli.options import (
     DEFAULT_JOBS,
     FEATURES_HELP,
@@ -50,7 +50,7 @@ from cdi_audit.cli.options import (
     require_one_model,
     require_out_for_reports,
 )
-from cdi_audit.console import stderr_console
+from cdi_audit.console import shown, stderr_console
 
 
 @guarded
@@ -133,10 +133,8 @@ def check(
     The model is a local pipeline (--model), or only an image-to-image endpoint (--endpoint URL or
     --endpoint-cmd TEMPLATE), which allows the black-box feature (ReDiffuse) only.
     """
+    from cdi_audit.api import audit
     from cdi_audit.blackbox.endpoints import EndpointSettings
-    from cdi_audit.models.spec import Machine
-    from cdi_audit.pipeline.audit import run_audit
-    from cdi_audit.pipeline.settings import AuditSettings
     from cdi_audit.report.terminal import print_summary
 
     console = stderr_console()
@@ -145,31 +143,23 @@ def check(
         raise typer.BadParameter("it configures the control model; add --control-model PATH.",
                                  param_hint="--control-model-config")
     require_out_for_reports(report_formats, out)
-    formats = report_formats_of(report_formats)
     endpoint_settings = None if model is not None else EndpointSettings(
         url=endpoint, command=endpoint_cmd, headers=tuple(header or ()), timeout=endpoint_timeout, retries=retries,
         backoff=retry_backoff, max_rps=max_rps, image_size=image_size,
         family=endpoint_family.value if endpoint_family else None,
         conditioning=endpoint_conditioning.value if endpoint_conditioning else None,
     )
-    settings = AuditSettings(
-        suspect_dir=suspect_dir, reference_dir=reference,
-        model=model_spec(model, model_config, adapter, allow_pickle, guidance),
-        access=access.value, endpoint=endpoint_settings, features=features, alpha=alpha,
-        seed=seed, test=test.value, permutations=permutations, machine=Machine(device, dtype, compile_network),
-        batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
-        use_cache=not no_cache, strict=strict, n_jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha,
-        control=model_spec(control_model, control_model_config, None, False), calibration=not no_calibration,
-    )
-    prepare_out(out, [("the suspect folder", suspect_dir), ("the reference folder", reference)])
-    result = run_stage(lambda progress: run_audit(settings, progress), console)
-    payload = result.model_dump_json(indent=2)
-    if out is not None:
-        from cdi_audit.report.files import write_audit_files
-
-        write_outputs(lambda: write_audit_files(result, out, formats), out, console,
-                      f"The audit finished ({result.verdict})")
+    result = run_stage(lambda progress: audit(
+        suspect_dir, reference, model_spec(model, model_config, adapter, allow_pickle, guidance),
+        endpoint=endpoint_settings, control=model_spec(control_model, control_model_config, None, False),
+        access=access.value, features=features, alpha=alpha, seed=seed, test=test.value, permutations=permutations,
+        device=device, dtype=dtype, compile_network=compile_network, batch_size=batch_size,
+        max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict,
+        jobs=jobs, curve_resamples=curve_resamples, shift_alpha=shift_alpha, calibration=not no_calibration,
+        out=out, reports=report_formats_of(report_formats), progress=progress), console)
+    for path in result.written:
+        console.print(f"[dim]wrote {shown(path)}[/]")
     print_summary(result, console)
     if json_output:
-        typer.echo(payload)
-    raise typer.Exit(int(result.verdict.exit_code))
+        typer.echo(result.model_dump_json(indent=2))
+    raise typer.Exit(result.exit_code)

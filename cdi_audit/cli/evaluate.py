@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cdi_audit.cli.app import guarded, prepare_out, run_stage, write_outputs
+from cdi_audit.cli.app import guarded, run_stage
 from cdi_audit.cli.options import (
     DEFAULT_JOBS,
     FEATURES_HELP,
@@ -36,7 +36,7 @@ from cdi_audit.cli.options import (
     model_spec,
     require_one_model,
 )
-from cdi_audit.console import stderr_console
+from cdi_audit.console import shown, stderr_console
 
 
 class EvaluationTestChoice(str, Enum):
@@ -98,8 +98,7 @@ def evaluate(
     median p over REPEATS random n-vs-n audits is below 0.01), next to the
     false-positive rate measured by auditing non-members against non-members.
     """
-    from cdi_audit.models.spec import Machine
-    from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
+    from cdi_audit.api import evaluate as run
     from cdi_audit.report.evaluation_table import print_evaluation
     from cdi_audit.statistics.evaluation import EVALUATION_TESTS
 
@@ -107,24 +106,14 @@ def evaluate(
     tests = tuple(choice.value for choice in test) if test else EVALUATION_TESTS
     console = stderr_console()
     spec = model_spec(model, model_config, adapter, allow_pickle, guidance)
-    settings = EvaluationSettings(
-        members_dir=members, nonmembers_dir=nonmembers, model=spec,
-        access=access.value, features=features, repeats=repeats,
-        tests=tuple(dict.fromkeys(tests)), permutations=permutations, alpha=alpha, seed=seed,
-        machine=Machine(device, dtype, compile_network), batch_size=batch_size, max_batch_grad=max_batch_grad,
-        caption=caption, cache_dir=cache_dir, use_cache=not no_cache, strict=strict, n_jobs=jobs,
-        calibration=not no_calibration,
-    )
-    prepare_out(out, [("the members folder", members), ("the non-members folder", nonmembers)])
-    result = run_stage(lambda progress: run_evaluation(settings, progress), console)
-    payload = result.model_dump_json(indent=2)
-    if out is not None:
-        from cdi_audit.report.files import write_file
-        from cdi_audit.report.plots import plot_p_value_curves
-
-        write_outputs(lambda: [write_file(out / "evaluation.json", payload + "\n"),
-                               plot_p_value_curves(result, out / "p_value_curves.png")], out, console,
-                      "The evaluation finished")
+    result = run_stage(lambda progress: run(
+        members, nonmembers, spec, access=access.value, features=features, repeats=repeats, tests=tests,
+        permutations=permutations, alpha=alpha, seed=seed, device=device, dtype=dtype, compile_network=compile_network,
+        batch_size=batch_size, max_batch_grad=max_batch_grad, caption=caption, cache_dir=cache_dir,
+        use_cache=not no_cache, strict=strict, jobs=jobs, calibration=not no_calibration, out=out, progress=progress,
+    ), console)
+    for path in result.written:
+        console.print(f"[dim]wrote {shown(path)}[/]")
     print_evaluation(result, console)
     if json_output:
-        typer.echo(payload)
+        typer.echo(result.model_dump_json(indent=2))

@@ -121,7 +121,7 @@ def extract(
     WORLD_SIZE) on its own GPU (with --device auto) into the shared --cache-dir; leave out --shard.
     """
     from cdi_audit.models.spec import Machine
-    from cdi_audit.pipeline.audit import run_extraction
+    from cdi_audit.pipeline.model_features import run_extraction
     from cdi_audit.pipeline.settings import ModelSettings
 
     require_one_model(model, None, None, access)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +11,8 @@ import typer
 from cdi_audit.features.catalogue import features_help
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.spec import ModelSpec
+from cdi_audit.rules import DEFAULT_JOBS  # noqa: F401 (the commands' --jobs default)
 
-DEFAULT_JOBS = min(8, os.cpu_count() or 1)
 FEATURES_HELP = features_help()
 ENDPOINT_PANEL = "Black-box access (an image-to-image endpoint)"
 

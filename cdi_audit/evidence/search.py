@@ -25,7 +25,7 @@ from cdi_audit.evidence.sampling import DEFAULT_STEPS
 from cdi_audit.inputs.images import ImageSet, load_model_pixels, scan_image_set
 from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.models.target import Target
-from cdi_audit.pipeline.audit import public_configuration
+from cdi_audit.pipeline.result import public_configuration
 from cdi_audit.results.schema import ModelInfo
 
 DEFAULT_BUDGET = 1024

@@ -25,7 +25,8 @@ from cdi_audit.errors import AuditError, InputProblem, InvalidSetting, SettingsP
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.single_file import SHIPPED
 from cdi_audit.models.spec import Machine, ModelSpec
-from cdi_audit.pipeline.audit import ModelPool, run_audit
+from cdi_audit.pipeline.audit import run_audit
+from cdi_audit.pipeline.model_features import ModelPool
 from cdi_audit.pipeline.settings import AuditSettings
 from cdi_audit.results.schema import AuditResult, BatchAudit, BatchResult, MultipleTesting
 from cdi_audit.verdict.decision import after_correction

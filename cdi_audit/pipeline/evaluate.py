@@ -14,21 +14,15 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from cdi_audit.console import StageProgress
+from cdi_audit.console import StageProgress, timed
 from cdi_audit.features.base import Extractor
 from cdi_audit.features.catalogue import PRESETS
 from cdi_audit.features.registry import extractor_names
 from cdi_audit.features.table import CALIBRATED_SUFFIX, calibrated
 from cdi_audit.inputs.images import scan_image_set
-from cdi_audit.pipeline.audit import (
-    TEST_DESCRIPTIONS,
-    load_and_extract,
-    on_model,
-    package_versions,
-    public_configuration,
-    require_enough,
-    timed,
-)
+from cdi_audit.pipeline.inputs import require_enough
+from cdi_audit.pipeline.model_features import load_and_extract, on_model
+from cdi_audit.pipeline.result import TEST_DESCRIPTIONS, package_versions, public_configuration
 from cdi_audit.pipeline.settings import ModelSettings, check_evaluation
 from cdi_audit.results.schema import (
     EvaluationResult,

@@ -10,12 +10,15 @@ re-renders a folder without the model.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cdi_audit.cache import atomic_write
+from cdi_audit.errors import OutputProblem
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.results.manifest import (
     MANIFEST_NAME,
@@ -26,7 +29,7 @@ from cdi_audit.results.manifest import (
     output_entry,
     with_outputs,
 )
-from cdi_audit.results.schema import AuditResult, report_json
+from cdi_audit.results.schema import AuditResult, EvaluationResult, report_json
 
 SCORES_HEADER = ("path", "sha256", "role", "diagnostic_score")
 REPORT_FORMATS = ("html", "pdf")
@@ -116,3 +119,47 @@ def write_audit_files(result: AuditResult, out: Path, formats: Iterable[str] = R
     from cdi_audit.report.thumbnails import thumbnail_strip
 
     return write_output_folder(result, build_manifest(result), out, formats, thumbnail_strip(result))
+
+
+def write_evaluation_files(result: EvaluationResult, out: Path) -> list[Path]:
+    """An evaluation's folder: evaluation.json and the plot of its p-value curves."""
+    from cdi_audit.report.plots import plot_p_value_curves
+
+    return [write_file(out / "evaluation.json", result.model_dump_json(indent=2) + "\n"),
+            plot_p_value_curves(result, out / "p_value_curves.png")]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def prepare_output_folder(out: Path, inputs: Iterable[tuple[str, Path | None]] = ()) -> None:
+    """Check an output folder before any model work: not a file, not inside an input folder (whose next scan
+    would read the report's own figures as images), and writable (created when missing). ``inputs``: (what the
+    folder is, e.g. "the suspect folder", folder). Raises ``OutputProblem`` (exit 2) saying which."""
+    if out.exists() and not out.is_dir():
+        raise OutputProblem(f"The output folder {out} is a file; give a folder for the audit's files.")
+    resolved = out.resolve()
+    for role, folder in inputs:
+        if folder is not None and folder.is_dir() and _inside(resolved, folder.resolve()):
+            raise OutputProblem(f"The output folder {out} lies inside {role} {folder}, whose next scan would "
+                                "count the report's figures as images; choose a folder outside the image folders.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OutputProblem(f"Cannot write into the output folder {out} ({error.strerror or type(error).__name__}); "
+                            "choose a folder you may write to.") from None
+
+
+@contextlib.contextmanager
+def output_errors(out: Path, finished: str) -> Iterator[None]:
+    """A failure to write a finished run's files says that the work itself finished (``finished``: e.g. the
+    verdict) but is an ``OutputProblem`` (exit 2), never a verdict."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputProblem(f"{finished}, but its files could not be written to {out} "
+                            f"({error.strerror or type(error).__name__}); free space or choose another output "
+                            "folder, then re-run (the features are cached).") from None
