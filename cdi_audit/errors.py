@@ -17,6 +17,9 @@ class ExitCode(IntEnum):
     INCONCLUSIVE = 5
     INTERNAL_ERROR = 70  # a bug; never a finding (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); what was computed is cached
+    # The success of a command that gives no verdict (``verify``: every file matches); the same number as
+    # NO_EVIDENCE, under the name that says what it means there.
+    SUCCESS = 0
 
 
 class AuditError(Exception):

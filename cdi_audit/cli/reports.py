@@ -273,4 +273,4 @@ def verify(
             "matched": len(outcome.matched), "changed": [entry.path for entry in outcome.changed],
             "missing": [entry.path for entry in outcome.missing], "unlisted": outcome.unlisted,
         }, indent=2))
-    raise typer.Exit(0 if outcome.verified else int(ExitCode.INPUT_PROBLEM))
+    raise typer.Exit(int(ExitCode.SUCCESS if outcome.verified else ExitCode.INPUT_PROBLEM))

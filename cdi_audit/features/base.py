@@ -26,8 +26,9 @@ from cdi_audit.models.target import Target
 
 @dataclass(frozen=True)
 class LatentBatch:
-    """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, their sha256
-    (which seeds their noise), the model's condition rows for them (None if unconditional), and
+    """Clean latents of a batch of images, (B, C, H, W) fp32 on the target's device, their sha256 (which
+    identifies them; it seeds only the per-image requests of black-box variations, never the features' shared
+    noise), the model's condition rows for them (None if unconditional), and
     the images themselves (for features that compare reconstructions with them)."""
 
     z0: torch.Tensor

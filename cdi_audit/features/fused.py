@@ -1,8 +1,8 @@
 """Running feature plans: alone (one network call per request), or fused (all plans' requests in few calls).
 
-An image costs tens of noise predictions (30 for the ``fast`` preset), most of them independent of each
-other: five loss draws, ten timesteps of the multi-timestep loss, the first DDIM step of SecMI and PIA's
-first prediction. Run one at a time, each is a network call on one batch of images; a GPU then idles
+An image costs tens of noise predictions (53 for the ``fast`` preset: ``features/catalogue.py``), most of them
+independent of each other: five loss draws, ten timesteps of the multi-timestep loss, the neighbour loss's 24,
+the first DDIM step of SecMI and PIA's first prediction. Run one at a time, each is a network call on one batch of images; a GPU then idles
 between small calls. Fused, every plan of a batch advances in lockstep: each round gathers what all of
 them ask for, drops exact repeats (SecMI's first step and PIA's first prediction are the same request),
 and evaluates the rest as images x timesteps along the batch dimension in calls of at most ``max_rows``

@@ -25,10 +25,7 @@ from cdi_audit.results.schema import (
     ModelInfo,
     TrainingClaims,
 )
-from cdi_audit.results.verdict import Verdict
 
-# The verdict banner's colour in the HTML and PDF, looked up by ``Document.verdict`` (a plain string there).
-VERDICT_COLOURS = {verdict.value: verdict.colour for verdict in Verdict}
 ACCESS_LABELS = {
     "white": "white-box (weights and gradients)",
     "grey": "grey-box (noise predictions)",

@@ -8,7 +8,6 @@ import base64
 from html import escape
 
 from cdi_audit.report.content import (
-    VERDICT_COLOURS,
     Block,
     Bullets,
     Document,
@@ -19,6 +18,7 @@ from cdi_audit.report.content import (
     Subheading,
     Table,
 )
+from cdi_audit.results.verdict import Verdict
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; line-height: 1.45;
@@ -102,7 +102,7 @@ def render_html(document: Document) -> str:
 <body>
 <h1>{escape(document.title)}</h1>
 {unverified_line(document)}<p class="subtitle">{escape(document.subtitle)}</p>
-<div class="verdict" style="background:{VERDICT_COLOURS[document.verdict]}">
+<div class="verdict" style="background:{Verdict(document.verdict).colour}">
 <strong>{escape(document.verdict_label)}</strong>{escape(document.headline)}
 </div>
 {sections}

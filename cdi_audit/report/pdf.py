@@ -16,7 +16,6 @@ from fpdf import FPDF, FontFace
 
 from cdi_audit import __version__
 from cdi_audit.report.content import (
-    VERDICT_COLOURS,
     Block,
     Bullets,
     Document,
@@ -27,6 +26,7 @@ from cdi_audit.report.content import (
     Subheading,
     Table,
 )
+from cdi_audit.results.verdict import Verdict
 
 GREY = (90, 90, 90)
 RED = (179, 38, 30)  # the --force warning, in the evidence banner's red
@@ -155,7 +155,7 @@ def render_pdf(document: Document, created: str, attachments: dict[str, bytes]) 
     pdf.set_text_color(*GREY)
     _paragraph(pdf, document.subtitle, TEXT - 0.5)
     pdf.set_text_color(255, 255, 255)
-    pdf.set_fill_color(VERDICT_COLOURS[document.verdict])
+    pdf.set_fill_color(Verdict(document.verdict).colour)
     pdf.set_font("DejaVu", "B", 16)
     pdf.cell(0, 10, f"  {document.verdict_label}", fill=True, new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", "", TEXT + 0.5)
