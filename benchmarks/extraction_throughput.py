@@ -45,7 +45,8 @@ def main() -> None:
 
     from cdi_audit.features.registry import resolve_extractors
     from cdi_audit.inputs.images import scan_image_set
-    from cdi_audit.models.loading import load_target, resolve_device
+    from cdi_audit.models.device import resolve_device
+    from cdi_audit.models.loading import load_target
     from cdi_audit.pipeline.extraction import extract_features
     from cdi_audit.verdict.decision import decide
 

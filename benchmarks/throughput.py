@@ -131,7 +131,8 @@ def worker(args) -> None:
     from cdi_audit.features.registry import extractors_for
     from cdi_audit.inputs.conditions import with_conditions
     from cdi_audit.inputs.images import scan_image_set
-    from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
+    from cdi_audit.models.device import resolve_device, resolve_dtype
+    from cdi_audit.models.loading import load_target
     from cdi_audit.pipeline.extraction import extract_features
 
     torch.set_num_threads(args.threads)

@@ -129,7 +129,7 @@ def test_half_precision_applies_to_forward_passes_but_not_to_inversions(tiny_mod
     from cdi_audit.pipeline.extraction import cache_key
 
     full = load_target(tiny_model, torch.device("cpu"))
-    half = load_target(tiny_model, torch.device("cpu"), torch.bfloat16)
+    half = load_target(tiny_model, torch.device("cpu"), dtype=torch.bfloat16)
     assert (half.description.dtype, full.description.dtype) == ("bfloat16", "float32")
     extractors = resolve_extractors("loss,secmi")
     reference, _ = extract_features(records[:4], full, extractors, seed=0, batch_size=4)

@@ -11,7 +11,8 @@ import torch
 from conftest import save_tiny_pipeline
 
 from cdi_audit.errors import ModelUnavailable
-from cdi_audit.models.loading import load_target, model_fingerprint
+from cdi_audit.models.fingerprint import model_fingerprint
+from cdi_audit.models.loading import load_target
 
 CPU = torch.device("cpu")
 
@@ -154,7 +155,7 @@ def test_brief_keeps_the_first_line_of_a_library_error() -> None:
 
 
 def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cdi_audit.models.loading import resolve_device
+    from cdi_audit.models.device import resolve_device
 
     for name in ("mps", "meta", "lazy", "xla", "cpu:1", "cuda:-1", "gpu", ""):
         with pytest.raises(ValueError) as raised:
@@ -177,19 +178,19 @@ def test_only_cpu_and_existing_cuda_devices_are_accepted(monkeypatch: pytest.Mon
 def test_a_latent_sample_size_is_bounded_after_the_autoencoders_downscaling(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cdi_audit.models.loading import _image_size
+    from cdi_audit.models.config_values import image_size
 
     layout = {"denoiser": "unet", "autoencoder": "vae"}  # the component folders by role
     vae = SimpleNamespace(config={"block_out_channels": [8, 8, 8, 8]})  # downscales by 8
-    assert _image_size(SimpleNamespace(config={"sample_size": [64, 48]}), vae, tmp_path, layout) == 512
+    assert image_size(SimpleNamespace(config={"sample_size": [64, 48]}), vae, tmp_path, layout) == 512
     with pytest.raises(ModelUnavailable) as raised:  # 64 x 8 is fine, 600 x 8 = 4800 is not
-        _image_size(SimpleNamespace(config={"sample_size": [64, 600]}), vae, tmp_path, layout)
+        image_size(SimpleNamespace(config={"sample_size": [64, 600]}), vae, tmp_path, layout)
     assert assert_one_line(raised.value) == (
         f"{tmp_path / 'unet' / 'config.json'}: sample_size is [64, 600] (latent: times 8, the autoencoder's "
         "downscaling), which does not make an image side from 8 to 4096 pixels; correct sample_size to the model's "
         "resolution.")
     with pytest.raises(ModelUnavailable, match=r"vae/config.json: block_out_channels is None"):
-        _image_size(SimpleNamespace(config={"sample_size": 64}), SimpleNamespace(config={}), tmp_path, layout)
+        image_size(SimpleNamespace(config={"sample_size": 64}), SimpleNamespace(config={}), tmp_path, layout)
 
 
 def test_a_unet2d_side_that_does_not_halve_whole_is_refused(tiny_model: Path, tmp_path: Path) -> None:
@@ -331,3 +332,43 @@ def test_a_pixel_unet_on_other_channels_than_rgb_is_refused(tiny_model: Path, tm
     assert assert_one_line(raised.value) == (
         f"{config}: in_channels is 1, but the audit feeds images as RGB (3 channels); a pixel model on other channels "
         "(grayscale, RGBA) is not audited by this version.")
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_hub_offline_mode_is_on_for_our_loads_only(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   before: str | None) -> None:
+    """Loading (and the deferred read of the weights) runs with the hub off; the process is left as it was, so a
+    notebook's own downloads still work after an audit."""
+    import os
+
+    import diffusers
+    import diffusers.utils.hub_utils as diffusers_hub
+    import huggingface_hub.constants as hub
+
+    from cdi_audit.models import loading
+
+    def state() -> tuple:
+        return os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE, diffusers_hub.HF_HUB_OFFLINE
+
+    if before is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", before)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(diffusers_hub, "HF_HUB_OFFLINE", False)  # diffusers copies the flag when imported
+    seen = []
+
+    def recorded(function):
+        def call(*args, **kwargs):
+            seen.append((function.__name__, *state()))
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(loading, "load_schedule", recorded(loading.load_schedule))
+    read = diffusers.UNet2DModel.from_pretrained.__func__
+    monkeypatch.setattr(diffusers.UNet2DModel, "from_pretrained", classmethod(recorded(read)))
+    target = load_target(tiny_model, CPU)
+    assert state() == (before, False, False)
+    target.load_weights()  # the UNet's weights are read now, on first use
+    assert seen == [("load_schedule", "1", True, True), ("from_pretrained", "1", True, True)]
+    assert state() == (before, False, False)

@@ -21,7 +21,7 @@ from cdi_audit.errors import InputProblem, InvalidSetting, ModelUnavailable, bri
 from cdi_audit.results.schema import TrainingClaims
 from cdi_audit.rules import check_number
 
-# Files that unpickle when loaded: refused as models (loading.py), and as adapters without --allow-pickle.
+# Files that unpickle when loaded: refused as models (checks.py), and as adapters without --allow-pickle.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # Adapters are trained for scale 1 and used at 0.5-2; far beyond that the fused weights say nothing about what
 # the adapter learned.

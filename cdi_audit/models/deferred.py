@@ -11,9 +11,10 @@ call or attribute access that needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # only named in annotations: the single-file and refusal code imports this without torch
+    import torch
 
 # Calls that only prepare a module; before loading they are remembered and replayed on it.
 PREPARING_CALLS = frozenset({"to", "eval", "requires_grad_"})

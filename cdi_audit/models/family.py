@@ -1,8 +1,9 @@
 """What a model family is: the pipelines it recognises, the components it loads, and the Target it builds.
 
-``loading.py`` does what every family shares (offline, safetensors only, refusals, the fingerprint, the
-schedule); a family (one module in ``models/families/``) says only what is its own. Registering a family
-is defining it with ``@register``: nothing outside its module changes (``docs/architecture.md``).
+``loading.py`` and the modules it calls do what every family shares (offline, safetensors only, refusals,
+the fingerprint, the schedule); a family (one module in ``models/families/``) says only what is its own.
+Registering a family is defining it with ``@register``: nothing outside its module changes
+(``docs/architecture.md``).
 """
 
 from __future__ import annotations

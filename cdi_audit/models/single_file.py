@@ -1,4 +1,5 @@
-"""Configs shipped with cdi-audit, so Stable Diffusion and SDXL single-file checkpoints load with no hub.
+"""Single-file checkpoints: what a file is, the configs it loads with, and loading it through its family's
+diffusers pipeline, with no hub.
 
 A single file holds the weights but no configs and no tokenizer. ``configs`` holds the component
 configs of SD 1.x, SD 2.x (768 px, v-prediction), SD 2.x base (512 px, epsilon) and SDXL base (1024 px),
@@ -22,6 +23,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from cdi_audit.errors import ModelUnavailable, brief
+from cdi_audit.models.components import load_component, read_json
+from cdi_audit.models.deferred import DeferredModule
+from cdi_audit.models.family import Component, Family
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BPE_FILE = CONFIGS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
@@ -123,3 +129,92 @@ def materialised_config(name: str) -> Iterator[Path]:
         for tokenizer in sorted(folder.glob("tokenizer*")):
             write_clip_vocabulary(tokenizer)
         yield folder
+
+
+def is_shipped(config: Path) -> bool:
+    """Whether --model-config names a shipped config (a path of that name, if there is one, comes first)."""
+    return str(config) in SHIPPED and not Path(config).exists()
+
+
+def check_config_folder(config: Path) -> None:
+    """A --model-config that is not a shipped name must be a folder holding a pipeline's model_index.json."""
+    expected = "give the checkpoint's pipeline folder (its configs and tokenizers) or a shipped config name"
+    if not config.exists():
+        raise ModelUnavailable(f"The --model-config {config} does not exist; {expected} ({', '.join(SHIPPED)}).")
+    if not config.is_dir():
+        raise ModelUnavailable(f"The --model-config {config} is a file, not a folder; {expected}.")
+    if not (config / "model_index.json").is_file():
+        what = "it is empty" if not any(config.iterdir()) else "no model_index.json"
+        raise ModelUnavailable(f"The --model-config folder {config} holds no pipeline configs ({what}); {expected}.")
+
+
+@contextlib.contextmanager
+def single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[tuple[Path, str]]:
+    """The user's --model-config folder, a shipped config named by it, or the shipped one that fits; with the
+    words a message names them by (a shipped config by its name: its folder is a temporary copy)."""
+    if config is None or is_shipped(config):
+        name = str(config) if config is not None else packaged_config_for(checkpoint)
+        with materialised_config(name) as folder:
+            yield folder, f"the configs in the shipped {name!r}"
+    else:
+        yield Path(config), f"the configs in {config}"
+
+
+def check_checkpoint_fits(checkpoint: Path, family: Family, configs: str) -> None:
+    """A file recognised as one family's must not be given another family's configs (``configs``: their
+    words)."""
+    kind = checkpoint_family(checkpoint)
+    if kind is not None and FAMILY_OF_CHECKPOINT[kind] != family.name:
+        raise ModelUnavailable(f"{checkpoint} holds a {CHECKPOINT_NAMES[kind]} model, but {configs} are of a "
+                               f"{family.label} pipeline; give --model-config the configs of the file's own "
+                               "architecture.")
+
+
+def load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...],
+                     configs: str) -> tuple[dict, list[str]]:
+    """The components of a single-file checkpoint, configured from ``config`` (offline; ``config`` already
+    checked by ``check_configs``; ``configs``: the words naming it), through the family's diffusers pipeline;
+    those the file does not hold (``Family.single_file_parts``) are read from ``config``. Also the notes for the
+    report: parts of the file that the configs leave out."""
+    import diffusers
+    import torch
+
+    keys = checkpoint_keys(checkpoint)
+    in_file = {folder: any(key.startswith(prefixes) for key in keys)
+               for folder, prefixes in family.single_file_parts.items()}
+    from_config = {}
+    for component in components:
+        if in_file.get(component.folder, True):
+            continue
+        if not list((config / component.folder).glob("*.safetensors")):
+            raise ModelUnavailable(
+                f"{checkpoint} holds no {component.folder} weights (a {family.label} file holds them under "
+                f"{' or '.join(family.single_file_parts[component.folder])}), and {config / component.folder} has "
+                "none either; give --model-config the pipeline folder of the model the file was made from, with "
+                "that component's weights (safetensors), or a checkpoint that includes them.")
+        from_config[component.folder] = load_component(config, component)
+        if isinstance(from_config[component.folder], DeferredModule):
+            from_config[component.folder] = from_config[component.folder].module
+    # Components model_index.json names as absent ([null, null], SD3 saved without T5) must be passed as None.
+    absent = {name: None for name, value in read_json(config / "model_index.json").items()
+              if isinstance(value, list) and value[:1] == [None]}
+    folders = {component.folder for component in components}
+    notes = [f"The checkpoint also holds {folder} weights, which {configs} leave out "
+             "(model_index.json); the audit runs without them, as the pipeline would."
+             for folder, present in in_file.items() if present and folder not in folders]
+    pipeline_class = getattr(diffusers, str(family.single_file_pipeline))
+    try:
+        pipeline = pipeline_class.from_single_file(str(checkpoint), config=str(config), local_files_only=True,
+                                                   torch_dtype=torch.float32,
+                                                   **{**absent, **family.single_file_options, **from_config})
+    except Exception as error:
+        raise ModelUnavailable(f"The checkpoint {checkpoint} cannot be loaded with {configs} ({brief(error)})."
+                               ) from error
+    parts = {component.folder: getattr(pipeline, component.folder) for component in components}
+    for folder, part in parts.items():
+        missing = [name for name, p in getattr(part, "named_parameters", list)() if p.device.type == "meta"]
+        if missing:  # diffusers loads what the file holds and leaves the rest unset
+            raise ModelUnavailable(f"{checkpoint} lacks {len(missing)} of the {folder} weights that {configs} call "
+                                   f"for (the first: {missing[0]}); the file is incomplete or of another "
+                                   "architecture.")
+    return parts, notes

@@ -38,7 +38,7 @@ class Machine:
     def __post_init__(self) -> None:
         require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
         if self.device != "auto":
-            from cdi_audit.models.loading import resolve_device
+            from cdi_audit.models.device import resolve_device
 
             try:
                 resolve_device(self.device)
@@ -94,11 +94,12 @@ class ModelSpec:
 
     def load(self, machine: Machine) -> Target:
         """The model's Target on ``machine`` (offline, safetensors only; see ``models/loading.py``)."""
-        from cdi_audit.models.loading import load_target, resolve_device, resolve_dtype
+        from cdi_audit.models.device import resolve_device, resolve_dtype
+        from cdi_audit.models.loading import load_target
 
         device = resolve_device(machine.device)
-        target = load_target(self.path, device, resolve_dtype(machine.dtype, device), self.config, self.adapters,
-                             self.guidance)
+        target = load_target(self.path, device, dtype=resolve_dtype(machine.dtype, device), config=self.config,
+                             adapters=self.adapters, guidance=self.guidance)
         if machine.compile_network:
             target.compile_network()
         return target
