@@ -119,7 +119,7 @@ def test_check_with_an_adapter_records_it_in_the_result_and_the_cache_never_mixe
     ("pickle", 4, "pickle adapter"),
     ("truncated", 4, "not a readable safetensors adapter"),
     ("flux", 4, "does not fit this text-to-image Stable Diffusion base"),
-    ("pixel base", 4, "supported on Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux bases"),
+    ("pixel base", 4, "supported on Stable Diffusion 1.x/2.x, SDXL, SD3 / SD3.5 and Flux bases"),
     ("bad scale", 2, "above 0 and at most 10 (1.0: as trained), not nan"),
 ])
 def test_an_adapter_that_cannot_be_used_is_refused_in_one_line(base_and_lora, tiny_model, image_sets, tmp_path,

@@ -37,6 +37,9 @@ class ToyTarget(Target):
 class ToyFamily(Family):
     name = "toy"
     label = "toy pixel pipeline"
+    display_name = "toy"
+    pipeline_words = "a ToyPipeline"
+    published = "2026-01"
 
     def recognises(self, index: PipelineIndex) -> bool:
         return index.pipeline == "ToyPipeline"

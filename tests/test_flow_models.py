@@ -30,10 +30,10 @@ from tiny_flow import (
     tiny_sd3_components,
 )
 
-from cdi_audit.models.families.flux import image_ids, pack, unpack
 from cdi_audit.models.loading import load_target
 from cdi_audit.models.primitives import add_noise
 from cdi_audit.models.spec import Machine, ModelSpec
+from cdi_audit.models.targets.flux import image_ids, pack, unpack
 
 
 @pytest.fixture(scope="module")
@@ -402,16 +402,16 @@ def test_the_fixtures_train_on_the_conditions_the_audit_computes(family, tmp_pat
         torch.testing.assert_close(audited[name], trained_on[name], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("key,name", [("double_blocks.0.img_attn.qkv.weight", "Flux"),
+@pytest.mark.parametrize("key,name", [("double_blocks.0.img_attn.qkv.weight", "a Flux"),
                                       ("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight",
-                                       "SD3 / SD3.5")])
+                                       "an SD3 / SD3.5")])
 def test_a_flow_single_file_needs_its_configs_named(key, name, tmp_path):
     from safetensors.torch import save_file
 
     from cdi_audit.errors import ModelUnavailable
 
     save_file({key: torch.zeros(3, 2)}, tmp_path / "model.safetensors")
-    with pytest.raises(ModelUnavailable, match=f"is a {re.escape(name)} single-file checkpoint, and no configs ship "
+    with pytest.raises(ModelUnavailable, match=f"is {re.escape(name)} single-file checkpoint, and no configs ship "
                                                "for it .*; give --model-config DIR"):
         load_target(tmp_path / "model.safetensors", CPU)
 

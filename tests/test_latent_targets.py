@@ -293,10 +293,11 @@ def test_the_shipped_configs_build_the_published_architectures(name, unet, text,
 def test_an_sd2_file_needs_its_variant_named(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from cdi_audit.models.single_file import SD2_TEXT_KEY, checkpoint_family
+    from cdi_audit.models.families.sd import SD2_FILE
+    from cdi_audit.models.single_file import checkpoint_kind
 
-    save_file({SD2_TEXT_KEY: torch.zeros(3072, 1024)}, tmp_path / "sd2.safetensors")
-    assert checkpoint_family(tmp_path / "sd2.safetensors") == "sd2"
+    save_file({SD2_FILE.keys[0]: torch.zeros(3072, 1024)}, tmp_path / "sd2.safetensors")
+    assert checkpoint_kind(tmp_path / "sd2.safetensors")[1] == SD2_FILE
     with pytest.raises(ModelUnavailable, match="stable-diffusion-v2 .768 px, v-prediction. or .*-v2-base"):
         load_target(tmp_path / "sd2.safetensors", CPU)
     with pytest.raises(ModelUnavailable, match="cannot be loaded with the configs in .*stable-diffusion-v2-base"):
@@ -308,12 +309,13 @@ def test_an_sd1_layout_file_without_model_config_uses_the_shipped_configs(pipeli
     width-768 text model is taken for SD 1.x and loaded with the shipped configs (here: a clear shape error)."""
     from safetensors.torch import load_file, save_file
 
-    from cdi_audit.models.single_file import SD1_TEXT_KEY, packaged_config_for
+    from cdi_audit.models.families.sd import SD1_FILE
+    from cdi_audit.models.single_file import packaged_config_for
 
     checkpoint, _ = single_file_from(pipelines["sd"], tmp_path)
     assert packaged_config_for(checkpoint) is None
     state = load_file(checkpoint)
-    state[SD1_TEXT_KEY] = torch.zeros(77, 768)
+    state[SD1_FILE.keys[0]] = torch.zeros(77, 768)
     save_file(state, tmp_path / "looks_like_sd1.safetensors")
     assert packaged_config_for(tmp_path / "looks_like_sd1.safetensors") == "stable-diffusion-v1"
     with pytest.raises(ModelUnavailable, match="cannot be loaded with the configs in .*stable-diffusion-v1"):

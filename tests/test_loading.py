@@ -264,12 +264,12 @@ def test_a_model_config_that_holds_no_configs_says_so(tmp_path: Path, case: str,
 
 
 def test_a_shipped_config_is_named_by_its_name_never_by_its_temporary_copy(tmp_path: Path) -> None:
-    from cdi_audit.models.single_file import SDXL_TEXT_KEYS
+    from cdi_audit.models.families.sdxl import SDXL_FILE
 
     with pytest.raises(ModelUnavailable) as raised:
-        load_target(single_file(tmp_path, *SDXL_TEXT_KEYS), CPU, config=Path("stable-diffusion-v2"))
+        load_target(single_file(tmp_path, *SDXL_FILE.keys), CPU, config=Path("stable-diffusion-v2"))
     assert assert_one_line(raised.value) == (
-        f"{tmp_path / 'model.safetensors'} holds a SDXL model, but the configs in the shipped 'stable-diffusion-v2' "
+        f"{tmp_path / 'model.safetensors'} holds an SDXL model, but the configs in the shipped 'stable-diffusion-v2' "
         "are of a text-to-image Stable Diffusion pipeline; give --model-config the configs of the file's own "
         "architecture.")
 

@@ -159,13 +159,13 @@ def test_a_single_file_sdxl_checkpoint_audits_equal_to_its_folder(sdxl, image_fo
     from ldm_checkpoint import sdxl_to_ldm
     from safetensors.torch import save_file
 
-    from cdi_audit.models.single_file import checkpoint_family
+    from cdi_audit.models.single_file import checkpoint_kind
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl, local_files_only=True)
     components = {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
     checkpoint = tmp_path / "tiny_sdxl.safetensors"
     save_file(sdxl_to_ldm(components), checkpoint)
-    assert checkpoint_family(checkpoint) == "sdxl"
+    assert checkpoint_kind(checkpoint)[1].name == "sdxl"
     configs = tmp_path / "configs"
     shutil.copytree(sdxl, configs, ignore=shutil.ignore_patterns("*.safetensors"))
     single = load_target(checkpoint, CPU, config=configs)
@@ -191,7 +191,8 @@ def test_the_shipped_sdxl_config_builds_sdxl_base_and_is_chosen_for_an_sdxl_file
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from cdi_audit.models.single_file import CONFIGS, SDXL_TEXT_KEYS, materialised_config, packaged_config_for
+    from cdi_audit.models.families.sdxl import SDXL_FILE
+    from cdi_audit.models.single_file import CONFIGS, materialised_config, packaged_config_for
 
     root = CONFIGS / "stable-diffusion-xl-base"
     with torch.device("meta"):
@@ -205,7 +206,7 @@ def test_the_shipped_sdxl_config_builds_sdxl_base_and_is_chosen_for_an_sdxl_file
     with materialised_config("stable-diffusion-xl-base") as folder:
         second = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
     assert second.pad_token == "!" and second("a photo").input_ids == [49406, 320, 1125, 49407]
-    save_file({key: torch.zeros(77, 8) for key in SDXL_TEXT_KEYS}, tmp_path / "sdxl.safetensors")
+    save_file({key: torch.zeros(77, 8) for key in SDXL_FILE.keys}, tmp_path / "sdxl.safetensors")
     assert packaged_config_for(tmp_path / "sdxl.safetensors") == "stable-diffusion-xl-base"
 
 

@@ -10,6 +10,7 @@ import typer
 
 from cdi_audit.features.catalogue import features_help
 from cdi_audit.models.adapters import Adapter
+from cdi_audit.models.families import adapter_phrase, model_phrase
 from cdi_audit.models.spec import ModelSpec
 from cdi_audit.rules import DEFAULT_JOBS  # noqa: F401 (the commands' --jobs default)
 
@@ -64,9 +65,7 @@ def require_out_for_reports(report_formats: str | None, out: Path | None) -> Non
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", metavar="PATH", show_default=False,
     help="The suspect model: a local diffusers pipeline folder saved with save_pretrained (safetensors): "
-         "a pixel DDPM/DDIM, LDM, DiT, Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 or Flux pipeline; or a Stable "
-         "Diffusion, SDXL, SD3/SD3.5 or Flux single-file .safetensors checkpoint (SD 2.x, SD3, Flux and others "
-         "with --model-config). Not needed with --endpoint or --endpoint-cmd.")]
+         f"{model_phrase()}. Not needed with --endpoint or --endpoint-cmd.")]
 AccessOption = Annotated[AccessChoice, typer.Option(
     rich_help_panel=ENDPOINT_PANEL,
     help="'auto': use all a local model gives (weights, noise predictions); 'blackbox': use it only through "
@@ -114,7 +113,7 @@ AdapterOption = Annotated[list[str] | None, typer.Option(
     "--adapter", metavar="FILE[:SCALE]", show_default=False,
     help="A LoRA adapter (.safetensors, diffusers or kohya format) to fuse into --model, at SCALE (default 1.0); "
          "repeat for several, applied in order. Its sha256 and scale become part of the model's fingerprint. "
-         "Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux bases.")]
+         f"For {adapter_phrase()}.")]
 GuidanceOption = Annotated[float | None, typer.Option(
     metavar="VALUE", show_default=False,
     help="For a guidance-distilled Flux model (Flux-dev): the guidance value its transformer is fed; default "

@@ -3,7 +3,7 @@
 What people publish (docs/lora.md, "Formats"): the diffusers training scripts' format and
 kohya / A1111's (``lora_unet_*``, ``lora_te_*``, ``lora_te1_`` / ``lora_te2_``, ``.alpha``, DoRA's
 ``dora_scale``; for Flux ``lora_unet_double_blocks_*`` / ``lora_unet_single_blocks_*``). diffusers'
-``load_lora_weights`` (the family's loader mixin: SD, SDXL, SD3 or Flux) reads both (it converts kohya keys
+``load_lora_weights`` (the family's loader mixin, ``Family.lora_loader``) reads both (it converts kohya keys
 itself), DoRA included (peft fuses its magnitude vector); no key is converted here. LyCORIS files (LoHa, LoKr,
 OFT, BOFT) are refused by name: diffusers' loader cannot place them on these bases. An adapter whose keys the
 loader cannot place in the base is refused, naming the file and the base it seems to be for: a silently ignored
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdi_audit.errors import InputProblem, InvalidSetting, ModelUnavailable, brief
+from cdi_audit.models.families import listing, registered_families, with_article
 from cdi_audit.results.schema import TrainingClaims
 from cdi_audit.rules import check_number
 
@@ -78,23 +79,25 @@ class Adapter:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
-# kohya names an SDXL UNet's layers by the original (SGM) blocks, an SD 1.x/2.x UNet's by diffusers' down_blocks,
-# mid_block and up_blocks.
-SDXL_KOHYA_UNET = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+# How adapters name the layers of a denoiser of each layout, whatever its family: diffusers by the component
+# (unet., transformer., text_encoder.), kohya by lora_unet_ / lora_te_ (lora_transformer_ for some trainers).
+LAYOUT_PREFIXES = {"transformer": ("transformer.", "lora_transformer_"),
+                   "UNet": ("lora_unet_", "lora_te_", "unet.", "text_encoder.")}
 
 
 def base_guess(keys: list[str]) -> str:
-    """Which kind of base an adapter's keys were written for, in words (for a refusal)."""
-    if any(key.startswith(("lora_te1_", "lora_te2_", *SDXL_KOHYA_UNET)) or "text_encoder_2" in key
-           or "add_embedding" in key for key in keys):
-        return "an SDXL base"
-    if any(key.startswith(("lora_unet_double_blocks", "lora_unet_single_blocks")) or "single_transformer_blocks" in key
-           for key in keys):
-        return "a Flux base"
-    if any(key.startswith(("transformer.", "lora_transformer_")) for key in keys):
-        return "a transformer base (SD3 or Flux) of another size"
-    if any(key.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for key in keys):
-        return "a Stable Diffusion 1.x/2.x or SDXL UNet of another size"
+    """Which kind of base an adapter's keys were written for, in words (for a refusal): a family whose adapters
+    have names only they use (``Family.adapter_prefixes`` and ``adapter_parts``), else the families of the
+    layout the names fit (``LAYOUT_PREFIXES``: generic, as the same names serve every family of a layout)."""
+    families = [family for family in registered_families() if family.lora_loader is not None]
+    for family in families:
+        if any(key.startswith(family.adapter_prefixes) or any(part in key for part in family.adapter_parts)
+               for key in keys):
+            return f"{with_article(family.display_name)} base"
+    for layout, prefixes in LAYOUT_PREFIXES.items():
+        if any(key.startswith(prefixes) for key in keys):
+            names = listing([family.display_name for family in families if family.adapter_layout == layout], "or")
+            return f"{with_article(names)} {layout} of another size"
     return "an unknown base"
 
 

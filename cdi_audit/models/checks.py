@@ -12,80 +12,75 @@ from pathlib import Path
 from cdi_audit.errors import ModelUnavailable, brief
 from cdi_audit.models.adapters import PICKLE_SUFFIXES
 from cdi_audit.models.components import TOKENIZER_CLASSES, read_json
-from cdi_audit.models.families import family_for
+from cdi_audit.models.families import (
+    checkpoint_kinds,
+    family_for,
+    listing,
+    registered_families,
+    single_file_phrase,
+    supported,
+    with_article,
+)
 from cdi_audit.models.family import Component, Family, PipelineIndex
 from cdi_audit.models.single_file import (
-    CHECKPOINT_NAMES,
     check_config_folder,
-    checkpoint_family,
     checkpoint_keys,
+    checkpoint_kind,
     is_scaled_fp8,
     is_shipped,
-    unsupported_relative,
 )
 
-EXPECTED_LAYOUT = (
-    "a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
-    "component, safetensors weights): a pixel DDPM/DDIM pipeline (UNet2DModel), an LDMPipeline, a DiTPipeline, "
-    "a StableDiffusionPipeline (SD 1.x/2.x), a StableDiffusionXLPipeline, a StableDiffusion3Pipeline (SD3, SD3.5) "
-    "or a FluxPipeline, or a bare folder holding unet/ and "
-    "scheduler/; or a single-file .safetensors checkpoint of Stable Diffusion or SDXL (SD 1.x and SDXL as they are, "
-    "SD 2.x or others with --model-config) or of SD3 / SD3.5 or Flux (with --model-config)"
-)
+
+def expected_layout() -> str:
+    """What a model path may be, as every refusal of one ends: the registered families' pipelines and files."""
+    pipelines = listing([family.pipeline_words for family in registered_families()], "or")
+    return ("a diffusers pipeline folder saved with save_pretrained (model_index.json and one sub-folder per "
+            f"component, safetensors weights): {pipelines}, or a bare folder holding unet/ and scheduler/; or "
+            f"{single_file_phrase()}")
 
 
 def refuse_path(root: Path, config: Path | None) -> None:
     """Refuse a model path that is no pipeline folder or safetensors checkpoint we can read, or a single file
     whose configs must be given and are not (or a --model-config that holds none)."""
     if not root.exists():
-        raise ModelUnavailable(f"No model at {root}: the path does not exist. Expected {EXPECTED_LAYOUT}.")
+        raise ModelUnavailable(f"No model at {root}: the path does not exist. Expected {expected_layout()}.")
     if config is not None and not is_shipped(config):
         check_config_folder(Path(config))
     if root.is_file():
         if root.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelUnavailable(
                 f"{root} is a pickle checkpoint, which can run code when loaded; convert it to "
-                "safetensors. Expected " + EXPECTED_LAYOUT + "."
+                "safetensors. Expected " + expected_layout() + "."
             )
         if root.suffix.lower() != ".safetensors":
             raise ModelUnavailable(f"{root} is neither a pipeline folder nor a .safetensors checkpoint. "
-                                   f"Expected {EXPECTED_LAYOUT}.")
+                                   f"Expected {expected_layout()}.")
         try:
-            family = checkpoint_family(root)
+            found = checkpoint_kind(root)
         except Exception as error:  # safetensors raises its own error types for a damaged header
             raise ModelUnavailable(f"{root} is not a readable safetensors checkpoint ({brief(error)}). "
-                                   f"Expected {EXPECTED_LAYOUT}.") from error
+                                   f"Expected {expected_layout()}.") from error
         keys = checkpoint_keys(root)
         if is_scaled_fp8(keys):
             raise ModelUnavailable(
                 f"{root} is a 'scaled fp8' checkpoint (ComfyUI's: each weight stored divided by a scale kept beside "
                 "it), which diffusers cannot read as it is; give the model in bfloat16 or float32, or as a pipeline "
                 "folder.")
-        relative = unsupported_relative(keys) if family == "flux" else None
+        kind = None if found is None else found[1]
+        relative = None if kind is None else kind.relative_in(keys)
         if relative is not None:
             raise ModelUnavailable(f"{root} is a {relative} checkpoint, which this version does not support: it "
-                                   "audits Flux.1 (dev, schnell and their fine-tunes).")
-        if config is None and family in ("flux", "sd3"):
-            pipeline = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline"}[family]
+                                   f"audits {kind.covers}.")
+        if config is None and kind is not None and kind.config is None:
+            raise ModelUnavailable(f"{root} is {with_article(kind.display_name)} {kind.needs_config}")
+        if config is None and kind is None:
+            known = listing([each.display_name for _, each in checkpoint_kinds()], "or")
             raise ModelUnavailable(
-                f"{root} is a {CHECKPOINT_NAMES[family]} single-file checkpoint, and no configs ship for it (its "
-                f"variants differ in ways the weights do not all tell); give --model-config DIR, the {pipeline} "
-                "folder of the same model as save_pretrained writes it (model_index.json, each component's config, "
-                "the tokenizers). The file's own weights are used; the components it does not hold (Black Forest "
-                "Labs' Flux files hold only the transformer) are read from DIR, which must then hold their weights.")
-        if config is None and family == "sd2":
-            raise ModelUnavailable(
-                f"{root} is a Stable Diffusion 2.x checkpoint, whose weights do not tell its variant; give "
-                "--model-config stable-diffusion-v2 (768 px, v-prediction) or --model-config "
-                "stable-diffusion-v2-base (512 px, epsilon), or a config folder of your own."
-            )
-        if config is None and family is None:
-            raise ModelUnavailable(
-                f"{root} is a single-file checkpoint that is not Stable Diffusion 1.x, 2.x, SDXL, SD3 or Flux, as far "
-                "as its weights tell; give --model-config DIR, a Stable Diffusion pipeline folder of the same "
-                "architecture holding its configs and tokenizer (model_index.json, unet/, vae/, text_encoder/, "
-                "tokenizer/, scheduler/ as save_pretrained writes them; weights are not needed), since nothing "
-                f"may be looked up on a hub. Expected {EXPECTED_LAYOUT}."
+                f"{root} is a single-file checkpoint that is not {known}, as far as its weights tell; give "
+                "--model-config DIR, a Stable Diffusion pipeline folder of the same architecture holding its configs "
+                "and tokenizer (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ as "
+                "save_pretrained writes them; weights are not needed), since nothing may be looked up on a hub. "
+                f"Expected {expected_layout()}."
             )
     elif config is not None:
         raise ModelUnavailable(f"--model-config is only for single-file checkpoints, and {root} is a folder.")
@@ -97,7 +92,7 @@ def check_folder(root: Path) -> tuple[Family, PipelineIndex, dict]:
     components = family.components(index)
     _check_component(root, next(c for c in components if c.role == "denoiser"))
     if not (root / "scheduler" / "scheduler_config.json").is_file():
-        raise ModelUnavailable(f"{root} has no scheduler/scheduler_config.json. Expected {EXPECTED_LAYOUT}.")
+        raise ModelUnavailable(f"{root} has no scheduler/scheduler_config.json. Expected {expected_layout()}.")
     for component in components:
         if component.role != "denoiser":
             _check_component(root, component)
@@ -108,11 +103,12 @@ def check_configs(root: Path) -> tuple[Family, PipelineIndex, dict]:
     """The family of a pipeline folder whose weights may be absent (a --model-config folder)."""
     family, index, options = _family(root)
     if family.single_file_pipeline is None:
-        raise ModelUnavailable(f"{root} is a {family.label} pipeline; single-file checkpoints are supported "
-                               "for Stable Diffusion 1.x/2.x, SDXL, SD3 / SD3.5 and Flux only.")
+        single = supported(lambda family: family.single_file_pipeline is not None)
+        raise ModelUnavailable(f"{root} is {with_article(family.label)} pipeline; single-file checkpoints are "
+                               f"supported for {single} only.")
     for component in family.components(index):
         if component.kind != "tokenizer" and not (root / component.folder / "config.json").is_file():
-            raise ModelUnavailable(f"{root} has no {component.folder}/config.json. Expected {EXPECTED_LAYOUT}.")
+            raise ModelUnavailable(f"{root} has no {component.folder}/config.json. Expected {expected_layout()}.")
     return family, index, options
 
 
@@ -136,7 +132,7 @@ def _family(root: Path) -> tuple[Family, PipelineIndex, dict]:
     if family is None:
         denoiser = index.components.get("transformer") or index.components.get("unet")
         raise ModelUnavailable(f"{root} holds a {index.pipeline} (denoiser {denoiser}), which this version does "
-                               f"not support. Expected {EXPECTED_LAYOUT}.")
+                               f"not support. Expected {expected_layout()}.")
     return family, index, options
 
 
@@ -145,7 +141,7 @@ def _check_component(root: Path, component: Component) -> None:
     weights."""
     part = component.folder
     if not (root / part / component.config_file).is_file():
-        raise ModelUnavailable(f"{root} has no {part}/{component.config_file}. Expected {EXPECTED_LAYOUT}.")
+        raise ModelUnavailable(f"{root} has no {part}/{component.config_file}. Expected {expected_layout()}.")
     config = read_json(root / part / component.config_file)
     if component.kind == "tokenizer":
         if config.get("tokenizer_class") not in component.classes:
@@ -159,7 +155,7 @@ def _check_component(root: Path, component: Component) -> None:
     class_name = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
     if class_name not in component.classes:
         raise ModelUnavailable(f"{root}/{part} holds a {class_name}, not one of "
-                               f"{', '.join(sorted(component.classes))}. Expected {EXPECTED_LAYOUT}.")
+                               f"{', '.join(sorted(component.classes))}. Expected {expected_layout()}.")
     if not list((root / part).glob("*.safetensors")):
         pickles = [p.name for p in (root / part).iterdir() if p.suffix in PICKLE_SUFFIXES]
         found = "no weights"

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-
 from cdi_audit.errors import ModelUnavailable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry is read without torch (--help lists the families)
+    import torch
+
+    from cdi_audit.models.checkpoint_kind import CheckpointKind
     from cdi_audit.models.schedule import NoiseSchedule
     from cdi_audit.models.target import Target
     from cdi_audit.results.schema import ModelInfo
@@ -86,13 +87,20 @@ class LoadedParts:
 
 
 class Family(abc.ABC):
-    """A model family: subclasses set the class attributes and implement ``recognises`` and ``build``."""
+    """A model family: subclasses set the class attributes and implement ``recognises``, ``components`` and
+    ``build``. Every list of families the user reads (--help, refusals) is built from these attributes."""
 
     name: ClassVar[str]  # short id, e.g. "sdxl"
     label: ClassVar[str]  # the report's words for it, e.g. "text-to-image SDXL"
+    display_name: ClassVar[str]  # how lists of families name it, e.g. "SDXL"
+    # The pipeline it recognises, as the message saying which folders are supported names it, e.g. "a
+    # StableDiffusionXLPipeline".
+    pipeline_words: ClassVar[str]
+    published: ClassVar[str]  # when its architecture was published (year-month): lists read oldest first
     # The diffusers pipeline whose ``from_single_file`` reads this family's single-file checkpoints (None: only
-    # pipeline folders are supported).
+    # pipeline folders are supported), and the kinds of file it recognises from their tensor names.
     single_file_pipeline: ClassVar[str | None] = None
+    checkpoint_kinds: ClassVar[tuple[CheckpointKind, ...]] = ()
     single_file_options: ClassVar[Mapping[str, Any]] = {}  # more keyword arguments of its from_single_file
     # Components a single file of this family may leave out, each with the key prefixes under which a file holds
     # it. One the file lacks is read from the --model-config folder, which must then hold its weights (a Flux
@@ -101,6 +109,14 @@ class Family(abc.ABC):
     single_file_parts: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     # The diffusers LoRA loader mixin that places adapters on this family's components (None: no adapters).
     lora_loader: ClassVar[str | None] = None
+    # How adapters name the denoiser's layers, "UNet" or "transformer" (``adapters.base_guess``), and the key
+    # prefixes (kohya's) or parts (diffusers') that only adapters for this family have.
+    adapter_layout: ClassVar[str | None] = None
+    adapter_prefixes: ClassVar[tuple[str, ...]] = ()
+    adapter_parts: ClassVar[tuple[str, ...]] = ()
+    # Whether its denoiser may take a guidance value (guidance-distilled transformers); ``guidance`` says which
+    # value a given model is fed. A family that takes none refuses --guidance.
+    takes_guidance: ClassVar[bool] = False
     # A flow-matching family's time input per unit of sigma (SD3: 1000, Flux: 1, its transformer scales it);
     # None for a family trained on a variance-preserving schedule (``models/schedule.py``).
     flow_time_scale: ClassVar[float | None] = None
@@ -125,10 +141,13 @@ class Family(abc.ABC):
 
     def guidance(self, denoiser_config: Mapping[str, Any], requested: float | None) -> float | None:
         """The guidance value the denoiser is fed (None: it takes none), given the user's (None: not given).
-        Only guidance-distilled families take one; elsewhere asking for one is refused."""
+        Only families that ``takes_guidance`` override this; elsewhere asking for one is refused."""
+        from cdi_audit.models.families import supported, with_article
+
         if requested is not None:
-            raise ModelUnavailable(f"--guidance is for guidance-distilled Flux models; a {self.label} model takes "
-                                   "no guidance value.")
+            distilled = supported(lambda family: family.takes_guidance, "or")
+            raise ModelUnavailable(f"--guidance is for guidance-distilled {distilled} models; "
+                                   f"{with_article(self.label)} model takes no guidance value.")
         return None
 
     def check(self, loaded: LoadedParts) -> None:  # noqa: B027 (most families need no check of their own)

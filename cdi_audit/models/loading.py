@@ -21,6 +21,7 @@ from cdi_audit.models.checks import check_configs, check_folder, refuse_path
 from cdi_audit.models.components import load_component, offline, quiet
 from cdi_audit.models.config_values import check_channels, check_latent_scale, image_size
 from cdi_audit.models.deferred import DeferredModule
+from cdi_audit.models.families import adapter_phrase, with_article
 from cdi_audit.models.family import Component, Family, LoadedParts
 from cdi_audit.models.fingerprint import model_files, model_fingerprint
 from cdi_audit.models.schedule_loading import load_schedule, nominal_kind
@@ -105,8 +106,8 @@ def apply_adapters(family: Family, parts: dict, adapters: tuple[Adapter, ...],
     """Fuse ``adapters`` into the denoiser and the text encoders (their weights are read now: an adapter
     changes them)."""
     if family.lora_loader is None:
-        raise ModelUnavailable(f"Adapters (--adapter) are supported on Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux "
-                               f"bases; this is a {family.label}.")
+        raise ModelUnavailable(f"Adapters (--adapter) are supported on {adapter_phrase()}; this is "
+                               f"{with_article(family.label)}.")
     adapted = [c.folder for c in components if c.kind != "tokenizer" and c.role != "autoencoder"]
     modules = {name: parts[name].module if isinstance(parts[name], DeferredModule) else parts[name]
                for name in adapted}

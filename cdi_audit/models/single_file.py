@@ -1,17 +1,14 @@
 """Single-file checkpoints: what a file is, the configs it loads with, and loading it through its family's
 diffusers pipeline, with no hub.
 
-A single file holds the weights but no configs and no tokenizer. ``configs`` holds the component
-configs of SD 1.x, SD 2.x (768 px, v-prediction), SD 2.x base (512 px, epsilon) and SDXL base (1024 px),
-written for this package, and ``clip_tokenizer`` the CLIP byte-pair vocabulary (from openai/CLIP, MIT
-licence, beside it), from which each tokenizer's vocab.json and merges.txt are built when a checkpoint is
-loaded. SD 1.x and SDXL are recognised from their weights; the two SD 2.x variants have the same weights
-layout, so the user names one (``--model-config stable-diffusion-v2`` or ``-v2-base``).
-
-SD3 / SD3.5 and Flux files are recognised from their transformer's weights, but no configs ship for them:
-their variants differ in ways the weights do not all tell (Flux-dev or -schnell, SD3 medium or 3.5), and their
-T5 tokenizer is megabytes. The user gives ``--model-config DIR``: the diffusers pipeline folder of the same
-model, from which the components the file does not hold are read too (``Family.single_file_parts``).
+A single file holds the weights but no configs and no tokenizer. Which family's it is, and which configs it
+loads with, each family says (``Family.checkpoint_kinds``); this module reads a file's tensor names and asks
+the registry. ``configs`` holds the component configs that ship, written for this package (SD 1.x, SD 2.x
+768 px v-prediction, SD 2.x base 512 px epsilon, SDXL base 1024 px), and ``clip_tokenizer`` the CLIP byte-pair
+vocabulary (from openai/CLIP, MIT licence, beside it), from which each tokenizer's vocab.json and merges.txt
+are built when a checkpoint is loaded. Where none ship, the user gives ``--model-config``: a shipped name or
+the diffusers pipeline folder of the same model, from which the components the file does not hold are read
+too (``Family.single_file_parts``).
 """
 
 from __future__ import annotations
@@ -25,39 +22,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cdi_audit.errors import ModelUnavailable, brief
+from cdi_audit.models.checkpoint_kind import CheckpointKind
 from cdi_audit.models.components import load_component, read_json
 from cdi_audit.models.deferred import DeferredModule
+from cdi_audit.models.families import checkpoint_kinds, with_article
 from cdi_audit.models.family import Component, Family
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BPE_FILE = CONFIGS / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary: 256 bytes, the same with an end-of-word mark, 48,894 merges, 2 special tokens.
 MERGES = 49408 - 2 * 256 - 2
-SHIPPED = ("stable-diffusion-v1", "stable-diffusion-v2", "stable-diffusion-v2-base", "stable-diffusion-xl-base")
-# A tensor only SD 1.x files have: the CLIP ViT-L/14 text model (width 768) under the LDM prefix.
-SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
-# SD 2.x files hold an OpenCLIP text model instead.
-SD2_TEXT_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
-# SDXL files hold both of its text encoders under the "conditioner" prefix (the names diffusers checks too).
-SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
-                  "conditioner.embedders.1.model.positional_embedding")
-# Flow-matching transformers in their original layouts (Black Forest Labs' Flux, Stability's SD3 / SD3.5),
-# bare or under ComfyUI's "model.diffusion_model." prefix: recognised so that they are refused by name.
-FLOW_TRANSFORMER_KEYS = {"flux": "double_blocks.0.img_attn.qkv.weight",
-                         "sd3": "joint_blocks.0.context_block.attn.qkv.weight"}
-# Transformers that share Flux.1's block names but not its architecture, recognised so that they are refused by
-# name rather than failing half-way through Flux.1's conversion (the keys diffusers tells them apart by).
-FLUX_RELATIVES = {"single_stream_modulation.lin.weight": "Flux.2",
-                  "distilled_guidance_layer.in_proj.bias": "Chroma"}
+# The shipped configs, by name: every pipeline folder under ``configs`` (a family's kinds name theirs).
+SHIPPED = tuple(sorted(folder.name for folder in CONFIGS.iterdir() if (folder / "model_index.json").is_file()))
 # ComfyUI's "scaled fp8" files store each weight divided by a scale kept beside it, which diffusers does not apply.
 SCALED_FP8_MARKERS = ("scaled_fp8", ".scale_weight")
-DIFFUSION_PREFIX = "model.diffusion_model."
-# What each recognised kind of file is in the model families' terms (``models/families``).
-FAMILY_OF_CHECKPOINT = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "sd3": "sd3"}
-CHECKPOINT_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL", "flux": "Flux",
-                    "sd3": "SD3 / SD3.5"}
-# Which shipped config a recognised file loads with (SD 2.x has two; the user names one).
-FAMILY_CONFIGS = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-base"}
 
 
 def byte_symbols() -> list[str]:
@@ -79,21 +57,17 @@ def write_clip_vocabulary(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def checkpoint_family(checkpoint: Path) -> str | None:
-    """"sd1", "sd2" or "sdxl" from the text-encoder tensors a single file holds, "flux" or "sd3" from its
-    transformer's, else None."""
+def checkpoint_kind(checkpoint: Path) -> tuple[Family, CheckpointKind] | None:
+    """The registered family whose kind of single file ``checkpoint`` is (from the tensors its header names;
+    none is loaded), with that kind, or None."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as handle:
         keys = set(handle.keys())
-        if SD1_TEXT_KEY in keys and handle.get_slice(SD1_TEXT_KEY).get_shape()[-1] == 768:
-            return "sd1"
-    if all(key in keys for key in SDXL_TEXT_KEYS):
-        return "sdxl"
-    for family, key in FLOW_TRANSFORMER_KEYS.items():
-        if key in keys or DIFFUSION_PREFIX + key in keys:
-            return family
-    return "sd2" if SD2_TEXT_KEY in keys else None
+        for family, kind in checkpoint_kinds():
+            if kind.held_in(keys, lambda key: handle.get_slice(key).get_shape()[-1]):
+                return family, kind
+    return None
 
 
 def checkpoint_keys(checkpoint: Path) -> list[str]:
@@ -104,21 +78,14 @@ def checkpoint_keys(checkpoint: Path) -> list[str]:
         return list(handle.keys())
 
 
-def unsupported_relative(keys: list[str]) -> str | None:
-    """The name of a Flux.1-like architecture this version cannot load (Flux.2, Chroma), or None."""
-    for key, name in FLUX_RELATIVES.items():
-        if key in keys or DIFFUSION_PREFIX + key in keys:
-            return name
-    return None
-
-
 def is_scaled_fp8(keys: list[str]) -> bool:
     return any(key == SCALED_FP8_MARKERS[0] or key.endswith(SCALED_FP8_MARKERS[1]) for key in keys)
 
 
 def packaged_config_for(checkpoint: Path) -> str | None:
-    """The shipped config folder that fits ``checkpoint`` unambiguously (SD 1.x, SDXL), or None."""
-    return FAMILY_CONFIGS.get(checkpoint_family(checkpoint) or "")
+    """The shipped config folder that fits ``checkpoint`` unambiguously (its kind's ``config``), or None."""
+    found = checkpoint_kind(checkpoint)
+    return None if found is None else found[1].config
 
 
 @contextlib.contextmanager
@@ -163,11 +130,11 @@ def single_file_configs(checkpoint: Path, config: Path | None) -> Iterator[tuple
 def check_checkpoint_fits(checkpoint: Path, family: Family, configs: str) -> None:
     """A file recognised as one family's must not be given another family's configs (``configs``: their
     words)."""
-    kind = checkpoint_family(checkpoint)
-    if kind is not None and FAMILY_OF_CHECKPOINT[kind] != family.name:
-        raise ModelUnavailable(f"{checkpoint} holds a {CHECKPOINT_NAMES[kind]} model, but {configs} are of a "
-                               f"{family.label} pipeline; give --model-config the configs of the file's own "
-                               "architecture.")
+    found = checkpoint_kind(checkpoint)
+    if found is not None and found[0].name != family.name:
+        raise ModelUnavailable(f"{checkpoint} holds {with_article(found[1].display_name)} model, but {configs} are "
+                               f"of {with_article(family.label)} pipeline; give --model-config the configs of the "
+                               "file's own architecture.")
 
 
 def load_single_file(checkpoint: Path, config: Path, family: Family, components: tuple[Component, ...],

@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from cdi_audit.errors import InputProblem
-from cdi_audit.inputs.images import ImageRecord
-from cdi_audit.models.condition import Condition
 from cdi_audit.models.families import register
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex, config_integer
-from cdi_audit.models.latent import LatentTarget
-from cdi_audit.models.target import Conditioning
 
-
-class DiTTarget(LatentTarget):
-    """Conditioned on a class id per image; the id ``num_classes`` is the null (unconditional) class."""
-
-    conditioning: Conditioning = "class"
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.denoiser.config.num_embeds_ada_norm)
-
-    def encode_condition(self, records: list[ImageRecord]) -> Condition:
-        missing = [str(record.path) for record in records if record.label is None]
-        if missing:
-            raise InputProblem(
-                f"This class-conditional model needs a class id for every image, and {missing[0]} has none; "
-                "give labels in a labels.csv (file,label) or put images in one sub-folder per class id."
-            )
-        outside = [r for r in records if not 0 <= r.label < self.num_classes]
-        if outside:
-            raise InputProblem(f"{outside[0].path} has class id {outside[0].label}; this model knows "
-                               f"ids 0 to {self.num_classes - 1}.")
-        return self.condition_for([None] * len(records), [record.label for record in records])
-
-    def condition_for(self, captions: list[str | None], labels: list[int | None]) -> Condition:
-        return Condition({"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)})
-
-    def null_condition(self, condition: Condition) -> Condition:
-        return condition.replaced(class_labels=torch.full_like(condition["class_labels"], self.num_classes))
-
-    def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
-        return self.denoiser(z_t, timestep=time, class_labels=condition["class_labels"]).sample
+if TYPE_CHECKING:
+    from cdi_audit.models.targets.dit import DiTTarget
 
 
 @register
 class DiT(Family):
     name = "dit"
     label = "class-conditional DiT"
+    display_name = "DiT"
+    pipeline_words = "a DiTPipeline"
+    published = "2022-12"
 
     def recognises(self, index: PipelineIndex) -> bool:
         return index.has("transformer", "DiTTransformer2DModel") and index.has("vae")
@@ -65,5 +34,7 @@ class DiT(Family):
         self.check_side(loaded, patch, f"the transformer cuts latents into {patch} x {patch} patches")
 
     def build(self, loaded: LoadedParts) -> DiTTarget:
+        from cdi_audit.models.targets.dit import DiTTarget
+
         return DiTTarget(loaded.denoiser, loaded.autoencoder, loaded.schedule, loaded.prediction_type,
                          loaded.device, loaded.description)

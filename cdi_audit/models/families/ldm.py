@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cdi_audit.models.families import register
 from cdi_audit.models.families.pixel import check_unet_side
 from cdi_audit.models.family import Component, Family, LoadedParts, PipelineIndex
-from cdi_audit.models.latent import LatentTarget
+
+if TYPE_CHECKING:
+    from cdi_audit.models.latent import LatentTarget
 
 AUTOENCODERS = frozenset({"VQModel", "AutoencoderKL"})
 
@@ -14,6 +18,9 @@ AUTOENCODERS = frozenset({"VQModel", "AutoencoderKL"})
 class LatentDiffusion(Family):
     name = "ldm"
     label = "latent UNet2DModel (LDM)"
+    display_name = "LDM"
+    pipeline_words = "an LDMPipeline"
+    published = "2021-12"
 
     def recognises(self, index: PipelineIndex) -> bool:
         return (index.has("unet", "UNet2DModel") and any(index.has(part) for part in ("vae", "vqvae"))
@@ -28,5 +35,7 @@ class LatentDiffusion(Family):
         check_unet_side(self, loaded)
 
     def build(self, loaded: LoadedParts) -> LatentTarget:
+        from cdi_audit.models.latent import LatentTarget
+
         return LatentTarget(loaded.denoiser, loaded.autoencoder, loaded.schedule, loaded.prediction_type,
                             loaded.device, loaded.description)

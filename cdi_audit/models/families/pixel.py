@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cdi_audit.errors import ModelUnavailable
-from cdi_audit.models.condition import Condition
-from cdi_audit.models.deferred import load_now
 from cdi_audit.models.families import register
 from cdi_audit.models.family import RGB, Component, Family, LoadedParts, PipelineIndex
-from cdi_audit.models.schedule import NoiseSchedule
-from cdi_audit.models.target import Target
-from cdi_audit.results.schema import ModelInfo
 
-
-class PixelTarget(Target):
-    """A UNet on images in [-1, 1]: the clean latent is the image itself."""
-
-    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str,
-                 device: torch.device, description: ModelInfo) -> None:
-        super().__init__(schedule, prediction_type, unet.config.in_channels, device, description)
-        self.unet = unet.to(device).eval()
-        self.unet.requires_grad_(False)
-        if device.type == "cpu":
-            # oneDNN's convolutions run ~1.25x faster on channels-last activations (benchmarks/RESULTS.md);
-            # the values change only by float rounding.
-            self.unet.to(memory_format=torch.channels_last)
-
-    def load_weights(self) -> None:
-        load_now(self.unet)
-
-    def _model_output(self, z_t: torch.Tensor, time: torch.Tensor, condition: Condition | None) -> torch.Tensor:
-        return self.unet(z_t, time).sample
+if TYPE_CHECKING:
+    from cdi_audit.models.targets.pixel import PixelTarget
 
 
 def check_unet_side(family: Family, loaded: LoadedParts) -> None:
@@ -50,6 +28,9 @@ def check_unet_side(family: Family, loaded: LoadedParts) -> None:
 class PixelDiffusion(Family):
     name = "pixel"
     label = "pixel UNet2DModel"
+    display_name = "pixel DDPM/DDIM"
+    pipeline_words = "a pixel DDPM/DDIM pipeline (UNet2DModel)"
+    published = "2020-06"  # DDPM
 
     def recognises(self, index: PipelineIndex) -> bool:
         return index.has("unet", "UNet2DModel") and not any(index.has(part) for part in ("vae", "vqvae"))
@@ -67,5 +48,7 @@ class PixelDiffusion(Family):
         check_unet_side(self, loaded)
 
     def build(self, loaded: LoadedParts) -> PixelTarget:
+        from cdi_audit.models.targets.pixel import PixelTarget
+
         return PixelTarget(loaded.denoiser, loaded.schedule, loaded.prediction_type, loaded.device,
                            loaded.description)
