@@ -2,8 +2,8 @@
 
 ``loading.py`` and the modules it calls do what every family shares (offline, safetensors only, refusals,
 the fingerprint, the schedule); a family (one module in ``models/families/``) says only what is its own.
-Registering a family is defining it with ``@register``: nothing outside its module changes
-(``docs/architecture.md``).
+Registering a family is defining it with ``@register``: nothing outside its module (and its Target's, in
+``models/targets/``) changes (``docs/architecture.md``).
 """
 
 from __future__ import annotations

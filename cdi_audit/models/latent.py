@@ -3,7 +3,7 @@
 Images are encoded once per batch by the posterior mean (not a sample), scaled as
 z0 = scaling_factor * (mean - shift_factor), always in float32 (SDXL's VAE overflows
 in float16), and a latent that is not finite stops the audit rather than becoming a feature value. This
-class is unconditional (LDM); the conditional families subclass it (``models/families/``).
+class is unconditional (LDM); the conditional families' Targets subclass it (``models/targets/``).
 """
 
 from __future__ import annotations
