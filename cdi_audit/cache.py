@@ -1,10 +1,10 @@
 """The feature store: extracted features on disk, so nothing is computed twice.
 
-One folder per key, a dictionary of everything that changes an extractor's values for an image (its parts
-are chosen by ``pipeline.extraction.cache_key``; the store only hashes them); inside it, chunk files of (image sha256, feature row) written
-atomically (temporary file, then rename) after every batch. A killed run
-leaves only whole chunks behind and resumes where it stopped; a re-run with
-another alpha or test reads everything back and makes no model call.
+One folder per key, a dictionary of everything that changes an extractor's values for an image (its parts are chosen
+by ``pipeline.extraction.cache_key``; the store only hashes them); inside it, chunk files of (image sha256, feature
+row) written atomically (temporary file, then rename) after every batch. A killed run leaves only whole chunks
+behind and resumes where it stopped; a re-run with another alpha or test reads everything back and makes no model
+call.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Running feature plans: alone (one network call per request), or fused (all plans' requests in few calls).
 
 An image costs tens of noise predictions (53 for the ``fast`` preset: ``features/catalogue.py``), most of them
-independent of each other: five loss draws, ten timesteps of the multi-timestep loss, the neighbour loss's 24,
-the first DDIM step of SecMI and PIA's first prediction. Run one at a time, each is a network call on one batch of images; a GPU then idles
-between small calls. Fused, every plan of a batch advances in lockstep: each round gathers what all of
-them ask for, drops exact repeats (SecMI's first step and PIA's first prediction are the same request),
-and evaluates the rest as images x timesteps along the batch dimension in calls of at most ``max_rows``
-rows, halving ``max_rows`` whenever the device runs out of memory. The values are those of running each
-plan alone up to float rounding (a network's kernels may sum in another order for another batch size).
+independent of each other: five loss draws, ten timesteps of the multi-timestep loss, the neighbour loss's 24, the
+first DDIM step of SecMI and PIA's first prediction. Run one at a time, each is a network call on one batch of
+images; a GPU then idles between small calls. Fused, every plan of a batch advances in lockstep: each round gathers
+what all of them ask for, drops exact repeats (SecMI's first step and PIA's first prediction are the same request),
+and evaluates the rest as images x timesteps along the batch dimension in calls of at most ``max_rows`` rows,
+halving ``max_rows`` whenever the device runs out of memory. The values are those of running each plan alone up to
+float rounding (a network's kernels may sum in another order for another batch size).
 """
 
 from __future__ import annotations
