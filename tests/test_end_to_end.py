@@ -10,6 +10,7 @@ from conftest import SAMPLE_DATA
 from typer.testing import CliRunner
 
 from cdi_audit.cli import app
+from cdi_audit.features.catalogue import PRESETS, column_count
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,6 @@ def test_full_white_box_features_find_the_members_of_a_trained_model(trained_tin
     ])
     payload = json.loads(result.stdout)
     assert (result.exit_code, payload["verdict"]) == (1, "evidence")
-    assert len(payload["features"]) == 31 and payload["p_value"] < 0.01
+    assert len(payload["features"]) == column_count(PRESETS["full"]) and payload["p_value"] < 0.01
     assert any(name.startswith("gradient_masking_") for name in payload["features"])
     assert "noise_optim_delta_t100" in payload["features"]
