@@ -10,7 +10,8 @@ import typer
 
 from cdi_audit.features.catalogue import features_help
 from cdi_audit.models.adapters import Adapter
-from cdi_audit.models.families import adapter_phrase, model_phrase
+from cdi_audit.models.families import adapter_phrase, model_phrase, single_file_phrase, supported
+from cdi_audit.models.single_file import SHIPPED
 from cdi_audit.models.spec import ModelSpec
 from cdi_audit.rules import DEFAULT_JOBS  # noqa: F401 (the commands' --jobs default)
 
@@ -116,9 +117,9 @@ AdapterOption = Annotated[list[str] | None, typer.Option(
          f"For {adapter_phrase()}.")]
 GuidanceOption = Annotated[float | None, typer.Option(
     metavar="VALUE", show_default=False,
-    help="For a guidance-distilled Flux model (Flux-dev): the guidance value its transformer is fed; default "
-         "1.0, what LoRA trainers for Flux-dev typically train with. Recorded in the report and part of the "
-         "model's fingerprint; refused for models that take none (Flux-schnell, every other family).")]
+    help=f"For a guidance-distilled model ({supported(lambda family: family.takes_guidance, 'or')}): the guidance "
+         "value its denoiser is fed; when not given, its family's default (what LoRA trainers typically train "
+         "with). Recorded in the report and part of the model's fingerprint; refused for models that take none.")]
 AllowPickleOption = Annotated[bool, typer.Option(
     "--allow-pickle",
     help="Read --adapter files that are pickles (.pt, .bin, .ckpt) with torch.load(weights_only=True), which "
@@ -130,11 +131,9 @@ NoCalibrationOption = Annotated[bool, typer.Option(
          "the base, which removes each image's own difficulty.")]
 ModelConfigOption = Annotated[Path | None, typer.Option(
     metavar="DIR|NAME", show_default=False,
-    help="For a single-file checkpoint (.safetensors) that is not SD 1.x or SDXL: a shipped config "
-         "('stable-diffusion-v2' for 768 px v-prediction, 'stable-diffusion-v2-base' for 512 px epsilon) or a "
-         "pipeline folder of the same architecture holding its configs and tokenizers (weights not needed). For "
-         "SD3 / Flux files, the model's pipeline folder: components the file lacks (a Flux transformer file "
-         "holds nothing else) are read from it. Nothing is looked up online.")]
+    help=f"For {single_file_phrase()}: a shipped config ({', '.join(SHIPPED)}) or the pipeline folder of the same "
+         "model holding its configs and tokenizers (weights not needed, but components the file lacks are read "
+         "from it). Nothing is looked up online.")]
 AlphaOption = Annotated[float, typer.Option(
     metavar="ALPHA", help="Significance level: 'evidence' needs p < alpha (between 0 and 0.5).")]
 SeedOption = Annotated[int, typer.Option(metavar="INT",
