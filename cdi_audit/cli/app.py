@@ -23,10 +23,10 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from cdi_audit import __version__
 from cdi_audit.console import StageProgress, shown, stderr_console
 from cdi_audit.errors import AuditError, ExitCode, InvalidSetting, brief, is_out_of_memory
 from cdi_audit.report.files import output_errors, prepare_output_folder
+from cdi_audit.version import __version__
 
 OUT_OF_MEMORY = ("Ran out of memory ({kind}); use a smaller --batch-size (and --max-batch-grad), fewer images "
                  "at a time, or a machine with more memory.")

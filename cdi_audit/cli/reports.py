@@ -209,7 +209,7 @@ def read_saved(model, path: Path, what: str, versions: tuple[str, ...], hint: st
     InputProblem (exit 3) with one sentence when it cannot be (naming both versions when they differ)."""
     from pydantic import ValidationError
 
-    from cdi_audit import __version__
+    from cdi_audit.version import __version__
 
     try:
         content = path.read_bytes()

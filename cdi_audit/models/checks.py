@@ -112,6 +112,14 @@ def check_configs(root: Path) -> tuple[Family, PipelineIndex, dict]:
     return family, index, options
 
 
+def refuse_guidance(family: Family, requested: float | None) -> None:
+    """A guidance value is for guidance-distilled families only; elsewhere it would be silently ignored."""
+    if requested is not None and not family.takes_guidance:
+        distilled = supported(lambda each: each.takes_guidance, "or")
+        raise ModelUnavailable(f"--guidance is for guidance-distilled {distilled} models; "
+                               f"{with_article(family.label)} model takes no guidance value.")
+
+
 def _read_index(root: Path) -> tuple[PipelineIndex, dict]:
     """What model_index.json says (a bare unet/ + scheduler/ folder is a pixel pipeline), and its other
     entries (pipeline options such as SDXL's force_zeros_for_empty_prompt)."""

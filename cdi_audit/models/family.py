@@ -141,13 +141,8 @@ class Family(abc.ABC):
 
     def guidance(self, denoiser_config: Mapping[str, Any], requested: float | None) -> float | None:
         """The guidance value the denoiser is fed (None: it takes none), given the user's (None: not given).
-        Only families that ``takes_guidance`` override this; elsewhere asking for one is refused."""
-        from cdi_audit.models.families import supported, with_article
-
-        if requested is not None:
-            distilled = supported(lambda family: family.takes_guidance, "or")
-            raise ModelUnavailable(f"--guidance is for guidance-distilled {distilled} models; "
-                                   f"{with_article(self.label)} model takes no guidance value.")
+        Only families that ``takes_guidance`` override this; loading refuses a value for the others
+        (``checks.refuse_guidance``)."""
         return None
 
     def check(self, loaded: LoadedParts) -> None:  # noqa: B027 (most families need no check of their own)

@@ -17,7 +17,7 @@ import torch
 from cdi_audit.errors import ModelUnavailable
 from cdi_audit.inputs.images import file_sha256
 from cdi_audit.models.adapters import Adapter, base_hash_warning, check_adapter_file, fuse_adapters, training_claims
-from cdi_audit.models.checks import check_configs, check_folder, refuse_path
+from cdi_audit.models.checks import check_configs, check_folder, refuse_guidance, refuse_path
 from cdi_audit.models.components import load_component, offline, quiet
 from cdi_audit.models.config_values import check_channels, check_latent_scale, image_size
 from cdi_audit.models.deferred import DeferredModule
@@ -72,6 +72,7 @@ def load_target(path: Path, device: torch.device, *, dtype: torch.dtype | None =
                   if (note := base_hash_warning(info.claims, adapter.path, base_sha256))]
         if adapters:
             apply_adapters(family, parts, adapters, components)
+        refuse_guidance(family, guidance)
         guidance_value = family.guidance(parts[roles["denoiser"]].config, guidance)
         fingerprint = model_fingerprint(root, files, configs=configs if root.is_file() else None,
                                         config_files=config_files, adapters=adapter_infos, guidance=guidance_value)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from fpdf import FPDF, FontFace
 
-from cdi_audit import __version__
 from cdi_audit.report.content import (
     Block,
     Bullets,
@@ -27,6 +26,7 @@ from cdi_audit.report.content import (
     Table,
 )
 from cdi_audit.results.verdict import Verdict
+from cdi_audit.version import __version__
 
 GREY = (90, 90, 90)
 RED = (179, 38, 30)  # the --force warning, in the evidence banner's red
