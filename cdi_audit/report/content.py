@@ -15,22 +15,25 @@ from cdi_audit.console import visible
 from cdi_audit.evidence.summary import EvidenceSummary
 from cdi_audit.features.catalogue import CATALOGUE, extractors_used
 from cdi_audit.report.citations import references_for
+from cdi_audit.report.facts import (
+    ACCESS_LABELS,
+    adapter_text,
+    calibration_text,
+    claim_rows,
+    control_label,
+    control_model_numbers,
+    control_model_status,
+    interval,
+    near_duplicates_text,
+    p_text,
+)
 from cdi_audit.results.manifest import Manifest
 from cdi_audit.results.schema import (
     CORRECTION_NAMES,
-    AdapterInfo,
     AuditResult,
-    ControlModelResult,
-    Controls,
     ModelInfo,
-    TrainingClaims,
 )
 
-ACCESS_LABELS = {
-    "white": "white-box (weights and gradients)",
-    "grey": "grey-box (noise predictions)",
-    "black": "black-box (image-to-image calls only)",
-}
 UNVERIFIED_TEXT = "UNVERIFIED: rendered with --force from a report.json that does not match its manifest ({reason})."
 
 
@@ -111,22 +114,6 @@ class ReportFigures:
         return {name: png for name, png in named.items() if png is not None}
 
 
-def near_duplicates_text(control: Controls) -> str:
-    """Copies of suspect pictures removed from the reference set, and groups within a set kept once."""
-    removed = sum(item.first_role != item.second_role for item in control.near_duplicates)
-    left_out = sum(len(group.left_out) for group in control.duplicate_groups)
-    return (f"{removed} removed from the reference set, {len(control.duplicate_groups)} group(s) within a set, "
-            f"{left_out} copies left out (one image per group is tested)")
-
-
-def p_text(p: float) -> str:
-    return f"{p:.3g}"
-
-
-def interval(low: float, high: float) -> str:
-    return f"95% CI {low:.3f} to {high:.3f}"
-
-
 def headline(result: AuditResult) -> str:
     """The verdict in plain words: what was found, with the p-value, alpha, the image counts and the test."""
     tested = f"Tested on {result.n_suspect} suspect (published) and {result.n_reference} reference (unpublished) " \
@@ -134,46 +121,6 @@ def headline(result: AuditResult) -> str:
     if result.permutations_run is not None:
         tested += f" ({result.permutations_run} permutations)"
     return f"{result.verdict_reason} {tested}, alpha = {result.alpha:g}, seed {result.seed}."
-
-
-def control_model_status(control: ControlModelResult, alpha: float) -> str:
-    """Whether the control model supports the verdict or why it blocks evidence, in a few words."""
-    if control.passed is None:
-        return "not usable: " + control.reason.rstrip(".")
-    if control.negative_control_p_value is not None and control.negative_control_p_value < alpha:
-        return "FAILED: its negative control is significant"
-    if not control.passed:
-        return "FAILED: the suspect model's effect is not clearly larger"
-    return "passed; it also tells the sets apart" if control.separates_sets else "passed"
-
-
-def control_label(result: AuditResult) -> str:
-    """What the control model is called: an adapter audit's control is the adapters' base."""
-    return "base model" if result.model.adapters else "control model"
-
-
-def calibration_text(result: AuditResult) -> str | None:
-    """How the features were scored, when not as they are: an adapter audit calibrated against its base."""
-    if result.calibration != "base":
-        return None
-    return ("the adapted model's features and how much the adapter changed each of them: the adapted model's "
-            "value minus the base's, image by image at the same noise (norms as log ratios), which removes each "
-            "image's own difficulty; --no-calibration scores the features alone")
-
-
-def control_model_numbers(control: ControlModelResult, result: AuditResult) -> str:
-    """The control's p-value and AUC beside the suspect model's, and their difference with its interval."""
-    if control.p_value is None or control.effect is None:
-        return "no p-value or effect"
-    text = f"p = {p_text(control.p_value)}, AUC {control.effect.auc:.3f}"
-    if result.effect is not None:
-        text += f" against the {'adapter' if result.model.adapters else 'suspect model'}'s {result.effect.auc:.3f}"
-    if control.auc_difference is not None:
-        text += f"; difference {control.auc_difference:+.3f}"
-        if control.auc_difference_ci is not None:
-            low, high = control.auc_difference_ci
-            text += f" ({control.auc_difference_level:.0%} CI {low:+.3f} to {high:+.3f})"
-    return text
 
 
 def _model_line(result: AuditResult) -> str:
@@ -451,17 +398,6 @@ CLAIMS_NOTE = ("The adapter file's header is unsigned and anyone can edit or str
                "evidence: they change neither the p-value nor the verdict.")
 
 
-def claim_rows(claims: TrainingClaims) -> tuple[tuple[str, str], ...]:
-    """The header's training claims as label-value pairs (only those it has)."""
-    rows = (("output name", claims.output_name), ("comment", claims.training_comment),
-            ("dataset folders", "; ".join(claims.dataset_folders) or None),
-            ("training images (repeats included)", None if claims.train_images is None else str(claims.train_images)),
-            ("most frequent tags", ", ".join(claims.top_tags) or None), ("resolution", claims.resolution),
-            ("base model", claims.base_model_name), ("base model hash", claims.base_model_hash),
-            ("training started", claims.training_started), ("training finished", claims.training_finished))
-    return tuple((label, value) for label, value in rows if value)
-
-
 def adapter_claims_section(result: AuditResult) -> Section | None:
     """What each adapter file says about its training, beside the verdict and outside it."""
     if not result.model.adapters:
@@ -476,11 +412,6 @@ def adapter_claims_section(result: AuditResult) -> Section | None:
             blocks.append(Facts(claim_rows(adapter.claims)))
     blocks.append(Paragraph(CLAIMS_NOTE))
     return Section("What the adapter file says about its training (unverified)", tuple(blocks))
-
-
-def adapter_text(adapter: AdapterInfo) -> str:
-    """One adapter as the report names it: its file, its sha256 (abbreviated) and the scale it was fused at."""
-    return f"{Path(adapter.path).name} (sha256 {adapter.sha256[:12]}…, scale {adapter.scale:g})"
 
 
 def appendix_sections(result: AuditResult, manifest: Manifest) -> tuple[Section, ...]:
