@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import doctest
 import enum
+import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +101,15 @@ def test_import_cdi_audit_loads_neither_torch_nor_scikit_learn() -> None:
     assert completed.stdout.split() == ["[]", "False", "False"]
     assert set(cdi_audit.__all__) == {"__version__", *cdi_audit._EXPORTS}
     assert all(getattr(cdi_audit, name) is not None for name in cdi_audit.__all__)
+
+
+def test_every_module_of_the_package_imports() -> None:
+    """A name moved between modules is caught here, not when a command first reaches the import."""
+    failures = []
+    for module in pkgutil.walk_packages(cdi_audit.__path__, "cdi_audit."):
+        if not module.name.endswith("__main__"):
+            try:
+                importlib.import_module(module.name)
+            except Exception as error:  # noqa: BLE001 - every failure is listed
+                failures.append(f"{module.name}: {error!r}")
+    assert failures == []

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdi_audit.console import shown
-from cdi_audit.report.terminal import interval_text
+from cdi_audit.report.facts import interval_text
 from cdi_audit.results.schema import EvaluationResult
 
 SHORT_TEST_NAMES = {"permutation": "perm", "split": "split", "cdi-reference": "cdi-ref"}
