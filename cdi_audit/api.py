@@ -17,7 +17,6 @@ from pydantic import BaseModel, PrivateAttr
 
 from cdi_audit.blackbox.endpoints import EndpointSettings
 from cdi_audit.console import StageProgress, stderr_console
-from cdi_audit.errors import InvalidSetting
 from cdi_audit.models.adapters import Adapter
 from cdi_audit.models.spec import Machine, ModelSpec
 from cdi_audit.pipeline.evaluate import EvaluationSettings, run_evaluation
@@ -30,7 +29,7 @@ from cdi_audit.report.files import (
     write_evaluation_files,
 )
 from cdi_audit.results import schema
-from cdi_audit.rules import DEFAULT_JOBS
+from cdi_audit.rules import DEFAULT_JOBS, require
 
 Progress = bool | StageProgress
 
@@ -55,13 +54,10 @@ class AuditResult(schema.AuditResult):
         the ``reports`` ("html", "pdf") and last manifest.json, which ``cdi-audit verify`` checks. Returns their
         paths; raises ``OutputProblem`` when the folder cannot hold them."""
         folder = Path(out)
-        prepare_output_folder(folder, self._input_folders())
+        prepare_output_folder(folder, _audit_inputs(self.suspect_dir, self.reference_dir))
         with output_errors(folder, f"The audit finished ({self.verdict})"):
             self._written = write_audit_files(self, folder, tuple(reports))
         return self.written
-
-    def _input_folders(self) -> list[tuple[str, Path]]:
-        return [("the suspect folder", Path(self.suspect_dir)), ("the reference folder", Path(self.reference_dir))]
 
 
 class EvaluationResult(schema.EvaluationResult):
@@ -77,8 +73,7 @@ class EvaluationResult(schema.EvaluationResult):
     def write(self, out: str | Path) -> list[Path]:
         """Write evaluation.json and the p-value curves' plot into ``out``; returns their paths."""
         folder = Path(out)
-        prepare_output_folder(folder, [("the members folder", Path(self.members_dir)),
-                                       ("the non-members folder", Path(self.nonmembers_dir))])
+        prepare_output_folder(folder, _evaluation_inputs(self.members_dir, self.nonmembers_dir))
         with output_errors(folder, "The evaluation finished"):
             self._written = write_evaluation_files(self, folder)
         return self.written
@@ -138,9 +133,8 @@ def audit(
         **_machine_and_cache(device, dtype, compile_network, batch_size, max_batch_grad, cache_dir, use_cache,
                              strict, jobs),
     )
-    inputs = [("the suspect folder", settings.suspect_dir), ("the reference folder", settings.reference_dir)]
-    if out is not None:
-        prepare_output_folder(Path(out), inputs)
+    if out is not None:  # checked before any model work, and written only once the audit is done
+        prepare_output_folder(Path(out), _audit_inputs(settings.suspect_dir, settings.reference_dir))
     with _progress(progress) as stages:
         result = _with_methods(AuditResult, run_audit(settings, stages))
     if out is not None:
@@ -189,8 +183,7 @@ def evaluate(
                              strict, jobs),
     )
     if out is not None:
-        prepare_output_folder(Path(out), [("the members folder", settings.members_dir),
-                                          ("the non-members folder", settings.nonmembers_dir)])
+        prepare_output_folder(Path(out), _evaluation_inputs(settings.members_dir, settings.nonmembers_dir))
     with _progress(progress) as stages:
         result = _with_methods(EvaluationResult, run_evaluation(settings, stages))
     if out is not None:
@@ -201,17 +194,25 @@ def evaluate(
 def model_spec(model: str | Path | ModelSpec | None, *, config: str | Path | None = None,
                adapters: Sequence[str | Adapter] = (), guidance: float | None = None, allow_pickle: bool = False,
                field: str = "model") -> ModelSpec | None:
-    """The model a path and its options name (adapters as ``FILE`` or ``FILE:SCALE``); a ``ModelSpec`` is taken
-    as it is and carries its own options. Options without a model (an endpoint serves its own) are refused."""
-    given = [name for name, value in (("model_config", config), ("adapters", adapters), ("guidance", guidance))
-             if value not in (None, ())]
-    if model is None or isinstance(model, ModelSpec):
-        if given:
-            reason = "an endpoint serves its own model" if model is None else f"the {field} given already holds them"
-            raise InvalidSetting(given[0], f"describes a {field} given as a path, and {reason}.")
-        return model
+    """The model a path and its options name (adapters as ``FILE`` or ``FILE:SCALE``; ``ModelSpec.named``); a
+    ``ModelSpec`` is taken as it is and carries its own options."""
     parsed = tuple(a if isinstance(a, Adapter) else Adapter.parse(str(a), allow_pickle) for a in adapters)
-    return ModelSpec(Path(model), None if config is None else Path(config), parsed, guidance)
+    if isinstance(model, ModelSpec):
+        given = [name for name, value in (("model_config", config), ("adapters", parsed), ("guidance", guidance))
+                 if value not in (None, ())]
+        require(not given, given[0] if given else field, f"is given beside a {field} that is a ModelSpec, which "
+                                                         "holds it already.")
+        return model
+    return ModelSpec.named(model, config=config, adapters=parsed, guidance=guidance)
+
+
+def _audit_inputs(suspect: str | Path, reference: str | Path) -> list[tuple[str, Path]]:
+    """An audit's input folders, which its output folder must not lie in, as a refusal names them."""
+    return [("the suspect folder", Path(suspect)), ("the reference folder", Path(reference))]
+
+
+def _evaluation_inputs(members: str | Path, nonmembers: str | Path) -> list[tuple[str, Path]]:
+    return [("the members folder", Path(members)), ("the non-members folder", Path(nonmembers))]
 
 
 def _machine_and_cache(device: str, dtype: str, compile_network: bool, batch_size: int, max_batch_grad: int,

@@ -80,6 +80,11 @@ def test_options_without_a_model_are_refused_by_their_python_names(tmp_path: Pat
     with pytest.raises(InvalidSetting) as refused:
         model_spec(None, adapters=["style.safetensors"])
     assert refused.value.field == "adapters" and "endpoint serves its own model" in str(refused.value)
+    spec = model_spec(REPO / "sample_data" / "model")
+    assert model_spec(spec) is spec
+    with pytest.raises(InvalidSetting) as refused:
+        model_spec(spec, guidance=2.0)
+    assert refused.value.field == "guidance" and "holds it already" in str(refused.value)
     with pytest.raises(InvalidSetting, match="alpha must be a number between 0 and 0.5"):
         audit(tmp_path, tmp_path, REPO / "sample_data" / "model", alpha=0.7)
     with pytest.raises(InvalidSetting, match="repeats must be a whole number of at least 1"):

@@ -78,7 +78,7 @@ def fail(console: Console, code: int, message: str, json_output: bool = False) -
 OPTION_NAMES = {"suspect_dir": "SUSPECT_DIR", "reference_dir": "--reference", "n_jobs": "--jobs",
                 "control": "--control-model", "calibration": "--no-calibration", "members_dir": "--members",
                 "nonmembers_dir": "--nonmembers", "tests": "--test", "use_cache": "--no-cache",
-                "compile_network": "--compile"}
+                "compile_network": "--compile", "adapters": "--adapter"}
 
 
 def option_name(field: str) -> str:

@@ -189,13 +189,5 @@ def adapters_of(values: list[str] | None, allow_pickle: bool = False) -> tuple[A
 def model_spec(model: Path | None, config: Path | None, adapters: list[str] | None, allow_pickle: bool,
                guidance: float | None = None) -> ModelSpec | None:
     """The model the --model, --model-config, --adapter, --allow-pickle and --guidance options name (None
-    without --model, where an endpoint serves its own model and takes none of them)."""
-    if model is None:
-        given = [name for name, value in (("--model-config", config), ("--adapter", adapters),
-                                          ("--guidance", guidance)) if value is not None]
-        if given:
-            verb, pronoun = ("describes", "it") if len(given) == 1 else ("describe", "them")
-            raise typer.BadParameter(f"{' and '.join(given)} {verb} a local model; an endpoint serves its own "
-                                     f"model and would silently ignore {pronoun}.", param_hint=given[0])
-        return None
-    return ModelSpec(model, config, adapters_of(adapters, allow_pickle), guidance)
+    without --model, where an endpoint serves its own model and takes none of them: ``ModelSpec.named``)."""
+    return ModelSpec.named(model, config=config, adapters=adapters_of(adapters, allow_pickle), guidance=guidance)

@@ -47,12 +47,14 @@ def load_target(path: Path, device: torch.device, *, dtype: torch.dtype | None =
     with offline(), _configs(root, config) as (configs, named):
         if root.is_file():
             family, index, options = check_configs(configs)
+            refuse_guidance(family, guidance)  # before any weight is read
             check_checkpoint_fits(root, family, named)
             components = family.components(index)
             parts, notes = load_single_file(root, configs, family, components, named)
             schedule, prediction_type, train_steps = load_schedule(configs, family, nominal_kind(components))
         else:
             family, index, options = check_folder(root)
+            refuse_guidance(family, guidance)
             notes = []
             components = family.components(index)
             schedule, prediction_type, train_steps = load_schedule(root, family, nominal_kind(components))
@@ -72,7 +74,6 @@ def load_target(path: Path, device: torch.device, *, dtype: torch.dtype | None =
                   if (note := base_hash_warning(info.claims, adapter.path, base_sha256))]
         if adapters:
             apply_adapters(family, parts, adapters, components)
-        refuse_guidance(family, guidance)
         guidance_value = family.guidance(parts[roles["denoiser"]].config, guidance)
         fingerprint = model_fingerprint(root, files, configs=configs if root.is_file() else None,
                                         config_files=config_files, adapters=adapter_infos, guidance=guidance_value)

@@ -67,6 +67,19 @@ class ModelSpec:
                                                 "mean (two copies would add up).")
             seen.add(where)
 
+    @classmethod
+    def named(cls, path: str | Path | None, *, config: str | Path | None = None, adapters: tuple[Adapter, ...] = (),
+              guidance: float | None = None) -> ModelSpec | None:
+        """The model a path and its options name; None without a path (an endpoint serves its own model), where
+        an option for a local model is refused rather than silently ignored."""
+        if path is None:
+            given = [name for name, value in (("model_config", config), ("adapters", adapters),
+                                              ("guidance", guidance)) if value not in (None, ())]
+            require(not given, given[0] if given else "model",
+                    "describes a local model; an endpoint serves its own model and would silently ignore it.")
+            return None
+        return cls(Path(path), None if config is None else Path(config), tuple(adapters), guidance)
+
     @property
     def key(self) -> tuple:
         """Equal for two specs that name the same files (a model pool keeps one copy)."""
